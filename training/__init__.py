@@ -1,0 +1,1 @@
+"""Training half of the early-exit long-tailed classifier: `python -m training --help`."""

@@ -1,0 +1,45 @@
+"""`python -m training`: one subcommand per module in training/commands (add_arguments / run)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .commands import evaluate, train, variants
+
+COMMANDS = {
+    "variants": (variants, "list the variant table of SPEC §6 with each variant's config"),
+    "train": (train, "train one variant on long-tailed CIFAR-10"),
+    "evaluate": (evaluate, "early-exit evaluation of a checkpoint on the CIFAR-10 test set"),
+}
+
+
+class CliError(Exception):
+    """A user-facing problem: printed as one line, exit code 2."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CliError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        # Known failure modes (missing data, bad checkpoint, unknown variant...) are one line.
+        print(f"error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)

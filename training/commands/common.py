@@ -1,0 +1,44 @@
+"""Flags shared by several subcommands, and their validation."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+# ../shared/datasets beside the checkout (developers and CI), unless CIFAR10_DIR says otherwise.
+DEFAULT_DATA_DIR = Path(os.environ.get(
+    "CIFAR10_DIR", Path(__file__).resolve().parents[2].parent / "shared" / "datasets"))
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="folder holding cifar-10-batches-py/ (or that folder itself)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to compute")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no usable CUDA GPU")
+    return torch.device(name)

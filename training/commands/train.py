@@ -1,0 +1,82 @@
+"""`train`: one variant, one imbalance factor, one seed -> a run directory.
+
+The run directory holds config.json (resolved config + provenance), train.log (one line per
+epoch, the report's format), metrics.json (every epoch and the final evaluation) and
+checkpoint.pt (written atomically every --checkpoint-every epochs and at the end).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..config import REFERENCE_EPOCHS, TrainConfig, scaled_milestones
+from ..engine import Run, prepare_run_dir, train
+from ..evaluation import format_report
+from ..variants import get_variant
+from .common import add_data_args, positive_int, resolve_device, unit_interval
+
+
+def variant_name(text: str) -> str:
+    import argparse
+    try:
+        return get_variant(text).name
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--variant", required=True, type=variant_name,
+                        help="variant name (see `python -m training variants`)")
+    parser.add_argument("--imbalance", type=int, choices=(100, 50, 10), default=None,
+                        help="imbalance factor (default: the variant's)")
+    parser.add_argument("--epochs", type=positive_int, default=REFERENCE_EPOCHS,
+                        help="epochs; the lr milestones 160/180 of 200 scale with it")
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1, help="base learning rate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run directory (default: runs/<variant>-if<IF>-seed<S>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint (same flags)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=5, help="epochs")
+    parser.add_argument("--threshold", type=unit_interval, default=None,
+                        help="inference threshold for evaluation (default: the variant's)")
+    parser.add_argument("--max-train-samples", type=positive_int, default=None,
+                        help="cap the long-tailed training set (class shares kept), for smoke runs")
+    parser.add_argument("--max-test-samples", type=positive_int, default=None,
+                        help="cap the test set (class shares kept), for smoke runs")
+    parser.add_argument("--max-batches", type=positive_int, default=None,
+                        help="stop each epoch after this many batches, for smoke runs")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="data-loading worker processes (0: load in the main process)")
+    add_data_args(parser)
+
+
+def config_from_args(args) -> TrainConfig:
+    variant = get_variant(args.variant)
+    epochs = args.epochs
+    return TrainConfig(
+        variant=variant.name, imbalance=args.imbalance or variant.imbalance, epochs=epochs,
+        batch_size=args.batch_size, lr=args.lr, warmup_epochs=min(5, epochs),
+        milestones=scaled_milestones(epochs), seed=args.seed,
+        max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
+        max_batches=args.max_batches, checkpoint_every=args.checkpoint_every, threshold=args.threshold)
+
+
+def run(args) -> int:
+    config = config_from_args(args)
+    out = args.out or Path("runs") / f"{config.variant}-if{config.imbalance}-seed{config.seed}"
+    device = resolve_device(args.device)
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    run_ = Run(config, out, device, args.data_dir, workers=args.workers)
+    prepare_run_dir(run_, args.resume)
+    if run_.start_epoch:
+        print(f"resuming {out} from epoch {run_.start_epoch}")
+    print(f"{config.variant} IF {config.imbalance}: {len(run_.train_set)} training images "
+          f"{run_.class_counts}, {len(run_.test_set)} test images, device {device}, run dir {out}")
+    doc = train(run_)
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    print(format_report(final))
+    return 0 if doc["status"] == "completed" else 1

@@ -1,0 +1,237 @@
+"""The training loop: one epoch, per-epoch evaluation, divergence checks, checkpoints, resume."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import runinfo
+from .augment import ImageDataset, mixup, train_transform
+from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .config import TrainConfig, lr_at
+from .data import build_datasets
+from .evaluation import early_exit_metrics, exit_probabilities
+from .losses import Targets, make_exit_loss
+from .macs import exit_costs
+from .network import build_model
+from .routing import first_confident_exit, routed_loss, training_exits
+from .variants import get_variant
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+CONFIG = "config.json"
+LOG = "train.log"
+# Per-sample predictions are kept for the final evaluation only.
+BULKY_KEYS = ("predictions", "exits")
+
+
+class Diverged(RuntimeError):
+    exit_code = 3  # distinct from usage errors, so scripts can tell a diverged run apart
+
+    def __init__(self, epoch: int, reason: str):
+        super().__init__(f"training diverged at epoch {epoch}: {reason}")
+        self.epoch = epoch
+        self.reason = reason
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; built once, then driven epoch by epoch."""
+
+    config: TrainConfig
+    out: Path
+    device: torch.device
+    data_dir: Path
+    workers: int = 0
+
+    def __post_init__(self):
+        self.variant = get_variant(self.config.variant)
+        self.train_set, self.test_set = build_datasets(
+            self.data_dir, self.config.imbalance, self.config.max_train_samples,
+            self.config.max_test_samples)
+        self.class_counts = np.bincount(self.train_set.labels, minlength=10).tolist()
+        torch.manual_seed(self.config.seed)  # model initialisation
+        self.model = build_model(self.variant).to(self.device)
+        self.costs = exit_costs(self.model)
+        self.exit_loss = make_exit_loss(self.variant, self.class_counts)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=self.config.lr, momentum=self.config.momentum,
+            weight_decay=self.config.weight_decay)
+        self.threshold = (self.config.threshold if self.config.threshold is not None
+                          else self.variant.infer_threshold)
+        self.history: list[dict] = []
+        self.start_epoch = 0
+
+    # -- data ---------------------------------------------------------------------------------
+    def loader(self, epoch: int) -> DataLoader:
+        """Shuffling and augmentation are seeded by (seed, epoch), so a resumed epoch repeats."""
+        g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        dataset = ImageDataset(self.train_set, train_transform(self.variant.augmentation))
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=True, generator=g,
+                          num_workers=self.workers, drop_last=False,
+                          persistent_workers=False, pin_memory=self.device.type == "cuda")
+
+    # -- one epoch ----------------------------------------------------------------------------
+    def train_one_epoch(self, epoch: int) -> dict:
+        cfg, model = self.config, self.model
+        lr = lr_at(cfg, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # augmentation draws in the main process
+        rng = np.random.default_rng([cfg.seed, epoch])
+        model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        batches = self.loader(epoch)
+        n_batches = len(batches) if cfg.max_batches is None else min(cfg.max_batches, len(batches))
+        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not sys.stderr.isatty(), unit="batch")
+        for step, (x, y) in enumerate(bar):
+            if step >= n_batches:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.variant.augmentation == "mixup":
+                x, y_a, y_b, lam = mixup(x, y, rng)
+                targets = Targets(y_a, y_b, lam)
+            else:
+                targets = Targets.plain(y)
+            outputs = model(x)
+            exits = training_exits(outputs, targets, self.variant.train_threshold)
+            per_exit = [self.exit_loss(o, targets) for o in outputs]
+            loss = routed_loss(per_exit, exits, self.variant.routing)
+            if not torch.isfinite(loss):
+                raise Diverged(epoch + 1, f"loss is {loss.item()} at batch {step + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                probs = torch.stack([o.logits.float().softmax(1) for o in outputs])
+                chosen = first_confident_exit(probs, self.threshold)
+                pred = probs.argmax(2).gather(0, chosen.unsqueeze(0)).squeeze(0)
+                correct += int((pred == targets.dominant).sum())
+            total_loss += loss.item() * x.size(0)
+            seen += x.size(0)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        return {"lr": lr, "loss": total_loss / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1)}
+
+    def evaluate(self) -> dict:
+        probs = exit_probabilities(self.model, self.test_set, self.config.eval_batch_size, self.device)
+        return early_exit_metrics(probs, self.test_set.labels, self.threshold, self.costs)
+
+    def check_collapse(self, epoch: int, metrics: dict) -> None:
+        # Early epochs may legitimately predict few classes; only judge after the warm-up.
+        if epoch >= self.config.warmup_epochs and \
+                metrics["predicted_class_share_max"] >= self.config.collapse_share:
+            raise Diverged(epoch + 1, f"predictions collapsed: "
+                                      f"{100 * metrics['predicted_class_share_max']:.1f}% "
+                                      f"of test images get one class")
+
+    # -- state --------------------------------------------------------------------------------
+    def state(self, epoch: int) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": epoch, "config": self.config.to_dict(), "variant": self.variant.to_dict(),
+                "history": self.history, "class_counts": self.class_counts}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])
+        self.start_epoch = int(state["epoch"])
+
+
+def epoch_line(epoch: int, seconds: float, train: dict, test: dict) -> str:
+    """The report's log format, plus the exit distribution."""
+    exits = "/".join(f"{100 * d:.1f}" for d in test["exit_distribution"])
+    return (f"Epoch {epoch}\tTime: {seconds:.1f}s\tLR: {train['lr']:.5f}\tLoss: {train['loss']:.4f}\t"
+            f"Train Acc: {train['train_acc']:.2f}%\tTest Acc: {test['overall']:.2f}%\t"
+            f"(Many: {test['many']:.2f}%, Medium: {test['medium']:.2f}%, Few: {test['few']:.2f}%)\t"
+            f"Exits: {exits}%")
+
+
+def _metrics_document(run: Run, status: str, final: dict | None = None, **extra) -> dict:
+    return {"variant": run.variant.name, "imbalance": run.config.imbalance, "seed": run.config.seed,
+            "status": status, "threshold": run.threshold, "exit_costs": run.costs,
+            "epochs": run.history, "final": final, **extra}
+
+
+def train(run: Run, emit=print) -> dict:
+    """Train from run.start_epoch to the end; returns the metrics document."""
+    cfg, out = run.config, run.out
+    log_file = (out / LOG).open("a")
+
+    def say(line: str) -> None:
+        emit(line)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    try:
+        for epoch in range(run.start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            try:
+                train_stats = run.train_one_epoch(epoch)
+                test = run.evaluate()
+                run.check_collapse(epoch, test)
+            except Diverged as exc:
+                say(f"DIVERGED at epoch {exc.epoch}: {exc.reason}")
+                doc = _metrics_document(run, "diverged", diverged_at=exc.epoch, reason=exc.reason)
+                write_json(doc, out / METRICS)
+                raise
+            seconds = time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "seconds": seconds, **train_stats,
+                      **{k: v for k, v in test.items() if k not in BULKY_KEYS}}
+            run.history.append(record)
+            say(epoch_line(epoch + 1, seconds, train_stats, test))
+            last = epoch + 1 == cfg.epochs
+            if last or (epoch + 1) % cfg.checkpoint_every == 0:
+                save_checkpoint(run.state(epoch + 1), out / CHECKPOINT)
+            write_json(_metrics_document(run, "completed" if last else "running",
+                                         final=test if last else None), out / METRICS)
+    finally:
+        log_file.close()
+    return _metrics_document(run, "completed", final=run.history[-1] if run.history else None)
+
+
+def prepare_run_dir(run: Run, resume: bool) -> None:
+    """Write config.json for a new run, or restore the checkpoint of the run being resumed."""
+    out = run.out
+    ckpt = out / CHECKPOINT
+    if ckpt.exists():
+        if not resume:
+            raise FileExistsError(
+                f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+        state = load_checkpoint(ckpt, map_location=run.device)
+        saved = TrainConfig.from_dict(state["config"])
+        if saved != run.config:
+            diffs = [f"{k}: run has {v!r}, flags give {getattr(run.config, k)!r}"
+                     for k, v in saved.to_dict().items() if v != run.config.to_dict()[k]]
+            raise ValueError(f"--resume with a different config than {out}: " + "; ".join(diffs))
+        run.restore(state)
+        # Epochs after the checkpoint will run again: keep the log to what the checkpoint holds.
+        lines = [epoch_line(r["epoch"], r["seconds"], r, r) for r in run.history]
+        lines.append(f"# resumed from epoch {run.start_epoch}")
+        (out / LOG).write_text("".join(line + "\n" for line in lines))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LOG).unlink(missing_ok=True)
+    write_json({"config": run.config.to_dict(), "variant": run.variant.to_dict(),
+                "provenance": runinfo.provenance(run.device)}, out / CONFIG)
+
+
+def checkpoint_model(path: Path, device="cpu"):
+    """(model, variant, config, state) from a checkpoint written by `train`."""
+    state = load_checkpoint(path, map_location=device)
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not a training checkpoint of this project")
+    config = TrainConfig.from_dict(state["config"])
+    variant = get_variant(config.variant)
+    model = build_model(variant).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, variant, config, state

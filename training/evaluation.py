@@ -1,0 +1,86 @@
+"""Early-exit evaluation (SPEC §4 inference rule): accuracy by split, exit distribution, MACs."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .augment import normalize_batch
+from .constants import NUM_CLASSES, SPLITS
+from .data import Split
+from .routing import first_confident_exit
+
+
+@torch.no_grad()
+def exit_probabilities(model, split: Split, batch_size: int = 500, device="cpu") -> torch.Tensor:
+    """K x N x C softmax probabilities of every exit (float32, on the CPU)."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in range(0, len(split), batch_size):
+        x = normalize_batch(split.images[start:start + batch_size]).to(device)
+        chunks.append(torch.stack([o.logits.float().softmax(1) for o in model(x)]).cpu())
+    model.train(was_training)
+    return torch.cat(chunks, dim=1)
+
+
+def split_accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:
+    """Overall / many / medium / few accuracy in percent, plus per-class accuracy."""
+    correct = pred == labels
+    out = {"overall": 100.0 * correct.mean() if len(labels) else 0.0}
+    for name, classes in SPLITS.items():
+        member = np.isin(labels, classes)
+        out[name] = 100.0 * correct[member].mean() if member.any() else None
+    out["per_class"] = [100.0 * correct[labels == c].mean() if (labels == c).any() else None
+                        for c in range(NUM_CLASSES)]
+    return out
+
+
+def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold: float,
+                       costs: list[dict]) -> dict:
+    """Metrics of the inference rule: a sample leaves at the first exit with max prob >= threshold."""
+    num_exits = probs.size(0)
+    exits = first_confident_exit(probs, threshold).numpy()
+    conf, pred = probs.max(dim=2)
+    chosen = pred.numpy()[exits, np.arange(len(exits))]
+    counts = np.bincount(exits, minlength=num_exits)
+    distribution = counts / max(len(exits), 1)
+    cumulative = np.array([c["cumulative_macs"] for c in costs], dtype=np.float64)
+    mean_macs = float((distribution * cumulative).sum())
+    per_exit = []
+    for k in range(num_exits):
+        acc = split_accuracy(pred[k].numpy(), labels)
+        acc.pop("per_class")
+        per_exit.append({"exit": k + 1, **acc, "cumulative_macs": int(cumulative[k])})
+    return {
+        "threshold": threshold,
+        **split_accuracy(chosen, labels),
+        "exit_counts": counts.tolist(),
+        "exit_distribution": distribution.tolist(),
+        "mean_macs": mean_macs,
+        "full_macs": int(cumulative[-1]),
+        "mean_macs_share": mean_macs / cumulative[-1],
+        "per_exit": per_exit,
+        "predicted_class_share_max": float(np.bincount(chosen, minlength=NUM_CLASSES).max()
+                                           / max(len(chosen), 1)),
+        "predictions": chosen.tolist(),
+        "exits": (exits + 1).tolist(),
+    }
+
+
+def format_report(metrics: dict) -> str:
+    """Human-readable table of early-exit metrics (the `evaluate` command's output)."""
+    lines = [
+        f"threshold {metrics['threshold']:.2f}",
+        f"early-exit accuracy  overall {metrics['overall']:.2f}%  many {metrics['many']:.2f}%  "
+        f"medium {metrics['medium']:.2f}%  few {metrics['few']:.2f}%",
+        "exit distribution    " + "  ".join(
+            f"exit {k + 1}: {100 * d:.1f}%" for k, d in enumerate(metrics["exit_distribution"])),
+        f"mean MACs / image    {metrics['mean_macs'] / 1e6:.2f}M of {metrics['full_macs'] / 1e6:.2f}M "
+        f"({100 * metrics['mean_macs_share']:.1f}% of the full network)",
+        "each exit alone:",
+        f"  {'exit':>4}  {'overall':>8}  {'many':>7}  {'medium':>7}  {'few':>7}  {'MACs':>8}",
+    ]
+    for row in metrics["per_exit"]:
+        lines.append(f"  {row['exit']:>4}  {row['overall']:>7.2f}%  {row['many']:>6.2f}%  "
+                     f"{row['medium']:>6.2f}%  {row['few']:>6.2f}%  {row['cumulative_macs'] / 1e6:>7.2f}M")
+    return "\n".join(lines)

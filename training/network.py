@@ -1,0 +1,185 @@
+"""CIFAR ResNet-32 backbone with one exit per stage (SPEC §3).
+
+Stage k = (stem +) 5 basic blocks, then exit k. Exits are:
+  light  - 3x3 conv stride 2 (C -> 2C) + BN + ReLU, global average pool, classifier.
+           ELF-style early exit: about 1.2M MACs, under 2% of ResNet-32.
+  linear - global average pool + classifier (the plain ResNet head).
+  reslt  - ResLT head: grouped 1x1 conv (groups=3) + BN + ReLU, three C/3-channel branches,
+           each pooled and classified; prediction = logits_H + logits_M + logits_T.
+Classifier: Linear for CE, NormedLinear (cosine, scaled by s) for LDAM. The model outputs the
+scaled logits, so softmax, the exit rule and the exported probabilities all see what the loss sees.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .constants import NUM_CLASSES
+
+BLOCKS_PER_STAGE = 5
+LDAM_SCALE = 30.0
+HEAD_KINDS = ("light", "linear", "reslt")
+
+
+@dataclass
+class ExitOutput:
+    logits: torch.Tensor  # N x C, what softmax and the loss see
+    branches: torch.Tensor | None = None  # 3 x N x C for a ResLT head (H, M, T)
+
+
+class NormedLinear(nn.Module):
+    """Cosine classifier of LDAM-DRW, multiplied by a fixed scale."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float = LDAM_SCALE):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-1, 1))
+        self.weight.data.renorm_(2, 1, 1e-5).mul_(1e5)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(x, dim=1).mm(F.normalize(self.weight, dim=0))
+
+
+def make_classifier(in_features: int, classifier: str, num_classes: int) -> nn.Module:
+    if classifier == "linear":
+        return nn.Linear(in_features, num_classes)
+    if classifier == "normed":
+        return NormedLinear(in_features, num_classes)
+    raise ValueError(f"unknown classifier {classifier!r}; expected 'linear' or 'normed'")
+
+
+class BasicBlock(nn.Module):
+    """Basic block with LDAM's parameter-free shortcut, padding exactly out - in channels."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.stride = stride
+        extra = planes - in_planes
+        self.pad = (extra // 2, extra - extra // 2)
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, ::self.stride, ::self.stride]
+        if self.pad != (0, 0):
+            x = F.pad(x, (0, 0, 0, 0, *self.pad))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class LightHead(nn.Module):
+    def __init__(self, channels: int, classifier: str, num_classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 2 * channels, 3, 2, 1, bias=False)
+        self.bn = nn.BatchNorm2d(2 * channels)
+        self.fc = make_classifier(2 * channels, classifier, num_classes)
+
+    def forward(self, x: torch.Tensor) -> ExitOutput:
+        x = F.relu(self.bn(self.conv(x)))
+        return ExitOutput(self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
+
+
+class LinearHead(nn.Module):
+    def __init__(self, channels: int, classifier: str, num_classes: int):
+        super().__init__()
+        self.fc = make_classifier(channels, classifier, num_classes)
+
+    def forward(self, x: torch.Tensor) -> ExitOutput:
+        return ExitOutput(self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
+
+
+class ResLTHead(nn.Module):
+    def __init__(self, channels: int, classifier: str, num_classes: int):
+        super().__init__()
+        if channels % 3:
+            raise ValueError(f"a ResLT head needs channels divisible by 3, got {channels}")
+        self.conv = nn.Conv2d(channels, channels, 1, groups=3, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.fcs = nn.ModuleList(
+            make_classifier(channels // 3, classifier, num_classes) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> ExitOutput:
+        x = F.relu(self.bn(self.conv(x)))
+        pooled = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        groups = pooled.chunk(3, dim=1)
+        branches = torch.stack([fc(g) for fc, g in zip(self.fcs, groups)])
+        return ExitOutput(branches.sum(0), branches)
+
+
+_HEADS = {"light": LightHead, "linear": LinearHead, "reslt": ResLTHead}
+
+
+def make_head(kind: str, channels: int, classifier: str, num_classes: int) -> nn.Module:
+    try:
+        head = _HEADS[kind]
+    except KeyError:
+        raise ValueError(f"unknown exit head {kind!r}; expected one of {HEAD_KINDS}") from None
+    return head(channels, classifier, num_classes)
+
+
+class EarlyExitResNet(nn.Module):
+    """ResNet-32 whose three stages each end in an exit (or only the last, for one exit head)."""
+
+    def __init__(self, widths=(16, 32, 48), exit_heads=("light", "light", "reslt"),
+                 classifier: str = "linear", num_classes: int = NUM_CLASSES):
+        super().__init__()
+        if len(widths) != 3:
+            raise ValueError(f"ResNet-32 has 3 stages; got widths {widths}")
+        if not 1 <= len(exit_heads) <= 3:
+            raise ValueError(f"between 1 and 3 exits expected; got {exit_heads}")
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stages, in_planes = [], widths[0]
+        for i, planes in enumerate(widths):
+            blocks = []
+            for b in range(BLOCKS_PER_STAGE):
+                blocks.append(BasicBlock(in_planes, planes, 2 if (i > 0 and b == 0) else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        # Exits sit after the last len(exit_heads) stages; one head = the final exit only.
+        self.exit_stages = tuple(range(3 - len(exit_heads), 3))
+        self.exits = nn.ModuleList(
+            make_head(kind, widths[s], classifier, num_classes)
+            for kind, s in zip(exit_heads, self.exit_stages))
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exits)
+
+    def segments(self) -> list[nn.Module]:
+        """Backbone pieces between exits: segment k maps exit k-1's feature map to exit k's."""
+        pieces, current = [], [self.stem]
+        for i, stage in enumerate(self.stages):
+            current.append(stage)
+            if i in self.exit_stages:
+                pieces.append(nn.Sequential(*current))
+                current = []
+        return pieces
+
+    def forward(self, x: torch.Tensor) -> list[ExitOutput]:
+        x = self.stem(x)
+        outputs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.exit_stages:
+                outputs.append(self.exits[self.exit_stages.index(i)](x))
+        return outputs
+
+
+def build_model(variant) -> EarlyExitResNet:
+    return EarlyExitResNet(widths=variant.widths, exit_heads=variant.exit_heads,
+                           classifier="normed" if variant.loss == "ldam" else "linear")

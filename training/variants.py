@@ -1,0 +1,138 @@
+"""The variant table of SPEC §6: one registry of frozen dataclasses, the only place variants differ."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+SIMULATED_WIDTHS = (16, 32, 48)
+FULL_POWER_WIDTHS = (15, 30, 63)
+RESNET32_WIDTHS = (16, 32, 64)
+
+
+@dataclass(frozen=True)
+class Reported:
+    """The research report's last-epoch test accuracy (percent)."""
+
+    overall: float | None
+    many: float | None = None
+    medium: float | None = None
+    few: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    family: str  # "simulated" | "full_power" | "elf" | "reslt"
+    loss: str  # base loss: "ce" (label smoothing 0.1) | "ldam"
+    exit_loss: str  # per-exit loss: "simulated" | "reslt" | "plain"
+    routing: str  # "accumulative" | "routed"
+    augmentation: str  # "autoaugment" | "mixup"
+    exit_heads: tuple[str, ...]  # head kind per exit: "light" | "linear" | "reslt"
+    widths: tuple[int, int, int]
+    train_threshold: float
+    infer_threshold: float
+    imbalance: int
+    reported: dict[int, Reported] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.exit_heads)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["reported"] = {str(k): dataclasses.asdict(v) for k, v in self.reported.items()}
+        return d
+
+
+def _simulated(name, loss, routing, augmentation, thresholds, imbalance, reported, description):
+    return Variant(
+        name=name, family="simulated", loss=loss, exit_loss="simulated", routing=routing,
+        augmentation=augmentation, exit_heads=("light", "light", "reslt"), widths=SIMULATED_WIDTHS,
+        train_threshold=thresholds[0], infer_threshold=thresholds[1], imbalance=imbalance,
+        reported=reported, description=description,
+    )
+
+
+def _full_power(name, loss, routing, imbalance, reported, description):
+    thresholds = (0.9, 0.5) if loss == "ce" else (0.5, 0.5)
+    return Variant(
+        name=name, family="full_power", loss=loss, exit_loss="reslt", routing=routing,
+        augmentation="autoaugment", exit_heads=("reslt", "reslt", "reslt"), widths=FULL_POWER_WIDTHS,
+        train_threshold=thresholds[0], infer_threshold=thresholds[1], imbalance=imbalance,
+        reported=reported, description=description,
+    )
+
+
+R = Reported
+_REGISTRY: dict[str, Variant] = {}
+
+
+def register(variant: Variant) -> Variant:
+    if variant.name in _REGISTRY:
+        raise ValueError(f"variant {variant.name!r} is already registered")
+    _REGISTRY[variant.name] = variant
+    return variant
+
+
+for _v in (
+    _simulated("model1", "ce", "accumulative", "autoaugment", (0.9, 0.5), 100, {100: R(56.90)},
+               "accumulative hybrid, CE"),
+    _simulated("model2", "ldam", "accumulative", "autoaugment", (0.2, 0.25), 100, {100: R(64.94)},
+               "accumulative hybrid, LDAM, low training threshold"),
+    _simulated("model3", "ldam", "accumulative", "autoaugment", (0.8, 0.25), 100, {100: R(68.09)},
+               "accumulative hybrid, LDAM, high training threshold"),
+    _simulated("model4", "ldam", "routed", "autoaugment", (0.5, 0.5), 100,
+               {100: R(None, note="diverged at epoch 111")}, "routed hybrid, LDAM"),
+    _full_power("model5", "ldam", "accumulative", 100, {100: R(60.26, 29.33, 57.10, 85.83)},
+                "full power (ResLT head at every exit), LDAM, accumulative"),
+    _full_power("model6", "ce", "accumulative", 100, {100: R(62.71, 79.80, 56.00, 54.80)},
+                "full power, CE, accumulative"),
+    _simulated("model7", "ce", "routed", "autoaugment", (0.9, 0.5), 100,
+               {100: R(78.99, 92.63, 72.43, 73.67)}, "routed hybrid, CE"),
+    _simulated("model8", "ce", "routed", "mixup", (0.9, 0.5), 100,
+               {100: R(79.59, 90.40, 69.93, 78.72), 50: R(82.89, 89.90, 75.97, 82.83),
+                10: R(85.77, 83.63, 76.43, 94.38)}, "routed hybrid, CE, Mixup"),
+    _full_power("model14", "ce", "routed", 100,
+                {100: R(78.94, 93.00, 72.30, 73.38), 50: R(83.36, 92.30, 75.83, 82.30),
+                 10: R(89.32, 90.27, 81.93, 93.62)}, "full power, CE, routed"),
+    Variant(name="elf", family="elf", loss="ce", exit_loss="plain", routing="accumulative",
+            augmentation="autoaugment", exit_heads=("light", "light", "linear"), widths=RESNET32_WIDTHS,
+            train_threshold=0.9, infer_threshold=0.5, imbalance=100,
+            reported={100: R(72.29), 50: R(76.74), 10: R(82.67)},
+            description="ELF baseline: ResNet-32 with light early exits, accumulative CE"),
+    Variant(name="reslt", family="reslt", loss="ce", exit_loss="reslt", routing="routed",
+            augmentation="autoaugment", exit_heads=("reslt",), widths=FULL_POWER_WIDTHS,
+            train_threshold=1.0, infer_threshold=1.0, imbalance=100,
+            reported={100: R(75.33), 50: R(80.14), 10: R(86.78)},
+            description="ResLT baseline: ResNet-32 + ResLT head, no early exit"),
+):
+    register(_v)
+
+# Models 12/13 and 15/16 are models 8 and 14 at other imbalance factors.
+for _base, _alias, _if in (("model8", "model12", 50), ("model8", "model13", 10),
+                           ("model14", "model15", 50), ("model14", "model16", 10)):
+    _b = _REGISTRY[_base]
+    register(dataclasses.replace(_b, name=_alias, imbalance=_if, description=f"{_base} at IF {_if}"))
+
+
+class UnknownVariantError(KeyError):
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownVariantError(
+            f"unknown variant {name!r}; known variants: {', '.join(_REGISTRY)}") from None
+
+
+def all_variants() -> list[Variant]:
+    return list(_REGISTRY.values())
+
+
+def reported_accuracy(variant: Variant, imbalance: int) -> Reported | None:
+    return variant.reported.get(imbalance)
