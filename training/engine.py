@@ -125,14 +125,6 @@ class Run:
         probs = exit_probabilities(self.model, self.test_set, self.config.eval_batch_size, self.device)
         return early_exit_metrics(probs, self.test_set.labels, self.threshold, self.costs)
 
-    def check_collapse(self, epoch: int, metrics: dict) -> None:
-        # Early epochs may legitimately predict few classes; only judge after the warm-up.
-        if epoch >= self.config.warmup_epochs and \
-                metrics["predicted_class_share_max"] >= self.config.collapse_share:
-            raise Diverged(epoch + 1, f"predictions collapsed: "
-                                      f"{100 * metrics['predicted_class_share_max']:.1f}% "
-                                      f"of test images get one class")
-
     # -- state --------------------------------------------------------------------------------
     def state(self, epoch: int) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -144,6 +136,17 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"])
+
+
+def check_collapse(config: TrainConfig, epoch: int, metrics: dict) -> None:
+    """Raise Diverged when nearly every test prediction is one class (Model 4 at epoch 111).
+
+    Early epochs may legitimately predict few classes, so only judge after the warm-up.
+    """
+    share = metrics["predicted_class_share_max"]
+    if epoch >= config.warmup_epochs and share >= config.collapse_share:
+        raise Diverged(epoch + 1, f"predictions collapsed: {100 * share:.1f}% of test images "
+                                  "get one class")
 
 
 def epoch_line(epoch: int, seconds: float, train: dict, test: dict) -> str:
@@ -177,7 +180,7 @@ def train(run: Run, emit=print) -> dict:
             try:
                 train_stats = run.train_one_epoch(epoch)
                 test = run.evaluate()
-                run.check_collapse(epoch, test)
+                check_collapse(cfg, epoch, test)
             except Diverged as exc:
                 say(f"DIVERGED at epoch {exc.epoch}: {exc.reason}")
                 doc = _metrics_document(run, "diverged", diverged_at=exc.epoch, reason=exc.reason)

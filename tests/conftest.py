@@ -1,0 +1,20 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("CIFAR10_DIR", REPO.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "cifar-10-batches-py" / "test_batch").is_file():
+        pytest.fail(f"CIFAR-10 not found at {DATA_DIR}; set CIFAR10_DIR")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def cifar(data_dir):
+    from training.data import load_cifar10
+    return load_cifar10(data_dir)

@@ -1,0 +1,126 @@
+"""The CLI end to end on real CIFAR-10: every variant trains a few batches and evaluates."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from training.cli import main
+from training.variants import all_variants
+
+SMOKE = ["--epochs", "1", "--batch-size", "32", "--max-train-samples", "200", "--max-batches", "2",
+         "--max-test-samples", "100", "--workers", "0"]
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "training", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("variant", all_variants(), ids=lambda v: v.name)
+def test_every_variant_trains_and_evaluates(variant, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--variant", variant.name, "--out", str(out), "--data-dir", str(data_dir),
+                 *SMOKE]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and len(metrics["epochs"]) == 1
+    final = metrics["final"]
+    assert len(final["exit_distribution"]) == variant.num_exits
+    assert sum(final["exit_distribution"]) == pytest.approx(1.0)
+    assert len(final["predictions"]) == len(final["exits"]) == 100
+    log = (out / "train.log").read_text()
+    assert log.startswith("Epoch 1\tTime: ") and "(Many: " in log
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["variant"] == variant.name and config["provenance"]["torch"]
+    assert (out / "checkpoint.pt").is_file()
+
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--data-dir", str(data_dir),
+                 "--json", str(tmp_path / "eval.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "on 10000 test images" in printed and "each exit alone" in printed
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert len(ev["predictions"]) == 10000
+    assert ev["threshold"] == variant.infer_threshold
+    assert ev["full_macs"] == metrics["exit_costs"][-1]["cumulative_macs"]
+
+
+def test_evaluate_exit_distribution_follows_threshold(data_dir, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--variant", "model1", "--out", str(out), "--data-dir", str(data_dir), *SMOKE]) == 0
+    results = {}
+    for t in ("0", "1"):
+        assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--data-dir", str(data_dir),
+                     "--threshold", t, "--json", str(tmp_path / f"{t}.json")]) == 0
+        results[t] = json.loads((tmp_path / f"{t}.json").read_text())
+    assert results["0"]["exit_distribution"] == [1.0, 0.0, 0.0]   # everything leaves at exit 1
+    assert results["1"]["exit_distribution"][-1] == pytest.approx(1.0, abs=1e-3)
+    assert results["0"]["mean_macs"] < results["1"]["mean_macs"]
+    assert results["0"]["overall"] == pytest.approx(results["0"]["per_exit"][0]["overall"])
+
+
+def test_existing_run_needs_resume(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--variant", "model7", "--out", str(out), "--data-dir", str(data_dir), *SMOKE]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args[:-len(SMOKE)], *SMOKE[:-2], "--workers", "0", "--resume", "--batch-size", "16"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--variant", "model99"], "unknown variant 'model99'; known variants: model1"),
+    (["train", "--variant", "model8", "--imbalance", "7"], "invalid choice"),
+    (["train", "--variant", "model8", "--epochs", "0"], "expected a positive integer"),
+    (["train", "--variant", "model8", "--threshold", "1.5"], "expected a number in [0, 1]"),
+    (["evaluate", "--checkpoint", "/nonexistent/checkpoint.pt"], "no checkpoint at /nonexistent"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_usage_is_one_clear_message(args, message):
+    result = cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    result = cli("train", "--variant", "model8", "--data-dir", tmp_path, "--out", tmp_path / "r")
+    assert result.returncode == 2
+    assert "CIFAR-10 not found" in result.stderr and "cifar-10-batches-py" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_malformed_dataset_is_a_clear_error(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (root / name).write_bytes(b"garbage")
+    result = cli("train", "--variant", "model8", "--data-dir", tmp_path, "--out", tmp_path / "r")
+    assert result.returncode == 2
+    assert "malformed CIFAR-10 batch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"\x00" * 100)
+    result = cli("evaluate", "--checkpoint", bad)
+    assert result.returncode == 2
+    assert "cannot read checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cuda_requested_without_gpu(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = cli("train", "--variant", "model8", "--device", "cuda", "--out", tmp_path / "r")
+    assert result.returncode == 2 and "no usable CUDA GPU" in result.stderr
+
+
+def test_variants_lists_the_table():
+    result = cli("variants")
+    assert result.returncode == 0
+    for name in ["model1", "model8", "model12", "model16", "elf", "reslt"]:
+        assert f"\n{name} " in result.stdout
+    table = json.loads(cli("variants", "--json").stdout)
+    assert len(table) == 15

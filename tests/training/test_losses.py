@@ -1,0 +1,136 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.losses import (CrossEntropyLS, LDAMLoss, PlainExitLoss, ResLTExitLoss,
+                             SimulatedExitLoss, Targets, branch_masks, split_weights)
+from training.network import ExitOutput
+from training.routing import exit_weights, first_confident_exit, routed_loss, training_exits
+
+
+def ce(logits, y):
+    """Plain cross-entropy of one sample, by hand."""
+    return -logits[y] + math.log(sum(math.exp(v) for v in logits))
+
+
+def test_ce_label_smoothing_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    got = CrossEntropyLS(0.1)(logits, torch.tensor([0])).item()
+    logp = [v - math.log(sum(math.exp(u) for u in [2.0, 0.0, -1.0])) for v in [2.0, 0.0, -1.0]]
+    expected = -(0.9 + 0.1 / 3) * logp[0] - (0.1 / 3) * (logp[1] + logp[2])
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_ldam_margins_by_hand():
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    loss = LDAMLoss(counts)
+    raw = [n ** -0.25 for n in counts]
+    expected = [0.5 * r / max(raw) for r in raw]
+    assert loss.margins.tolist() == pytest.approx(expected, rel=1e-6)
+    assert loss.margins[-1].item() == pytest.approx(0.5)
+    # 50 ** -0.25 / 5000 ** -0.25 = 100 ** 0.25 = 3.1623: the head margin is 0.5 / 3.1623
+    assert loss.margins[0].item() == pytest.approx(0.5 / 100 ** 0.25, rel=1e-6)
+
+
+def test_ldam_subtracts_scaled_margin_from_true_logit():
+    loss = LDAMLoss([100, 100, 100, 1600], scale=30.0)  # margins 0.5, 0.5, 0.5, 0.25
+    logits = torch.tensor([[3.0, 1.0, 0.0, 2.0]])
+    got = loss(logits, torch.tensor([3])).item()
+    assert got == pytest.approx(ce([3.0, 1.0, 0.0, 2.0 - 30 * 0.25], 3), rel=1e-5)
+
+
+def test_simulated_weights_one_two_three_by_split():
+    assert split_weights().tolist() == [1, 1, 1, 2, 2, 2, 3, 3, 3, 3]
+    logits = torch.randn(3, 10)
+    y = torch.tensor([0, 4, 9])  # many, medium, few
+    base = CrossEntropyLS()
+    got = SimulatedExitLoss(base)(ExitOutput(logits), Targets.plain(y))
+    torch.testing.assert_close(got, base(logits, y) * torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_reslt_branch_masks():
+    masks = branch_masks()
+    assert masks[0].tolist() == [1] * 10                       # H: every class
+    assert masks[1].tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]  # M: medium + few
+    assert masks[2].tolist() == [0] * 6 + [1] * 4              # T: few
+
+
+def test_full_reslt_loss_by_hand():
+    """Branch term = sum(mask * CE_b) / sum(mask); fusion = CE(H + M + T); 0.95 / 0.05."""
+    torch.manual_seed(0)
+    branches = torch.randn(3, 2, 10)
+    y = torch.tensor([1, 7])  # a many sample (mask count 1), a few sample (mask count 3)
+    base = lambda z, t: F.cross_entropy(z, t, reduction="none")  # noqa: E731
+    per_sample = ResLTExitLoss(base, alpha=0.95)(ExitOutput(branches.sum(0), branches), Targets.plain(y))
+    b = [[ce(branches[k, i].tolist(), y[i].item()) for k in range(3)] for i in range(2)]
+    branch_term = (b[0][0] + b[1][0] + b[1][1] + b[1][2]) / 4
+    fusion_term = (ce(branches[:, 0].sum(0).tolist(), 1) + ce(branches[:, 1].sum(0).tolist(), 7)) / 2
+    assert per_sample.mean().item() == pytest.approx(0.95 * branch_term + 0.05 * fusion_term, rel=1e-5)
+
+
+def test_mixup_targets_weight_each_label():
+    logits = torch.randn(4, 10)
+    y_a, y_b = torch.tensor([0, 3, 6, 9]), torch.tensor([9, 6, 3, 0])
+    base = CrossEntropyLS()
+    got = SimulatedExitLoss(base)(ExitOutput(logits), Targets(y_a, y_b, 0.7))
+    w = split_weights()
+    expected = 0.7 * w[y_a] * base(logits, y_a) + 0.3 * w[y_b] * base(logits, y_b)
+    torch.testing.assert_close(got, expected)
+    assert Targets(y_a, y_b, 0.7).dominant is y_a and Targets(y_a, y_b, 0.3).dominant is y_b
+
+
+def test_exit_rule_first_confident_exit():
+    probs = torch.tensor([
+        [[0.6, 0.4], [0.5, 0.5], [0.3, 0.7], [0.45, 0.55]],   # exit 1
+        [[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.4, 0.6]],     # exit 2
+        [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.52, 0.48]],   # exit 3
+    ])
+    assert first_confident_exit(probs, 0.6).tolist() == [0, 1, 0, 1]
+    assert first_confident_exit(probs, 0.95).tolist() == [2, 2, 2, 2]
+    # exactly at the threshold exits (>=)
+    assert first_confident_exit(probs, 0.5).tolist() == [0, 0, 0, 0]
+    # training: the prediction must also be right
+    assert first_confident_exit(probs, 0.6, torch.tensor([1, 1, 0, 1])).tolist() == [2, 1, 2, 1]
+
+
+def crafted_batch():
+    """Three exits, four samples whose training exits are known: 0, 1, 2, 2."""
+    big = 10.0
+    logits = torch.zeros(3, 4, 10)
+    y = torch.tensor([0, 1, 2, 3])
+    logits[0, 0, 0] = big       # sample 0 confident and right at exit 1
+    logits[0, 1, 5] = big       # sample 1 confident but wrong at exit 1 ...
+    logits[1, 1, 1] = big       # ... right at exit 2
+    logits[1, 2, 2] = 1.0       # sample 2 right but not confident anywhere before the end
+    return [ExitOutput(l) for l in logits], Targets.plain(y)
+
+
+def test_training_exits_on_crafted_batch():
+    outputs, targets = crafted_batch()
+    assert training_exits(outputs, targets, 0.9).tolist() == [0, 1, 2, 2]
+
+
+def test_accumulative_vs_routed_sums():
+    outputs, targets = crafted_batch()
+    exits = training_exits(outputs, targets, 0.9)
+    per_exit = [torch.tensor([1.0, 2.0, 3.0, 4.0]) * (k + 1) for k in range(3)]  # L_k,i = (k+1)*(i+1)
+    assert exit_weights(exits, 3, "routed").T.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]]
+    # routed: 1*1 + 2*2 + 3*3 + 3*4 = 26, over 4 samples
+    assert routed_loss(per_exit, exits, "routed").item() == pytest.approx(26 / 4)
+    # accumulative: 1 + (2 + 4) + (3 + 6 + 9) + (4 + 8 + 12) = 49, over 4 samples
+    assert routed_loss(per_exit, exits, "accumulative").item() == pytest.approx(49 / 4)
+    with pytest.raises(ValueError, match="routing"):
+        exit_weights(exits, 3, "sideways")
+
+
+def test_plain_exit_loss_needs_no_split():
+    logits, y = torch.randn(5, 10), torch.randint(0, 10, (5,))
+    torch.testing.assert_close(PlainExitLoss(CrossEntropyLS())(ExitOutput(logits), Targets.plain(y)),
+                               CrossEntropyLS()(logits, y))
+
+
+def test_reslt_loss_refuses_single_head():
+    with pytest.raises(ValueError, match="ResLT head"):
+        ResLTExitLoss(CrossEntropyLS())(ExitOutput(torch.randn(2, 10)), Targets.plain(torch.tensor([0, 1])))

@@ -1,0 +1,78 @@
+"""Checkpoints, resume after a real kill, and divergence detection."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from training.config import TrainConfig
+from training.engine import Diverged, check_collapse
+
+RUN = ["--variant", "model8", "--epochs", "3", "--checkpoint-every", "1", "--batch-size", "32",
+       "--max-train-samples", "400", "--max-batches", "6", "--max-test-samples", "200", "--workers", "1"]
+
+
+def train_cmd(out, data_dir, *extra):
+    return [sys.executable, "-m", "training", "train", *RUN, "--out", str(out), "--data-dir", str(data_dir),
+            *extra]
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(data_dir, tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(train_cmd(straight, data_dir), check=True, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(killed, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = load(killed / "checkpoint.pt")["epoch"]
+    assert interrupted_at < 3, "the run finished before it could be killed"
+
+    done = subprocess.run(train_cmd(killed, data_dir, "--resume"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {killed} from epoch {interrupted_at}" in done.stdout
+
+    a, b = load(straight / "checkpoint.pt"), load(killed / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    ma = json.loads((straight / "metrics.json").read_text())
+    mb = json.loads((killed / "metrics.json").read_text())
+    assert [e["loss"] for e in ma["epochs"]] == [e["loss"] for e in mb["epochs"]]
+    assert ma["final"]["predictions"] == mb["final"]["predictions"]
+    log = (killed / "train.log").read_text().splitlines()
+    assert [line.split("\t")[0] for line in log if line.startswith("Epoch")] == ["Epoch 1", "Epoch 2", "Epoch 3"]
+
+
+def test_nan_loss_is_reported_as_divergence_with_epoch(data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "train", "--variant", "model7", "--epochs", "2", "--lr", "1e30",
+         "--batch-size", "32", "--max-train-samples", "300", "--max-batches", "4", "--max-test-samples", "100",
+         "--workers", "0", "--out", str(out), "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3
+    assert "training diverged at epoch 1: loss is nan" in result.stderr
+    assert "Traceback" not in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["diverged_at"] == 1
+    assert "DIVERGED at epoch 1" in (out / "train.log").read_text()
+
+
+def test_collapsed_predictions_are_divergence():
+    cfg = TrainConfig(variant="model4", imbalance=100)
+    check_collapse(cfg, 110, {"predicted_class_share_max": 0.4})
+    check_collapse(cfg, 2, {"predicted_class_share_max": 1.0})  # warm-up: not judged yet
+    with pytest.raises(Diverged, match="epoch 111: predictions collapsed: 100.0%"):
+        check_collapse(cfg, 110, {"predicted_class_share_max": 1.0})
