@@ -69,6 +69,7 @@ class Run:
                           else self.variant.infer_threshold)
         self.history: list[dict] = []
         self.start_epoch = 0
+        self.provenance = runinfo.provenance(self.device)
 
     # -- data ---------------------------------------------------------------------------------
     def loader(self, epoch: int) -> DataLoader:
@@ -129,7 +130,8 @@ class Run:
     def state(self, epoch: int) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": epoch, "config": self.config.to_dict(), "variant": self.variant.to_dict(),
-                "history": self.history, "class_counts": self.class_counts}
+                "history": self.history, "class_counts": self.class_counts,
+                "provenance": self.provenance}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -224,7 +226,7 @@ def prepare_run_dir(run: Run, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / LOG).unlink(missing_ok=True)
     write_json({"config": run.config.to_dict(), "variant": run.variant.to_dict(),
-                "provenance": runinfo.provenance(run.device)}, out / CONFIG)
+                "provenance": run.provenance}, out / CONFIG)
 
 
 def checkpoint_model(path: Path, device="cpu"):

@@ -1,0 +1,175 @@
+"""`models/<name>/manifest.json`: one pydantic model, written by export, validated by the server.
+
+A model directory holds manifest.json and stage_1.onnx .. stage_K.onnx. Stage k takes the
+previous stage's feature map (stage 1: the normalised N x 3 x 32 x 32 image) and returns the next
+feature map (all stages but the last) and the exit's probabilities, max probability and argmax.
+The batch axis is dynamic. Bump FORMAT_VERSION's major part on any incompatible change.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+FORMAT_VERSION = "1.0"
+MANIFEST = "manifest.json"
+
+
+class ManifestError(RuntimeError):
+    """A model directory that cannot be served; the message names the file and the problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str
+    shape: list[int | str]  # "N" for the dynamic batch axis
+    dtype: Literal["float32", "int64"]
+
+
+class StageSpec(_Strict):
+    index: int = Field(ge=1)
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    input: TensorSpec
+    features: TensorSpec | None  # None for the last stage
+    probabilities: TensorSpec
+    confidence: TensorSpec
+    class_id: TensorSpec
+    backbone_macs: int = Field(ge=0)
+    head_macs: int = Field(ge=0)
+    cumulative_macs: int = Field(gt=0)
+    share_of_full: float = Field(gt=0, le=1)
+
+
+class InputSpec(_Strict):
+    height: int = 32
+    width: int = 32
+    channels: int = 3
+    layout: Literal["NCHW"] = "NCHW"
+    color: Literal["RGB"] = "RGB"
+    resize: Literal["bilinear"] = "bilinear"
+    scale: float = 1 / 255  # uint8 pixel -> [0, 1] before normalisation
+    mean: list[float]
+    std: list[float]
+
+
+class Thresholds(_Strict):
+    train: float = Field(ge=0, le=1)
+    inference: float = Field(ge=0, le=1)  # the server's default
+
+
+class SplitAccuracy(_Strict):
+    overall: float
+    many: float | None
+    medium: float | None
+    few: float | None
+
+
+class ExitMetrics(SplitAccuracy):
+    exit: int
+    cumulative_macs: int
+
+
+class TestMetrics(SplitAccuracy):
+    threshold: float
+    images: int
+    exit_distribution: list[float]
+    mean_macs: float
+    mean_macs_share: float
+    per_exit: list[ExitMetrics]
+
+
+class Provenance(_Strict):
+    seed: int
+    epochs: int
+    trained_epochs: int
+    trained_on: str
+    training_date: str | None
+    exported_at: str
+    code_version: str
+    torch: str
+    onnx_opset: int
+    parity_max_abs_diff: float
+
+
+class Manifest(_Strict):
+    format_version: str = FORMAT_VERSION
+    name: str
+    variant: str
+    variant_config: dict
+    training_config: dict
+    imbalance: int
+    class_names: list[str]
+    splits: dict[str, list[int]]
+    input: InputSpec
+    thresholds: Thresholds
+    stages: list[StageSpec]
+    full_macs: int
+    metrics: TestMetrics
+    provenance: Provenance
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.stages)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Manifest":
+        if self.format_version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+            raise ValueError(f"format_version {self.format_version} is not supported "
+                             f"(this code reads {FORMAT_VERSION.split('.')[0]}.x)")
+        if [s.index for s in self.stages] != list(range(1, len(self.stages) + 1)):
+            raise ValueError("stages must be numbered 1..K in order")
+        if not self.stages or self.stages[-1].features is not None:
+            raise ValueError("the last stage must not return a feature map")
+        if any(s.features is None for s in self.stages[:-1]):
+            raise ValueError("every stage but the last must return a feature map")
+        if len(self.metrics.exit_distribution) != len(self.stages):
+            raise ValueError("metrics.exit_distribution needs one entry per stage")
+        if self.full_macs != self.stages[-1].cumulative_macs:
+            raise ValueError("full_macs must equal the last stage's cumulative_macs")
+        return self
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(model_dir: str | Path, verify_files: bool = True) -> Manifest:
+    """Read and validate a model directory's manifest; check its stage files and their hashes."""
+    model_dir = Path(model_dir)
+    path = model_dir / MANIFEST
+    if not path.is_file():
+        raise ManifestError(f"{path}: missing (a model directory needs {MANIFEST} and its stage files)")
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ManifestError(f"{path}: invalid manifest at {where}: {first['msg']} "
+                            f"({exc.error_count()} problem(s))") from None
+    if verify_files:
+        for stage in manifest.stages:
+            file = model_dir / stage.file
+            if not file.is_file():
+                raise ManifestError(f"{file}: missing stage file named in {path}")
+            if sha256_file(file) != stage.sha256:
+                raise ManifestError(f"{file}: sha256 differs from {path} (corrupt or replaced file)")
+    return manifest
+
+
+def json_schema() -> dict:
+    schema = Manifest.model_json_schema()
+    schema["title"] = f"elf-reslt model manifest, format {FORMAT_VERSION}"
+    return schema

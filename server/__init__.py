@@ -1,0 +1,1 @@
+"""Early-exit inference server (FastAPI + ONNX Runtime). Never imports torch."""

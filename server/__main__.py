@@ -1,0 +1,55 @@
+"""`python -m server`: validate the model repository, then serve it with uvicorn."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m server", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1, or $ELF_HOST)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8000, or $ELF_PORT)")
+    p.add_argument("--model-repository", type=Path, default=None, help="folder of model directories (default models)")
+    p.add_argument("--default-model", default=None, help="model answering requests that name none (default 'default')")
+    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=None,
+                   help="ONNX Runtime execution provider; cuda makes /readyz fail without a GPU (default auto)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    from .config import Settings  # noqa: PLC0415
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"error: invalid setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import uvicorn  # noqa: PLC0415
+
+    from modelrepo import ManifestError  # noqa: PLC0415
+
+    from .app import create_app  # noqa: PLC0415
+    from .engine import load_repository  # noqa: PLC0415
+    try:
+        models = load_repository(settings.model_repository, settings.default_model, settings.provider,
+                                 settings.intra_op_threads)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings, models)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=settings.log_level == "debug")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Micro-batching across requests: one queue and one worker loop per model.
+
+Requests put single images on the model's queue and await their future. The loop takes what is
+waiting, up to `batch_size` images or until `wait_s` has passed since the first, runs the staged
+model once in a worker thread (the event loop never blocks) and resolves each future. A failed
+batch fails each of its requests; the loop keeps running. A full queue refuses at once
+(Overloaded -> 503) rather than growing without bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(RuntimeError):
+    pass
+
+
+@dataclass
+class Item:
+    x: np.ndarray  # normalised 3 x 32 x 32
+    threshold: float
+    future: asyncio.Future
+
+
+async def collect_batch(queue: asyncio.Queue, batch_size: int, wait_s: float) -> list:
+    """Block for one item, then take more until the batch is full or the deadline passes."""
+    batch = [await queue.get()]
+    deadline = time.monotonic() + wait_s
+    while len(batch) < batch_size:
+        try:
+            batch.append(queue.get_nowait())
+            continue
+        except asyncio.QueueEmpty:
+            pass
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(queue.get(), remaining))
+        except asyncio.TimeoutError:
+            break
+    return batch
+
+
+class Batcher:
+    def __init__(self, run_batch, batch_size: int, wait_s: float, max_queue: int, on_depth=None):
+        self.run_batch = run_batch  # (x: N x 3 x 32 x 32, thresholds: N) -> list of per-image results
+        self.batch_size, self.wait_s = batch_size, wait_s
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.on_depth = on_depth or (lambda depth: None)
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, xs: list[np.ndarray], threshold: float) -> list:
+        """Queue the images of one request together, or refuse all of them if they don't fit."""
+        if self.queue.maxsize - self.queue.qsize() < len(xs):
+            raise Overloaded(f"inference queue is full ({self.queue.qsize()} images waiting)")
+        loop = asyncio.get_running_loop()
+        items = [Item(x, threshold, loop.create_future()) for x in xs]
+        for item in items:
+            self.queue.put_nowait(item)
+        self.on_depth(self.queue.qsize())
+        return await asyncio.gather(*(item.future for item in items))
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await collect_batch(self.queue, self.batch_size, self.wait_s)
+            self.on_depth(self.queue.qsize())
+            x = np.stack([item.x for item in batch])
+            thresholds = np.array([item.threshold for item in batch], dtype=np.float32)
+            try:
+                results = await loop.run_in_executor(self.executor, self.run_batch, x, thresholds)
+            except Exception as exc:
+                log.exception("inference batch of %d failed", len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            for item, result in zip(batch, results):
+                if not item.future.done():  # the client may have gone away
+                    item.future.set_result(result)

@@ -1,0 +1,27 @@
+"""Server settings: one pydantic-settings class, from flags or ELF_* environment variables."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ELF_", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model_repository: Path = Path("models")
+    default_model: str = "default"
+    # auto: CUDA when ONNX Runtime has a usable GPU, else CPU. cuda: /readyz fails without one.
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: its default)")
+    max_upload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="byte cap per uploaded file")
+    max_image_pixels: int = Field(16_000_000, gt=0, description="pixel cap (decompression bombs)")
+    max_batch_files: int = Field(64, gt=0, description="files per /classify/batch request")
+    batch_size: int = Field(64, gt=0, description="images per inference batch across requests")
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    max_queue: int = Field(1024, gt=0, description="queued images per model before 503")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

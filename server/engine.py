@@ -1,0 +1,127 @@
+"""ONNX Runtime sessions per stage and the staged early-exit run.
+
+Stage 1 runs on the whole batch; images whose exit confidence reaches their threshold leave,
+the rest go on to the next stage with their feature maps. Later stages never see an image that
+has left. The last stage answers for every image still there.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from modelrepo import Manifest, ManifestError, load_manifest
+
+from .images import normalize
+
+log = logging.getLogger(__name__)
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def choose_providers(wanted: str) -> list[str]:
+    """Ask ONNX Runtime for CUDA only when it has it, so a CPU machine logs no errors."""
+    available = ort.get_available_providers()
+    if wanted in ("auto", "cuda") and CUDA in available:
+        return [CUDA, CPU]
+    return [CPU]
+
+
+@dataclass
+class StageStats:
+    seconds: float
+    batch_size: int
+
+
+@dataclass
+class StagedResult:
+    class_id: np.ndarray  # N, int64
+    confidence: np.ndarray  # N, float32
+    exit: np.ndarray  # N, 1-based exit level
+    stages: list[StageStats] = field(default_factory=list)
+
+
+class StagedModel:
+    def __init__(self, model_dir: Path, wanted_provider: str = "auto", intra_op_threads: int = 0):
+        self.dir = Path(model_dir)
+        self.manifest: Manifest = load_manifest(self.dir)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        providers = choose_providers(wanted_provider)
+        self.sessions = []
+        for stage in self.manifest.stages:
+            try:
+                session = ort.InferenceSession(str(self.dir / stage.file), options, providers=providers)
+            except Exception as exc:  # ORT raises its own exception types for invalid graphs
+                raise ManifestError(f"{self.dir / stage.file}: ONNX Runtime cannot load it: {exc}") from None
+            self.sessions.append(session)
+        self.provider = self.sessions[0].get_providers()[0]
+        self.wanted_provider = wanted_provider
+        inp = self.manifest.input
+        self._norm = (inp.mean, inp.std, inp.scale)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def provider_ok(self) -> bool:
+        return self.wanted_provider != "cuda" or self.provider == CUDA
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        return normalize(images, *self._norm)
+
+    def run(self, x: np.ndarray, thresholds: np.ndarray) -> StagedResult:
+        """x: normalised N x 3 x 32 x 32 float32; thresholds: N per-image thresholds."""
+        n = len(x)
+        class_id = np.zeros(n, dtype=np.int64)
+        confidence = np.zeros(n, dtype=np.float32)
+        exits = np.zeros(n, dtype=np.int64)
+        active = np.arange(n)
+        features = x
+        stats = []
+        last = len(self.sessions) - 1
+        for k, session in enumerate(self.sessions):
+            t0 = time.perf_counter()
+            outputs = session.run(None, {"input": features})
+            stats.append(StageStats(time.perf_counter() - t0, len(active)))
+            if k == last:
+                _, conf, cls = outputs
+                leave = np.ones(len(active), dtype=bool)
+            else:
+                feats, _, conf, cls = outputs
+                leave = conf >= thresholds[active]
+            idx = active[leave]
+            class_id[idx], confidence[idx], exits[idx] = cls[leave], conf[leave], k + 1
+            if k == last or leave.all():
+                break
+            active, features = active[~leave], np.ascontiguousarray(feats[~leave])
+        return StagedResult(class_id, confidence, exits, stats)
+
+    def warm_up(self) -> None:
+        x = np.zeros((1, 3, 32, 32), dtype=np.float32)
+        self.run(x, np.array([1.0], dtype=np.float32))  # threshold 1: every stage runs
+
+
+def load_repository(repository: Path, default_model: str, wanted_provider: str,
+                    intra_op_threads: int = 0) -> dict[str, StagedModel]:
+    """Every model directory under the repository (one with a manifest.json); the default must be there."""
+    repository = Path(repository)
+    if not repository.is_dir():
+        raise ManifestError(f"{repository}: model repository not found (a folder of model directories)")
+    models = {}
+    for child in sorted(p for p in repository.iterdir() if p.is_dir()):
+        if (child / "manifest.json").exists() or child.name == default_model:
+            model = StagedModel(child, wanted_provider, intra_op_threads)
+            models[child.name] = model
+            log.info("loaded model %s (%s, %d stages) on %s", child.name, model.manifest.variant,
+                     model.manifest.num_exits, model.provider)
+    if default_model not in models:
+        raise ManifestError(f"{repository / default_model}: default model not found")
+    return models

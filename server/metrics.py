@@ -1,0 +1,41 @@
+"""Every Prometheus metric, created once at import on the server's own registry.
+
+Names follow Prometheus' guide: base units (seconds), `_total` counters, bounded labels
+(model names come from the repository, exits 1..K, stages 1..K, endpoints fixed).
+"""
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Stages of a ResNet-32 on the CPU take tens of microseconds to a few milliseconds.
+STAGE_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25)
+REQUEST_BUCKETS = (0.5e-3, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+REQUESTS = Counter("elf_http_requests_total", "HTTP requests by endpoint and status code",
+                   ["endpoint", "status"], registry=REGISTRY)
+REQUEST_LATENCY = Histogram("elf_http_request_duration_seconds", "HTTP request latency",
+                            ["endpoint"], buckets=REQUEST_BUCKETS, registry=REGISTRY)
+EXITS = Counter("elf_exits_total", "Images classified, by model and exit level (1-based)",
+                ["model", "exit"], registry=REGISTRY)
+EXIT_DEPTH = Histogram("elf_exit_depth", "Exit level at which images leave the network",
+                       ["model"], buckets=(1, 2, 3, 4, 5), registry=REGISTRY)
+EXIT_CONFIDENCE = Histogram("elf_exit_confidence", "Max softmax probability at the exit taken",
+                            ["model", "exit"], buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+                            registry=REGISTRY)
+STAGE_LATENCY = Histogram("elf_stage_duration_seconds", "ONNX Runtime time per stage run",
+                          ["model", "stage"], buckets=STAGE_BUCKETS, registry=REGISTRY)
+STAGE_BATCH = Histogram("elf_stage_batch_size", "Images per stage run", ["model", "stage"],
+                        buckets=BATCH_BUCKETS, registry=REGISTRY)
+QUEUE_DEPTH = Gauge("elf_queue_depth", "Images waiting for inference", ["model"], registry=REGISTRY)
+MACS = Counter("elf_macs_total", "Multiply-accumulates spent on images", ["model"], registry=REGISTRY)
+MACS_FULL = Counter("elf_macs_full_network_total",
+                    "Multiply-accumulates the same images would cost through every stage", ["model"],
+                    registry=REGISTRY)
+PROVIDER = Gauge("elf_execution_provider", "Active ONNX Runtime execution provider (1 = in use)",
+                 ["model", "provider"], registry=REGISTRY)
+MODEL_INFO = Gauge("elf_model_info", "Loaded models (value 1) and their provenance",
+                   ["model", "variant", "format_version", "imbalance", "exits", "default_threshold"],
+                   registry=REGISTRY)
+READY = Gauge("elf_ready", "1 when every model is loaded, warmed up and on the expected provider",
+              registry=REGISTRY)

@@ -1,0 +1,41 @@
+"""`export`: a checkpoint -> models/NAME (one ONNX graph per exit stage + manifest.json)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..data import load_cifar10
+from ..engine import checkpoint_model
+from ..export import export_model
+from .common import DEFAULT_DATA_DIR, positive_int, unit_interval
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of a run")
+    parser.add_argument("--out", type=Path, required=True, help="model directory to create, e.g. models/NAME")
+    parser.add_argument("--name", default=None, help="model name in the manifest (default: the --out folder name)")
+    parser.add_argument("--threshold", type=unit_interval, default=None,
+                        help="default inference threshold written to the manifest (default: the variant's)")
+    parser.add_argument("--parity-images", type=positive_int, default=1000,
+                        help="real test images on which ONNX Runtime must match PyTorch within 1e-4")
+    parser.add_argument("--trained-on", default=None,
+                        help="training machine for the manifest (default: from the checkpoint or its config.json)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="folder holding cifar-10-batches-py/ (test metrics and parity check)")
+
+
+def run(args) -> int:
+    model, variant, config, state = checkpoint_model(args.checkpoint, "cpu")
+    _, test = load_cifar10(args.data_dir)
+    config_json = args.checkpoint.parent / "config.json"
+    if "provenance" not in state and config_json.is_file():  # checkpoints of older code
+        state["provenance"] = json.loads(config_json.read_text()).get("provenance", {})
+    if args.trained_on:
+        state.setdefault("provenance", {})["device"] = args.trained_on
+    manifest = export_model(model, variant, config, state, test, args.out, args.name or args.out.name,
+                            args.parity_images, args.threshold)
+    m = manifest.metrics
+    print(f"exported {variant.name} to {args.out}: {manifest.num_exits} stages, parity "
+          f"{manifest.provenance.parity_max_abs_diff:.1e}; test accuracy {m.overall:.2f}% at threshold "
+          f"{m.threshold:g}, exits " + "/".join(f"{100 * d:.1f}" for d in m.exit_distribution) + "%")
+    return 0

@@ -1,0 +1,163 @@
+"""Staged ONNX export (SPEC §7): one graph per exit stage plus manifest.json.
+
+Export refuses to write a model whose ONNX Runtime outputs differ from PyTorch on real test
+images by more than PARITY_TOLERANCE (max abs probability). Files are written into a temporary
+directory beside the target and renamed into place only once everything checked out.
+"""
+from __future__ import annotations
+
+import datetime
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from modelrepo.manifest import MANIFEST, Manifest, sha256_file
+from . import runinfo
+from .augment import normalize_batch
+from .checkpoint import write_json
+from .constants import CLASS_NAMES, MEAN, SPLITS, STD
+from .data import Split
+from .evaluation import early_exit_metrics, exit_probabilities
+from .macs import exit_costs
+
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+BATCH = "N"
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+class Stage(nn.Module):
+    """Backbone segment k + exit k, with softmax, max and argmax in the graph."""
+
+    def __init__(self, segment: nn.Module, head: nn.Module, last: bool):
+        super().__init__()
+        self.segment, self.head, self.last = segment, head, last
+
+    def forward(self, x):
+        features = self.segment(x)
+        probs = self.head(features).logits.softmax(dim=1)
+        confidence, class_id = probs.max(dim=1)
+        if self.last:
+            return probs, confidence, class_id
+        return features, probs, confidence, class_id
+
+
+def stage_modules(model) -> list[Stage]:
+    segments = model.segments()
+    return [Stage(seg, head, k == len(segments) - 1)
+            for k, (seg, head) in enumerate(zip(segments, model.exits))]
+
+
+def _output_names(last: bool) -> list[str]:
+    return (["probabilities", "confidence", "class_id"] if last
+            else ["features", "probabilities", "confidence", "class_id"])
+
+
+def export_stage(stage: Stage, example: torch.Tensor, path: Path) -> torch.Tensor | None:
+    names = _output_names(stage.last)
+    dynamic = {"input": {0: BATCH}, **{n: {0: BATCH} for n in names}}
+    with warnings.catch_warnings():  # the TorchScript exporter's notes on strided slices
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(stage, (example,), str(path), input_names=["input"], output_names=names,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    with torch.no_grad():
+        return None if stage.last else stage(example)[0]
+
+
+def onnx_exit_probabilities(paths: list[Path], x: np.ndarray) -> list[np.ndarray]:
+    """Every stage's probabilities for every image through ONNX Runtime on the CPU."""
+    import onnxruntime as ort
+
+    probs, features = [], x
+    for path in paths:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outputs = dict(zip([o.name for o in session.get_outputs()],
+                           session.run(None, {"input": features})))
+        probs.append(outputs["probabilities"])
+        features = outputs.get("features")
+    return probs
+
+
+def _tensor(name, shape, dtype="float32") -> dict:
+    return {"name": name, "shape": [BATCH, *shape], "dtype": dtype}
+
+
+def export_model(model, variant, config, state: dict, test: Split, out: Path, name: str,
+                 parity_images: int = 1000, threshold: float | None = None) -> Manifest:
+    """Write out/ (stage_k.onnx + manifest.json) for a trained model; returns the manifest."""
+    model = model.cpu().eval()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out} exists and is not empty; remove it or choose another --out")
+    threshold = variant.infer_threshold if threshold is None else threshold
+    costs = exit_costs(model)
+    probs = exit_probabilities(model, test, config.eval_batch_size)
+    metrics = early_exit_metrics(probs, test.labels, threshold, costs)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        stages, paths = [], []
+        x = normalize_batch(test.images[:2])
+        for k, stage in enumerate(stage_modules(model), start=1):
+            path = tmp / f"stage_{k}.onnx"
+            in_shape = list(x.shape[1:])
+            features = export_stage(stage, x, path)
+            paths.append(path)
+            stages.append({
+                "index": k, "file": path.name, "sha256": sha256_file(path),
+                "input": _tensor("input", in_shape),
+                "features": None if features is None else _tensor("features", list(features.shape[1:])),
+                "probabilities": _tensor("probabilities", [len(CLASS_NAMES)]),
+                "confidence": _tensor("confidence", []),
+                "class_id": _tensor("class_id", [], "int64"),
+                **costs[k - 1],
+            })
+            x = features
+
+        n = min(parity_images, len(test))
+        ort_probs = onnx_exit_probabilities(paths, normalize_batch(test.images[:n]).numpy())
+        diff = max(float(np.abs(o - p[:n].numpy()).max()) for o, p in zip(ort_probs, probs))
+        if not diff <= PARITY_TOLERANCE:
+            raise ExportError(f"ONNX Runtime and PyTorch disagree on {n} test images: max abs "
+                              f"probability difference {diff:.2e} > {PARITY_TOLERANCE:.0e}; nothing written")
+
+        per_exit = [{k: row[k] for k in ("exit", "overall", "many", "medium", "few", "cumulative_macs")}
+                    for row in metrics["per_exit"]]
+        manifest = Manifest.model_validate({
+            "name": name, "variant": variant.name, "variant_config": variant.to_dict(),
+            "training_config": config.to_dict(), "imbalance": config.imbalance,
+            "class_names": list(CLASS_NAMES), "splits": {k: list(v) for k, v in SPLITS.items()},
+            "input": {"mean": list(MEAN), "std": list(STD)},
+            "thresholds": {"train": variant.train_threshold, "inference": threshold},
+            "stages": stages, "full_macs": costs[-1]["cumulative_macs"],
+            "metrics": {
+                **{k: metrics[k] for k in ("threshold", "overall", "many", "medium", "few",
+                                           "exit_distribution", "mean_macs", "mean_macs_share")},
+                "images": len(test), "per_exit": per_exit},
+            "provenance": {
+                "seed": config.seed, "epochs": config.epochs, "trained_epochs": int(state.get("epoch", 0)),
+                "trained_on": state.get("provenance", {}).get("device", "unknown"),
+                "training_date": state.get("provenance", {}).get("date"),
+                "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "code_version": runinfo.git_revision(), "torch": torch.__version__,
+                "onnx_opset": OPSET, "parity_max_abs_diff": diff},
+        })
+        write_json(manifest.model_dump(mode="json"), tmp / MANIFEST)
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
