@@ -1,0 +1,61 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ..conftest import REPO
+
+MODELS = REPO / "models"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, *args, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(self.port), "--log-level", "warning", *args],
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
+        self.started = time.monotonic()
+        deadline = self.started + 60
+        while True:
+            assert self.proc.poll() is None, f"server exited: {self.log.read_text()}"
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not start in 60 s"
+            time.sleep(0.05)
+        self.first_answer_s = time.monotonic() - self.started
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = RunningServer("--model-repository", str(MODELS))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c

@@ -1,0 +1,70 @@
+import asyncio
+
+import numpy as np
+import pytest
+
+from server.batcher import Batcher, Overloaded, collect_batch
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_collect_batch_fills_up_to_size():
+    async def go():
+        q = asyncio.Queue()
+        for i in range(10):
+            q.put_nowait(i)
+        return await collect_batch(q, 4, 0.01), q.qsize()
+    assert run(go()) == ([0, 1, 2, 3], 6)
+
+
+def test_collect_batch_stops_at_deadline():
+    async def go():
+        q = asyncio.Queue()
+        q.put_nowait("a")
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, q.put_nowait, "late")
+        t0 = loop.time()
+        batch = await collect_batch(q, 8, 0.02)
+        return batch, loop.time() - t0
+    batch, took = run(go())
+    assert batch == ["a"] and took < 0.15
+
+
+def test_batches_across_requests_and_survives_a_failed_batch():
+    calls = []
+
+    def run_batch(x, thresholds):
+        calls.append(len(x))
+        if (x[:, 0, 0, 0] < 0).any():
+            raise RuntimeError("boom")
+        return [float(v) for v in x[:, 0, 0, 0]]
+
+    async def go():
+        b = Batcher(run_batch, batch_size=8, wait_s=0.05, max_queue=100)
+        b.start()
+        img = lambda v: np.full((3, 32, 32), v, np.float32)  # noqa: E731
+        ok = await asyncio.gather(*(b.submit([img(i)], 0.5) for i in range(5)))
+        with pytest.raises(RuntimeError, match="boom"):
+            await b.submit([img(-1), img(7)], 0.5)
+        after = await b.submit([img(9)], 0.5)
+        await b.stop()
+        return ok, after
+    ok, after = run(go())
+    assert [r[0] for r in ok] == [0, 1, 2, 3, 4]
+    assert calls[0] == 5  # five requests, one batch
+    assert after == [9.0]
+
+
+def test_full_queue_refuses():
+    async def go():
+        b = Batcher(lambda x, t: list(range(len(x))), batch_size=4, wait_s=0.0, max_queue=3)
+        # not started: nothing drains the queue
+        task = asyncio.ensure_future(b.submit([np.zeros((3, 32, 32), np.float32)] * 3, 0.5))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="queue is full"):
+            await b.submit([np.zeros((3, 32, 32), np.float32)], 0.5)
+        task.cancel()
+        b.executor.shutdown()
+    run(go())

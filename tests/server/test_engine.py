@@ -1,0 +1,56 @@
+"""Staged ONNX Runtime inference against the PyTorch model of the same checkpoint."""
+import numpy as np
+import pytest
+
+from server.engine import StagedModel, choose_providers, load_repository
+
+from .conftest import MODELS
+
+
+@pytest.fixture(scope="module")
+def model():
+    return StagedModel(MODELS / "default", "cpu")
+
+
+@pytest.fixture(scope="module")
+def x(model, cifar):
+    return model.preprocess(cifar[1].images[:256])
+
+
+def test_stages_after_the_exit_are_never_run(model, x):
+    n = len(x)
+    everyone_early = model.run(x, np.zeros(n, np.float32))
+    assert (everyone_early.exit == 1).all() and len(everyone_early.stages) == 1
+    nobody_early = model.run(x, np.ones(n, np.float32) * 1.01)
+    assert (nobody_early.exit == 3).all()
+    assert [s.batch_size for s in nobody_early.stages] == [n, n, n]
+
+
+def test_mixed_thresholds_route_each_image(model, x):
+    n = len(x)
+    thresholds = np.where(np.arange(n) % 2 == 0, 0.0, 1.01).astype(np.float32)
+    result = model.run(x, thresholds)
+    assert (result.exit[::2] == 1).all() and (result.exit[1::2] == 3).all()
+    assert [s.batch_size for s in result.stages] == [n, n // 2, n // 2]
+
+
+def test_staged_answers_equal_full_run(model, x):
+    """Whatever the exit, an image's answer is that exit's own prediction."""
+    full = [model.run(x, np.full(len(x), t, np.float32)) for t in (0.0, 1.01)]
+    mid = model.run(x, np.full(len(x), 0.3, np.float32))
+    for e in (1, 3):
+        sel = mid.exit == e
+        np.testing.assert_array_equal(mid.class_id[sel], full[0 if e == 1 else 1].class_id[sel])
+
+
+def test_cpu_machine_asks_for_cpu_only():
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert choose_providers("auto") == ["CPUExecutionProvider"]
+        assert choose_providers("cuda") == ["CPUExecutionProvider"]
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+
+
+def test_repository_loads_default(tmp_path):
+    models = load_repository(MODELS, "default", "cpu")
+    assert "default" in models and models["default"].provider == "CPUExecutionProvider"

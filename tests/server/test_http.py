@@ -1,0 +1,238 @@
+"""The server as operators run it: a real uvicorn process on loopback."""
+import io
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.cli import main as training_main
+
+from ..conftest import REPO
+from .conftest import MODELS, RunningServer
+
+DEFAULT_CHECKPOINT = REPO / "results" / "runs" / "model8-if100-seed0" / "checkpoint.pt"
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def exits_counter(text: str) -> dict[str, float]:
+    return {m[1]: float(m[2]) for m in re.finditer(r'elf_exits_total\{exit="(\d)",model="default"\} (\S+)', text)}
+
+
+def test_first_answer_within_seconds(server, client):
+    assert server.first_answer_s < 10
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["providers"]["default"] == "CPUExecutionProvider"
+
+
+def test_classify_answers_every_field(client, cifar):
+    r = client.post("/classify", files={"file": ("x.png", png(cifar[1].images[0]), "image/png")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"class_id", "class_name", "confidence", "exit", "exits_total", "latency_ms", "model"}
+    assert body["model"] == "default" and body["exits_total"] == 3 and 1 <= body["exit"] <= 3
+    assert 0 <= body["confidence"] <= 1 and body["latency_ms"] > 0
+
+
+def test_models_and_openapi(client):
+    models = client.get("/models").json()
+    assert models["default"] == "default"
+    assert models["models"]["default"]["manifest"]["format_version"] == "1.0"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/classify", "/classify/batch", "/models", "/readyz"} <= set(paths)
+
+
+def test_threshold_zero_and_one_bound_the_exit(client, cifar):
+    data = png(cifar[1].images[1])
+    assert client.post("/classify", files={"file": ("x.png", data)}, data={"threshold": "0"}).json()["exit"] == 1
+    assert client.post("/classify", files={"file": ("x.png", data)}, data={"threshold": "1"}).json()["exit"] in (3,)
+
+
+BAD_INPUTS = [
+    ({"files": {"file": ("x.txt", b"just text")}}, 415, "not an image"),
+    ({"files": {"file": ("x.png", b"")}}, 400, "empty file"),
+    ({"files": {"picture": ("x.png", b"\x89PNG")}}, 422, "field 'file'"),
+    ({"data": {"threshold": "0.5"}}, 422, "field 'file'"),
+    ({"files": {"file": ("x.png", "TRUNCATED_PNG")}}, 400, "corrupt or truncated"),
+    ({"files": {"file": ("x.jpg", "TRUNCATED_JPEG")}}, 400, "corrupt or truncated"),
+    ({"files": {"file": ("x.png", "BOMB")}}, 413, "decompression bomb"),
+    ({"files": {"file": ("x.png", b"\x00" * (8 * 1024 * 1024 + 1))}}, 413, "file too large"),
+    ({"files": {"file": ("x.png", "GOOD")}, "data": {"model": "nope"}}, 404, "unknown model 'nope'"),
+    ({"files": {"file": ("x.png", "GOOD")}, "data": {"threshold": "1.5"}}, 422, "threshold must be in [0, 1]"),
+    ({"files": {"file": ("x.png", "GOOD")}, "data": {"threshold": "-0.1"}}, 422, "threshold must be in [0, 1]"),
+    ({"files": {"file": ("x.png", "GOOD")}, "data": {"threshold": "abc"}}, 422, "must be a number"),
+    ({"files": {"file": ("x.png", "GOOD")}, "data": {"threshold": "nan"}}, 422, "threshold must be in [0, 1]"),
+]
+
+
+def materialise(kwargs, cifar):
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    samples = {"GOOD": png(cifar[1].images[2]), "TRUNCATED_PNG": png(noise)[:500]}
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "JPEG")
+    samples["TRUNCATED_JPEG"] = buf.getvalue()[:600]
+    buf = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(buf, "PNG")
+    samples["BOMB"] = buf.getvalue()
+    files = {k: (name, samples.get(data, data) if isinstance(data, str) else data)
+             for k, (name, data) in kwargs.get("files", {}).items()}
+    return {"files": files or None, "data": kwargs.get("data")}
+
+
+@pytest.mark.parametrize("kwargs,status,message", BAD_INPUTS, ids=[m for _, _, m in BAD_INPUTS])
+def test_bad_input_is_a_clear_4xx(client, cifar, kwargs, status, message):
+    r = client.post("/classify", **materialise(kwargs, cifar))
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"] and r.json()["status"] == status
+    # the server stays up and correct
+    ok = client.post("/classify", files={"file": ("x.png", png(cifar[1].images[3]))})
+    assert ok.status_code == 200
+
+
+def test_random_bytes_through_http_never_500(client):
+    rng = np.random.default_rng(42)
+    for n in range(60):
+        data = rng.integers(0, 256, int(rng.integers(0, 3000)), dtype=np.uint8).tobytes()
+        if n % 3 == 0:  # a valid PNG header followed by garbage
+            data = b"\x89PNG\r\n\x1a\n" + data
+        r = client.post("/classify", files={"file": ("r.bin", data)})
+        assert r.status_code in (200, 400, 413, 415), (r.status_code, r.text)
+    assert client.get("/healthz").status_code == 200
+
+
+def test_batch_endpoint_mixes_results_and_errors(client, cifar):
+    files = [("files", ("a.png", png(cifar[1].images[i]))) for i in range(3)] + [("files", ("bad.png", b"zz"))]
+    body = client.post("/classify/batch", files=files).json()
+    assert [item["status"] for item in body["results"]] == [200, 200, 200, 415]
+    assert body["results"][3]["error"].startswith("not an image")
+    single = client.post("/classify", files={"file": ("a.png", png(cifar[1].images[1]))}).json()
+    assert body["results"][1]["result"]["class_id"] == single["class_id"]
+
+
+def test_metrics_show_exactly_the_mix(cifar):
+    server = RunningServer("--model-repository", str(MODELS))
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            for i in range(5):
+                c.post("/classify", files={"file": ("x.png", png(cifar[1].images[i]))}, data={"threshold": "0"})
+            for i in range(3):
+                c.post("/classify", files={"file": ("x.png", png(cifar[1].images[i]))}, data={"threshold": "1"})
+            c.post("/classify", files={"file": ("x.png", b"nope")})
+            text = c.get("/metrics").text
+    finally:
+        server.stop()
+    assert exits_counter(text) == {"1": 5.0, "2": 0.0, "3": 3.0}
+    assert 'elf_http_requests_total{endpoint="/classify",status="200"} 8.0' in text
+    assert 'elf_http_requests_total{endpoint="/classify",status="415"} 1.0' in text
+    assert 'elf_execution_provider{model="default",provider="CPUExecutionProvider"} 1.0' in text
+    assert 'elf_exit_depth_count{model="default"} 8.0' in text
+    assert 'elf_exit_depth_sum{model="default"} 14.0' in text
+    assert "elf_stage_duration_seconds_bucket" in text and "elf_queue_depth" in text
+
+
+def test_parity_with_training_evaluate(server, client, cifar, tmp_path, data_dir):
+    """2,000 real test images through HTTP: same class and exit as `python -m training evaluate`."""
+    n = 2000
+    manifest = client.get("/models").json()["models"]["default"]["manifest"]
+    threshold = manifest["thresholds"]["inference"]
+    assert training_main(["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data-dir", str(data_dir),
+                          "--threshold", str(threshold), "--json", str(tmp_path / "eval.json")]) == 0
+    expected = json.loads((tmp_path / "eval.json").read_text())
+    assert expected["overall"] == pytest.approx(manifest["metrics"]["overall"])
+    images = cifar[1].images[:n]
+
+    def send(chunk):
+        files = [("files", (f"{i}.png", png(images[i]))) for i in chunk]
+        with httpx.Client(base_url=client.base_url, timeout=120) as c:
+            return c.post("/classify/batch", files=files).json()["results"]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = [r["result"] for batch in pool.map(send, np.array_split(np.arange(n), 40)) for r in batch]
+    got_class = [r["class_id"] for r in results]
+    got_exit = [r["exit"] for r in results]
+    assert got_class == expected["predictions"][:n]
+    assert got_exit == expected["exits"][:n]
+    accuracy = 100 * np.mean(np.array(got_class) == cifar[1].labels[:n])
+    expected_acc = 100 * np.mean(np.array(expected["predictions"][:n]) == cifar[1].labels[:n])
+    assert accuracy == pytest.approx(expected_acc)
+
+
+def test_32_concurrent_clients_for_20_seconds(server, cifar):
+    images = cifar[1].images[:64]
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        truth = [c.post("/classify", files={"file": ("x.png", png(im))}).json()["class_id"] for im in images]
+    errors, answers = [], [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + 20
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            while time.monotonic() < stop:
+                i = int(rng.integers(len(images)))
+                r = c.post("/classify", files={"file": ("x.png", png(images[i]))})
+                with lock:
+                    if r.status_code != 200 or r.json()["class_id"] != truth[i]:
+                        errors.append((r.status_code, r.text[:200]))
+                    answers[0] += 1
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert answers[0] > 100
+
+
+def start_and_fail(*args):
+    return subprocess.run([sys.executable, "-m", "server", "--port", "0", *map(str, args)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def test_missing_model_directory_at_start(tmp_path):
+    r = start_and_fail("--model-repository", tmp_path / "nowhere")
+    assert r.returncode != 0 and "nowhere: model repository not found" in r.stderr
+    (tmp_path / "repo").mkdir()
+    r = start_and_fail("--model-repository", tmp_path / "repo")
+    assert r.returncode != 0 and "default: default model not found" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_corrupt_model_directory_at_start(tmp_path):
+    import shutil
+    shutil.copytree(MODELS / "default", tmp_path / "default")
+    (tmp_path / "default" / "stage_3.onnx").write_bytes(b"broken")
+    r = start_and_fail("--model-repository", tmp_path)
+    assert r.returncode != 0 and "stage_3.onnx: sha256 differs" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "default" / "manifest.json").write_text("{}")
+    r = start_and_fail("--model-repository", tmp_path)
+    assert r.returncode != 0 and "manifest.json: invalid manifest" in r.stderr
+
+
+def test_readyz_fails_when_gpu_required_but_absent():
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has a CUDA provider")
+    server = RunningServer("--model-repository", str(MODELS), "--provider", "cuda")
+    try:
+        r = httpx.get(server.url + "/readyz")
+        assert r.status_code == 503
+        assert "provider cuda required" in r.json()["problems"][0]
+        log = server.log.read_text()
+        assert "CUDA" not in log or "error" not in log.lower()
+    finally:
+        server.stop()

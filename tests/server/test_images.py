@@ -1,0 +1,100 @@
+import io
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from server.images import ImageError, decode_image, normalize
+
+MAX_BYTES, MAX_PIXELS = 1 << 20, 4_000_000
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def decode(data, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS):
+    return decode_image(data, max_bytes, max_pixels)
+
+
+def test_cifar_png_round_trips_exactly(cifar):
+    image = cifar[1].images[0]
+    np.testing.assert_array_equal(decode(encode(Image.fromarray(image), "PNG")), image)
+
+
+@pytest.mark.parametrize("fmt,mode", [("PNG", "RGBA"), ("PNG", "L"), ("PNG", "P"), ("JPEG", "RGB"),
+                                      ("BMP", "RGB"), ("WEBP", "RGB"), ("GIF", "P"), ("TIFF", "RGB"),
+                                      ("PNG", "I;16")])
+def test_common_formats_and_modes_become_rgb_32(fmt, mode):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).convert(mode)
+    out = decode(encode(image, fmt))
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_large_image_is_resized_bilinear():
+    image = Image.new("RGB", (1000, 800), (200, 10, 30))
+    out = decode(encode(image, "PNG"))
+    assert out.shape == (32, 32, 3) and (out == [200, 10, 30]).all()
+
+
+@pytest.mark.parametrize("data,status,message", [
+    (b"", 400, "empty file"),
+    (b"hello, not an image", 415, "not an image"),
+    (b"x" * (MAX_BYTES + 1), 413, "file too large"),
+])
+def test_bad_bytes(data, status, message):
+    with pytest.raises(ImageError, match=message) as info:
+        decode(data)
+    assert info.value.status == status
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_files_are_400(fmt):
+    data = encode(Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)), fmt)
+    with pytest.raises(ImageError, match="corrupt or truncated") as info:
+        decode(data[: len(data) // 2])
+    assert info.value.status == 400
+
+
+def test_decompression_bomb_is_413_before_decoding():
+    bomb = encode(Image.new("1", (30000, 30000)), "PNG")  # 900 Mpixel, a few hundred kB
+    assert len(bomb) < MAX_BYTES
+    with pytest.raises(ImageError, match="decompression bomb") as info:
+        decode(bomb)
+    assert info.value.status == 413
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=4096))
+def test_random_bytes_never_escape_as_other_errors(data):
+    try:
+        out = decode(data)
+    except ImageError as exc:
+        assert exc.status in (400, 413, 415)
+    else:
+        assert out.shape == (32, 32, 3)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=1, max_size=64), st.integers(0, 2000))
+def test_mutated_png_never_escapes(noise, offset):
+    data = bytearray(encode(Image.new("RGB", (40, 40), (1, 2, 3)), "PNG"))
+    offset = offset % len(data)
+    data[offset:offset + len(noise)] = noise
+    try:
+        decode(bytes(data))
+    except ImageError as exc:
+        assert exc.status in (400, 413, 415)
+
+
+def test_normalize_matches_training(cifar):
+    torch = pytest.importorskip("torch")
+    from training.augment import normalize_batch
+    from training.constants import MEAN, STD
+    images = cifar[1].images[:16]
+    np.testing.assert_allclose(normalize(images, MEAN, STD, 1 / 255), normalize_batch(images).numpy(), atol=1e-6)
+    assert torch  # the server itself never imports torch (test_no_torch.py)

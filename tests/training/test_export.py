@@ -1,0 +1,101 @@
+"""Staged ONNX export: files, manifest contract, parity refusal."""
+import json
+
+import jsonschema
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from modelrepo.manifest import MANIFEST, ManifestError, json_schema, load_manifest
+from training import export as export_mod
+from training.cli import main
+from training.data import load_cifar10
+from training.engine import checkpoint_model
+from training.export import ExportError, export_model
+
+from ..conftest import REPO
+
+SMOKE = ["--epochs", "1", "--batch-size", "32", "--max-train-samples", "200", "--max-batches", "2",
+         "--max-test-samples", "200", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "model14"
+    assert main(["train", "--variant", "model14", "--out", str(out), "--data-dir", str(data_dir), *SMOKE]) == 0
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "m14"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--data-dir", str(data_dir),
+                 "--parity-images", "300"]) == 0
+    return out
+
+
+def test_export_writes_stages_and_valid_manifest(exported):
+    manifest = load_manifest(exported)
+    assert [s.file for s in manifest.stages] == ["stage_1.onnx", "stage_2.onnx", "stage_3.onnx"]
+    assert manifest.stages[0].input.shape == ["N", 3, 32, 32]
+    assert manifest.stages[0].features.shape == ["N", 15, 32, 32]
+    assert manifest.stages[1].features.shape == ["N", 30, 16, 16]
+    assert manifest.stages[2].features is None
+    assert manifest.provenance.parity_max_abs_diff <= 1e-4
+    assert manifest.metrics.images == 10000
+    assert manifest.thresholds.inference == 0.5
+    jsonschema.validate(json.loads((exported / MANIFEST).read_text()), json_schema())
+
+
+def test_committed_schema_is_current():
+    committed = json.loads((REPO / "modelrepo" / "manifest.schema.json").read_text())
+    assert committed == json_schema(), "regenerate modelrepo/manifest.schema.json (see README)"
+
+
+def test_stage_graphs_have_dynamic_batch_and_in_graph_argmax(exported, cifar):
+    session = ort.InferenceSession(str(exported / "stage_1.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[0] == "N"
+    x = np.random.default_rng(0).standard_normal((7, 3, 32, 32), dtype=np.float32)
+    features, probs, conf, cls = session.run(None, {"input": x})
+    assert features.shape[0] == probs.shape[0] == 7
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    np.testing.assert_array_equal(cls, probs.argmax(1))
+    np.testing.assert_allclose(conf, probs.max(1))
+
+
+def test_export_refuses_on_parity_failure(checkpoint, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(export_mod, "PARITY_TOLERANCE", 0.0)  # real diffs are ~1e-6: now too large
+    model, variant, config, state = checkpoint_model(checkpoint)
+    _, test = load_cifar10(data_dir)
+    with pytest.raises(ExportError, match="disagree"):
+        export_model(model, variant, config, state, test.subset(np.arange(200)), tmp_path / "m", "m",
+                     parity_images=200)
+    assert not (tmp_path / "m").exists() and not list(tmp_path.iterdir())
+
+
+def test_export_refuses_non_empty_target(checkpoint, data_dir, tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "keep.txt").write_text("x")
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m"),
+                 "--data-dir", str(data_dir)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_manifest_errors_name_the_file(exported, tmp_path):
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    (bad / "stage_2.onnx").write_bytes(b"corrupt")
+    with pytest.raises(ManifestError, match="stage_2.onnx: sha256 differs"):
+        load_manifest(bad)
+    (bad / "stage_2.onnx").unlink()
+    with pytest.raises(ManifestError, match="stage_2.onnx: missing"):
+        load_manifest(bad)
+    (bad / MANIFEST).write_text("{ not json")
+    with pytest.raises(ManifestError, match="manifest.json: not valid JSON"):
+        load_manifest(bad)
+    doc = json.loads((exported / MANIFEST).read_text())
+    doc["format_version"] = "2.0"
+    (bad / MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match="format_version 2.0 is not supported"):
+        load_manifest(bad)
