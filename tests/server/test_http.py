@@ -236,3 +236,22 @@ def test_readyz_fails_when_gpu_required_but_absent():
         assert "CUDA" not in log or "error" not in log.lower()
     finally:
         server.stop()
+
+
+def test_overload_is_503_with_retry_after(cifar):
+    server = RunningServer("--model-repository", str(MODELS),
+                           env={"ELF_MAX_QUEUE": "2", "ELF_BATCH_WAIT_MS": "300", "ELF_BATCH_SIZE": "64"})
+    data = png(cifar[1].images[0])
+    try:
+        def send(_):
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                return c.post("/classify/batch", files=[("files", ("a.png", data)), ("files", ("b.png", data))])
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(send, range(16)))
+        statuses = [r.status_code for r in responses]
+        assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}
+        refused = next(r for r in responses if r.status_code == 503)
+        assert refused.headers["retry-after"] == "1" and "queue is full" in refused.json()["error"]
+        assert httpx.get(server.url + "/classify", timeout=5).status_code == 405  # still up
+    finally:
+        server.stop()

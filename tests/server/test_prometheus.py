@@ -1,0 +1,53 @@
+"""A real Prometheus scrapes a real server and sees the exit counts of a known mix of requests."""
+import shutil
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from .conftest import MODELS, RunningServer, free_port
+from .test_http import png
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus binary not installed (.ci/run installs it)")
+def test_prometheus_scrapes_exit_counts(tmp_path, cifar):
+    server = RunningServer("--model-repository", str(MODELS))
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: elf\n    static_configs: [{{targets: ['127.0.0.1:{server.port}']}}]\n")
+    prom = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=server.url) as c:
+            for i in range(4):
+                c.post("/classify", files={"file": ("x.png", png(cifar[1].images[i]))}, data={"threshold": "0"})
+            for i in range(2):
+                c.post("/classify", files={"file": ("x.png", png(cifar[1].images[i]))}, data={"threshold": "1"})
+        want = {"1": 4.0, "2": 0.0, "3": 2.0}
+        got = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
+                              params={"query": 'elf_exits_total{model="default"}'}, timeout=2)
+                got = {s["metric"]["exit"]: float(s["value"][1]) for s in r.json()["data"]["result"]}
+            except (httpx.TransportError, KeyError, ValueError):
+                pass
+            if got == want:
+                break
+            time.sleep(0.5)
+        assert got == want
+        up = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "up"}).json()
+        assert up["data"]["result"][0]["value"][1] == "1"
+    finally:
+        prom.terminate()
+        prom.wait(10)
+        server.stop()
