@@ -136,3 +136,13 @@ def all_variants() -> list[Variant]:
 
 def reported_accuracy(variant: Variant, imbalance: int) -> Reported | None:
     return variant.reported.get(imbalance)
+
+
+def study_runs() -> list[tuple[str, int]]:
+    """The report's table as (variant, IF) runs: each numbered model at its own IF, and the two
+    baselines at IF 100, 50 and 10 - 19 runs."""
+    runs = []
+    for v in all_variants():
+        ifs = sorted(v.reported, reverse=True) if v.family in ("elf", "reslt") else [v.imbalance]
+        runs += [(v.name, f) for f in ifs]
+    return runs

@@ -1,0 +1,184 @@
+"""Results page: the report's table beside ours, and plots, from run directories' metrics.json.
+
+Every run of the study (variants.study_runs) that has no completed metrics file is listed as
+"not yet measured" with the exact command that produces it; no number is ever filled in.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .constants import SPLIT_OF_CLASS, SPLITS
+from .variants import get_variant, study_runs
+
+SWEEP = np.round(np.linspace(0, 1, 41), 3)
+
+
+@dataclass
+class RunResult:
+    name: str
+    variant: str
+    imbalance: int
+    seed: int
+    dir: Path
+    metrics: dict
+    config: dict
+
+    @property
+    def status(self) -> str:
+        return self.metrics["status"]
+
+    @property
+    def last(self) -> dict:
+        return self.metrics["epochs"][-1] if self.metrics["epochs"] else {}
+
+    @property
+    def device(self) -> str:
+        return self.config.get("provenance", {}).get("device", "?")
+
+
+def collect_runs(root: Path) -> list[RunResult]:
+    runs = []
+    for metrics_file in sorted(Path(root).glob("*/metrics.json")):
+        m = json.loads(metrics_file.read_text())
+        config_file = metrics_file.parent / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        runs.append(RunResult(metrics_file.parent.name, m["variant"], m["imbalance"], m.get("seed", 0),
+                              metrics_file.parent, m, config))
+    return runs
+
+
+def train_command(variant: str, imbalance: int, seed: int = 0) -> str:
+    return (f"python -m training train --variant {variant} --imbalance {imbalance} --seed {seed} "
+            f"--device cuda --out results/runs/{variant}-if{imbalance}-seed{seed}")
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def _reported(variant: str, imbalance: int) -> str:
+    r = get_variant(variant).reported.get(imbalance)
+    if r is None:
+        return "–"
+    if r.overall is None:
+        return r.note
+    return f"{r.overall:.2f}" + (f" ({r.many:.2f} / {r.medium:.2f} / {r.few:.2f})" if r.many is not None else "")
+
+
+def results_table(runs: list[RunResult]) -> tuple[str, list[str]]:
+    by_key = {}
+    for r in runs:
+        by_key.setdefault((r.variant, r.imbalance), []).append(r)
+    lines = ["| variant | IF | report: overall (many / medium / few) | ours: overall | many | medium | few "
+             "| exits (1/2/3 %) | mean MACs | seed | status | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    missing = []
+    for variant, imbalance in study_runs():
+        found = by_key.get((variant, imbalance), [])
+        if not found:
+            lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured "
+                         "| | | | | | | | |")
+            missing.append(train_command(variant, imbalance))
+        for r in found:
+            e, total = r.last, r.config.get("config", {}).get("epochs", "?")
+            if r.status not in ("completed", "diverged"):
+                lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "
+                             f"stopped at epoch {e.get('epoch', 0)} of {total} | | | | | | {r.seed} "
+                             f"| resumable | {r.device} |")
+                missing.append(train_command(variant, imbalance, r.seed) + " --resume")
+                continue
+            status = ("completed" if r.status == "completed"
+                      else f"diverged at epoch {r.metrics.get('diverged_at')}")
+            exits = "/".join(f"{100 * d:.1f}" for d in e.get("exit_distribution", []))
+            share = e.get("mean_macs_share")
+            macs = f"{e['mean_macs'] / 1e6:.1f}M ({100 * share:.0f}%)" if share is not None else "–"
+            lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | {_fmt(e.get('overall'))} "
+                         f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} | {exits} "
+                         f"| {macs} | {r.seed} | {status} | {r.device} |")
+    return "\n".join(lines), missing
+
+
+def exit_share_by_split(final: dict, labels: np.ndarray, num_exits: int) -> dict[str, list[float]]:
+    exits = np.asarray(final["exits"])
+    split = np.array([SPLIT_OF_CLASS[c] for c in labels[:len(exits)]])
+    return {name: (np.bincount(exits[split == name], minlength=num_exits + 1)[1:]
+                   / max((split == name).sum(), 1)).tolist() for name in SPLITS}
+
+
+def threshold_sweep(probs, labels, costs) -> list[dict]:
+    from .evaluation import early_exit_metrics
+    rows = []
+    for t in SWEEP:
+        m = early_exit_metrics(probs, labels, float(t), costs)
+        rows.append({"threshold": float(t), "overall": m["overall"], "mean_macs": m["mean_macs"]})
+    return rows
+
+
+def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[str, dict]) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for r in runs:
+        epochs = r.metrics["epochs"]
+        ax.plot([e["epoch"] for e in epochs], [e["overall"] for e in epochs], label=f"{r.name} ({r.status})")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Training curves (early-exit inference)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    written.append(_save(fig, out / "training_curves.png"))
+
+    done = [r for r in runs if r.status == "completed" and r.metrics.get("final")]
+    if done:
+        fig, ax = plt.subplots(figsize=(10, 5))
+        width = 0.8 / len(done)
+        for i, r in enumerate(done):
+            ax.bar(np.arange(10) + i * width, r.metrics["final"]["per_class"], width, label=r.name)
+        ax.set(xticks=np.arange(10) + 0.4 - width / 2, xticklabels=[str(c) for c in range(10)],
+               xlabel="class (0-2 many, 3-5 medium, 6-9 few)", ylabel="accuracy (%)", title="Per-class accuracy")
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out / "per_class_accuracy.png"))
+
+        fig, axes = plt.subplots(1, len(done), figsize=(4 * len(done), 4), squeeze=False)
+        for ax, r in zip(axes[0], done):
+            k = len(r.metrics["final"]["exit_distribution"])
+            shares = exit_share_by_split(r.metrics["final"], labels, k)
+            bottom = np.zeros(len(shares))
+            for e in range(k):
+                vals = np.array([100 * shares[s][e] for s in shares])
+                ax.bar(list(shares), vals, bottom=bottom, label=f"exit {e + 1}")
+                bottom += vals
+            ax.set(title=r.name, ylabel="% of test images")
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle("Exit distribution per class split")
+        written.append(_save(fig, out / "exit_distribution_by_split.png"))
+
+    if sweeps:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for name, s in sweeps.items():
+            rows = s["sweep"]
+            line, = ax.plot([r["mean_macs"] / 1e6 for r in rows], [r["overall"] for r in rows], label=name)
+            for p in s["per_exit"]:
+                ax.scatter(p["cumulative_macs"] / 1e6, p["overall"], color=line.get_color(), marker="s")
+                ax.annotate(f"exit {p['exit']} alone", (p["cumulative_macs"] / 1e6, p["overall"]), fontsize=7)
+        ax.set(xlabel="mean MACs per image (M)", ylabel="test accuracy (%)",
+               title="Accuracy vs compute as the inference threshold sweeps 0 → 1")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        written.append(_save(fig, out / "accuracy_vs_macs.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
