@@ -129,7 +129,8 @@ def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[
     fig, ax = plt.subplots(figsize=(9, 5))
     for r in runs:
         epochs = r.metrics["epochs"]
-        ax.plot([e["epoch"] for e in epochs], [e["overall"] for e in epochs], label=f"{r.name} ({'stopped' if r.status == 'running' else r.status})")
+        status = "stopped" if r.status == "running" else r.status
+        ax.plot([e["epoch"] for e in epochs], [e["overall"] for e in epochs], label=f"{r.name} ({status})")
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Training curves (early-exit inference)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
