@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+import torch
+from torchvision import transforms as T
+
+from training.augment import ImageDataset, mixup, normalize_batch, train_transform
+from training.data import Split
+
+
+def test_train_transforms_by_augmentation():
+    auto = train_transform("autoaugment")
+    assert any(isinstance(t, T.AutoAugment) and t.policy == T.AutoAugmentPolicy.CIFAR10 for t in auto.transforms)
+    assert not any(isinstance(t, T.AutoAugment) for t in train_transform("mixup").transforms)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        train_transform("cutout")
+
+
+def test_dataset_yields_normalised_augmented_images(cifar):
+    split = Split(cifar[1].images[:8], cifar[1].labels[:8])
+    ds = ImageDataset(split, train_transform("autoaugment"))
+    torch.manual_seed(0)
+    x, y = ds[3]
+    assert x.shape == (3, 32, 32) and y == int(split.labels[3])
+    # crop + flip + AutoAugment change the image, but not its scale
+    plain = normalize_batch(split.images[3:4])[0]
+    assert not torch.equal(x, plain)
+    assert -3 < float(x.mean()) < 3
+
+
+def test_mixup_is_a_reproducible_convex_combination():
+    x = torch.randn(16, 3, 32, 32)
+    y = torch.arange(16)  # unique labels: y_b[i] names the partner image of image i
+    mixed, y_a, y_b, lam = mixup(x, y, np.random.default_rng(5))
+    again = mixup(x, y, np.random.default_rng(5))
+    assert torch.equal(mixed, again[0]) and lam == again[3] and 0 <= lam <= 1
+    assert torch.equal(y_a, y) and sorted(y_b.tolist()) == y.tolist()
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[y_b])
