@@ -28,6 +28,9 @@ class TrainConfig:
     eval_batch_size: int = 500
     collapse_share: float = 0.99  # predictions this concentrated on one class = collapsed
     threshold: float | None = None  # inference threshold override (None: the variant's)
+    data_path: str = "reference"  # "reference": DataLoader + PIL; "device": uint8 batches on the device
+    amp: bool = False  # bf16 autocast for forward and loss
+    channels_last: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

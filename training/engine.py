@@ -17,6 +17,7 @@ from .augment import ImageDataset, mixup, train_transform
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .config import TrainConfig, lr_at
 from .data import build_datasets
+from .device_data import DeviceBatches
 from .evaluation import early_exit_metrics, exit_probabilities
 from .losses import Targets, make_exit_loss
 from .macs import exit_costs
@@ -60,6 +61,11 @@ class Run:
         self.class_counts = np.bincount(self.train_set.labels, minlength=10).tolist()
         torch.manual_seed(self.config.seed)  # model initialisation
         self.model = build_model(self.variant).to(self.device)
+        if self.config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.device_batches = (DeviceBatches(self.train_set, self.device, self.config.batch_size,
+                                             self.variant.augmentation)
+                               if self.config.data_path == "device" else None)
         self.costs = exit_costs(self.model)
         self.exit_loss = make_exit_loss(self.variant, self.class_counts)
         self.optimizer = torch.optim.SGD(
@@ -72,6 +78,13 @@ class Run:
         self.provenance = runinfo.provenance(self.device)
 
     # -- data ---------------------------------------------------------------------------------
+    def batches(self, epoch: int):
+        """(iterable of (x, y), number of batches) for one epoch, on the configured data path."""
+        if self.device_batches is not None:
+            return self.device_batches.epoch(self.config.seed * 100_003 + epoch), len(self.device_batches)
+        loader = self.loader(epoch)
+        return loader, len(loader)
+
     def loader(self, epoch: int) -> DataLoader:
         """Shuffling and augmentation are seeded by (seed, epoch), so a resumed epoch repeats."""
         g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
@@ -90,23 +103,26 @@ class Run:
         rng = np.random.default_rng([cfg.seed, epoch])
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
-        batches = self.loader(epoch)
-        n_batches = len(batches) if cfg.max_batches is None else min(cfg.max_batches, len(batches))
+        batches, total = self.batches(epoch)
+        n_batches = total if cfg.max_batches is None else min(cfg.max_batches, total)
         bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not sys.stderr.isatty(), unit="batch")
         for step, (x, y) in enumerate(bar):
             if step >= n_batches:
                 break
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             if self.variant.augmentation == "mixup":
                 x, y_a, y_b, lam = mixup(x, y, rng)
                 targets = Targets(y_a, y_b, lam)
             else:
                 targets = Targets.plain(y)
-            outputs = model(x)
-            exits = training_exits(outputs, targets, self.variant.train_threshold)
-            per_exit = [self.exit_loss(o, targets) for o in outputs]
-            loss = routed_loss(per_exit, exits, self.variant.routing)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                outputs = model(x)
+                exits = training_exits(outputs, targets, self.variant.train_threshold)
+                per_exit = [self.exit_loss(o, targets) for o in outputs]
+                loss = routed_loss(per_exit, exits, self.variant.routing)
             if not torch.isfinite(loss):
                 raise Diverged(epoch + 1, f"loss is {loss.item()} at batch {step + 1}")
             self.optimizer.zero_grad(set_to_none=True)

@@ -48,6 +48,11 @@ def add_arguments(parser) -> None:
                         help="cap the test set (class shares kept), for smoke runs")
     parser.add_argument("--max-batches", type=positive_int, default=None,
                         help="stop each epoch after this many batches, for smoke runs")
+    parser.add_argument("--data-path", choices=("reference", "device"), default="reference",
+                        help="reference: DataLoader workers + PIL transforms; device: the training set "
+                             "on the device as uint8, augmented in batches (the GPU fast path)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU fast path)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="data-loading worker processes (0: load in the main process)")
     add_data_args(parser)
@@ -61,7 +66,8 @@ def config_from_args(args) -> TrainConfig:
         batch_size=args.batch_size, lr=args.lr, warmup_epochs=min(5, epochs),
         milestones=scaled_milestones(epochs), seed=args.seed,
         max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
-        max_batches=args.max_batches, checkpoint_every=args.checkpoint_every, threshold=args.threshold)
+        max_batches=args.max_batches, checkpoint_every=args.checkpoint_every, threshold=args.threshold,
+        data_path=args.data_path, amp=args.amp, channels_last=args.channels_last)
 
 
 def run(args) -> int:

@@ -1,0 +1,88 @@
+"""The fast (device-resident, batched) data path against the reference per-image transforms."""
+import numpy as np
+import torch
+from torchvision import transforms as T
+
+from training.data import Split
+from training.device_data import DeviceBatches, autoaugment, normalize, random_crop_flip
+from training.augment import normalize_batch
+
+N = 2000
+
+
+def repeated(image: np.ndarray, n: int = N) -> torch.Tensor:
+    return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).repeat(n, 1, 1, 1).contiguous()
+
+
+def test_crop_flip_outputs_are_crops_of_the_padded_image(cifar):
+    x = repeated(cifar[1].images[0], 300)
+    out = random_crop_flip(x, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x[0], (4, 4, 4, 4))
+    candidates = {}
+    for i in range(9):
+        for j in range(9):
+            crop = padded[:, i:i + 32, j:j + 32]
+            candidates[crop.numpy().tobytes()] = (i, j, False)
+            candidates[crop.flip(2).numpy().tobytes()] = (i, j, True)
+    found = [candidates.get(o.numpy().tobytes()) for o in out]
+    assert None not in found
+    offsets = {(i, j) for i, j, _ in found}
+    assert len(offsets) > 60  # of 81 possible, in 300 draws
+    assert 0.4 < np.mean([f for _, _, f in found]) < 0.6
+
+
+def test_crop_flip_matches_reference_in_distribution(cifar):
+    image = cifar[1].images[5]
+    torch.manual_seed(0)
+    reference = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
+    ref = torch.stack([reference(repeated(image, 1)[0]) for _ in range(N)])
+    fast = random_crop_flip(repeated(image), torch.Generator().manual_seed(1))
+    for stat in (lambda t: (t == 0).all(1).float().mean((1, 2)),       # zero-padded share
+                 lambda t: t.float().mean((1, 2, 3))):                  # brightness
+        a, b = stat(ref), stat(fast)
+        assert abs(float(a.mean() - b.mean())) < 4 * float(a.std()) / np.sqrt(N) + 1e-3
+
+
+def test_autoaugment_matches_reference_in_distribution(cifar):
+    image = cifar[1].images[7]
+    base = repeated(image)
+    torch.manual_seed(0)
+    policy = T.AutoAugment(T.AutoAugmentPolicy.CIFAR10)
+    ref = torch.stack([policy(base[0]) for _ in range(N)])
+    fast = autoaugment(base, torch.Generator().manual_seed(2))
+    unchanged_ref = (ref == base).flatten(1).all(1).float().mean()
+    unchanged_fast = (fast == base).flatten(1).all(1).float().mean()
+    assert abs(float(unchanged_ref - unchanged_fast)) < 0.05  # binomial sd ~0.011 at N=2000
+    change_ref = (ref.float() - base.float()).abs().mean((1, 2, 3))
+    change_fast = (fast.float() - base.float()).abs().mean((1, 2, 3))
+    assert abs(float(change_ref.mean() - change_fast.mean())) < 5 * float(change_ref.std()) / np.sqrt(N)
+    assert len({o.numpy().tobytes() for o in fast[:200]}) > 50  # draws are per image
+
+
+def test_normalize_matches_reference(cifar):
+    images = cifar[1].images[:8]
+    torch.testing.assert_close(normalize(torch.from_numpy(images).permute(0, 3, 1, 2)), normalize_batch(images))
+
+
+def test_epoch_covers_every_image_once_and_is_seeded(cifar):
+    split = Split(cifar[1].images[:300], np.arange(300) % 10)
+    batches = DeviceBatches(split, torch.device("cpu"), 64, "autoaugment")
+    assert len(batches) == 5
+    xs, ys = zip(*batches.epoch(7))
+    assert [len(y) for y in ys] == [64, 64, 64, 64, 44]
+    assert xs[0].shape == (64, 3, 32, 32) and xs[0].dtype == torch.float32
+    again = list(batches.epoch(7))
+    assert all(torch.equal(a, b) for a, (b, _) in zip(xs, again))
+    labels = torch.cat(ys)
+    assert sorted(labels.tolist()) == sorted(split.labels.tolist())
+
+
+def test_device_path_trains_on_the_cli(data_dir, tmp_path):
+    from training.cli import main
+    out = tmp_path / "run"
+    assert main(["train", "--variant", "model7", "--epochs", "1", "--batch-size", "32", "--max-train-samples", "200",
+                 "--max-batches", "2", "--max-test-samples", "100", "--data-path", "device", "--amp",
+                 "--channels-last", "--out", str(out), "--data-dir", str(data_dir)]) == 0
+    import json
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["data_path"] == "device" and config["amp"] and config["channels_last"]

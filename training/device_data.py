@@ -1,0 +1,88 @@
+"""Fast data path: the training set resident on the device as uint8, augmented in batches.
+
+Same augmentations as the reference path (augment.py), as tensor ops on whole batches, so a GPU
+never waits for DataLoader workers: random crop 32 with zero padding 4, horizontal flip, and
+AutoAugment's CIFAR10 policy drawn per image (each image its own sub-policy, probabilities and
+signs; images that share a draw are transformed together with torchvision's own op). Every draw
+comes from a generator seeded by (seed, epoch), so a resumed epoch repeats. Runs on the CPU too.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.autoaugment import _apply_op
+
+from .constants import MEAN, STD
+from .data import Split
+
+PAD = 4
+_AUTOAUGMENT = T.AutoAugment(T.AutoAugmentPolicy.CIFAR10)
+POLICIES = _AUTOAUGMENT.policies
+OP_SPACE = _AUTOAUGMENT._augmentation_space(10, (32, 32))
+
+
+def random_crop_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """x: uint8 N x C x H x W -> the same, each image cropped from its zero-padded self and
+    flipped with probability 1/2."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (PAD, PAD, PAD, PAD))
+    top = torch.randint(0, 2 * PAD + 1, (n,), generator=g, device=x.device)
+    left = torch.randint(0, 2 * PAD + 1, (n,), generator=g, device=x.device)
+    rows = (top[:, None] + torch.arange(h, device=x.device))[:, :, None]  # N x H x 1
+    cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, :]  # N x 1 x W
+    out = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols]  # N x H x W x C
+    out = out.permute(0, 3, 1, 2)
+    flip = torch.rand(n, generator=g, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out).contiguous()
+
+
+def autoaugment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """AutoAugment (CIFAR10 policy) with an independent draw per image, as torchvision's
+    per-image transform makes: sub-policy, then for each of its two ops apply-probability and sign."""
+    n = len(x)
+    policy = torch.randint(0, len(POLICIES), (n,), generator=g, device=x.device)
+    probs = torch.rand(n, 2, generator=g, device=x.device)
+    signs = torch.randint(0, 2, (n, 2), generator=g, device=x.device)
+    x = x.clone()
+    for position in range(2):
+        for pid, ops in enumerate(POLICIES):
+            op_name, p, magnitude_id = ops[position]
+            chosen = (policy == pid) & (probs[:, position] <= p)
+            magnitudes, signed = OP_SPACE[op_name]
+            magnitude = float(magnitudes[magnitude_id]) if magnitude_id is not None else 0.0
+            for sign in ((0, 1) if signed else (None,)):
+                mask = chosen if sign is None else chosen & (signs[:, position] == sign)
+                if mask.any():
+                    m = -magnitude if sign == 0 else magnitude
+                    x[mask] = _apply_op(x[mask], op_name, m, InterpolationMode.NEAREST, None)
+    return x
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float().div_(255) - mean) / std
+
+
+class DeviceBatches:
+    """One epoch of augmented, normalised batches from a device-resident uint8 training set."""
+
+    def __init__(self, split: Split, device: torch.device, batch_size: int, augmentation: str):
+        self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous().to(device)
+        self.labels = torch.from_numpy(split.labels).to(device)
+        self.device, self.batch_size, self.augmentation = device, batch_size, augmentation
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def epoch(self, seed: int):
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        order = torch.randperm(len(self.labels), generator=g, device=self.device)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x = random_crop_flip(self.images[idx], g)
+            if self.augmentation == "autoaugment":
+                x = autoaugment(x, g)
+            yield normalize(x), self.labels[idx]
