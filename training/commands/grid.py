@@ -1,0 +1,100 @@
+"""`grid`: the study's runs (SPEC §6, or a part), several at a time, one progress view.
+
+Each run is a `python -m training train` process writing its own run directory (metrics.json is
+its results file). Completed runs are skipped; runs with a checkpoint are resumed. On one GPU,
+several concurrent runs raise throughput, since one ResNet-32 run leaves it mostly idle.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..variants import get_variant, study_runs
+from .common import DEFAULT_DATA_DIR, positive_int
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--variants", nargs="+", default=None, help="variant names (default: the whole study)")
+    parser.add_argument("--imbalance", nargs="+", type=int, choices=(100, 50, 10), default=None,
+                        help="imbalance factors (default: each study run's own)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--parallel", type=positive_int, default=4, help="runs at a time")
+    parser.add_argument("--out", type=Path, default=Path("results/runs"), help="folder of run directories")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("train_args", nargs="*", metavar="-- TRAIN-FLAG",
+                        help="flags passed on to every `train` (after --), e.g. -- --data-path device --amp")
+
+
+def planned_runs(args) -> list[tuple[str, int, int]]:
+    variants = [get_variant(v).name for v in args.variants] if args.variants else None
+    runs = []
+    for name, imbalance in study_runs():
+        if variants is not None and name not in variants:
+            continue
+        for f in (args.imbalance or [imbalance]):
+            runs += [(name, f, seed) for seed in args.seeds]
+    return list(dict.fromkeys(runs))
+
+
+def run_status(run_dir: Path) -> str:
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        return "new"
+    return json.loads(metrics.read_text()).get("status", "running")
+
+
+def run(args) -> int:
+    jobs = []
+    for name, imbalance, seed in planned_runs(args):
+        run_dir = args.out / f"{name}-if{imbalance}-seed{seed}"
+        status = run_status(run_dir)
+        if status in ("completed", "diverged"):
+            continue
+        cmd = [sys.executable, "-m", "training", "train", "--variant", name, "--imbalance", str(imbalance),
+               "--seed", str(seed), "--device", args.device, "--data-dir", str(args.data_dir),
+               "--out", str(run_dir), *args.train_args]
+        if (run_dir / "checkpoint.pt").is_file():
+            cmd.append("--resume")
+        jobs.append((run_dir, cmd))
+    if args.dry_run or not jobs:
+        for _, cmd in jobs:
+            print(" ".join(["python", *cmd[1:]]))
+        print(f"{len(jobs)} runs to do")
+        return 0
+
+    pending, active, failed = list(jobs), {}, []
+    bar = tqdm(total=len(jobs), desc="grid", unit="run")
+    while pending or active:
+        while pending and len(active) < args.parallel:
+            run_dir, cmd = pending.pop(0)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log = (run_dir.parent / f"{run_dir.name}.stdout").open("a")
+            active[run_dir] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+        for run_dir, (proc, log) in list(active.items()):
+            if proc.poll() is not None:
+                log.close()
+                del active[run_dir]
+                bar.update(1)
+                if proc.returncode not in (0, 3):  # 3: diverged, itself a result
+                    failed.append(run_dir.name)
+                bar.write(f"{run_dir.name}: {run_status(run_dir)} (exit code {proc.returncode})")
+        bar.set_postfix_str(" | ".join(f"{d.name}: {_last_epoch(d)}" for d in active))
+        time.sleep(2)
+    bar.close()
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)} (see their .stdout files)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _last_epoch(run_dir: Path) -> str:
+    log = run_dir / "train.log"
+    lines = [line for line in log.read_text().splitlines() if line.startswith("Epoch")] if log.is_file() else []
+    return lines[-1].split("\t")[0].replace("Epoch ", "ep ") if lines else "starting"
