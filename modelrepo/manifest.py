@@ -98,6 +98,17 @@ class Provenance(_Strict):
     parity_max_abs_diff: float
 
 
+class Calibration(_Strict):
+    """How thresholds.inference was chosen, when export calibrated it (held-out training images)."""
+
+    max_drop: float
+    heldout_images: int
+    heldout_classes: list[int]
+    heldout_accuracy: float
+    final_exit_accuracy: float
+    mean_macs_share: float
+
+
 class Manifest(_Strict):
     format_version: str = FORMAT_VERSION
     name: str
@@ -113,6 +124,7 @@ class Manifest(_Strict):
     full_macs: int
     metrics: TestMetrics
     provenance: Provenance
+    calibration: Calibration | None = None
 
     @property
     def num_exits(self) -> int:

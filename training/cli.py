@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from .commands import evaluate, export, grid, report, train, variants
+from .commands import calibrate, evaluate, export, grid, report, train, variants
 
 COMMANDS = {
     "variants": (variants, "list the variant table of SPEC §6 with each variant's config"),
@@ -13,6 +13,7 @@ COMMANDS = {
     "evaluate": (evaluate, "early-exit evaluation of a checkpoint on the CIFAR-10 test set"),
     "grid": (grid, "run the study's table (or a part) several runs at a time, one progress view"),
     "report": (report, "RESULTS.md and plots from run directories' metrics (the report's table beside ours)"),
+    "calibrate": (calibrate, "pick the lowest-compute threshold within an accuracy drop on held-out training images"),
     "export": (export, "export a checkpoint as staged ONNX graphs + manifest.json into a model directory"),
 }
 

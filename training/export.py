@@ -92,12 +92,15 @@ def _tensor(name, shape, dtype="float32") -> dict:
 
 
 def export_model(model, variant, config, state: dict, test: Split, out: Path, name: str,
-                 parity_images: int = 1000, threshold: float | None = None) -> Manifest:
+                 parity_images: int = 1000, threshold: float | None = None,
+                 calibration: dict | None = None) -> Manifest:
     """Write out/ (stage_k.onnx + manifest.json) for a trained model; returns the manifest."""
     model = model.cpu().eval()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} exists and is not empty; remove it or choose another --out")
+    if calibration is not None:
+        threshold = calibration["threshold"]
     threshold = variant.infer_threshold if threshold is None else threshold
     costs = exit_costs(model)
     probs = exit_probabilities(model, test, config.eval_batch_size)
@@ -151,6 +154,9 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
                 "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "code_version": runinfo.git_revision(), "torch": torch.__version__,
                 "onnx_opset": OPSET, "parity_max_abs_diff": diff},
+            "calibration": None if calibration is None else {
+                k: calibration[k] for k in ("max_drop", "heldout_images", "heldout_classes",
+                                            "heldout_accuracy", "final_exit_accuracy", "mean_macs_share")},
         })
         write_json(manifest.model_dump(mode="json"), tmp / MANIFEST)
         tmp.chmod(0o755)  # mkdtemp makes it private

@@ -7,6 +7,8 @@ from pathlib import Path
 from ..data import load_cifar10
 from ..engine import checkpoint_model
 from ..export import export_model
+from ..calibration import calibrate, heldout_split
+from .calibrate import non_negative
 from .common import DEFAULT_DATA_DIR, positive_int, unit_interval
 
 
@@ -18,6 +20,9 @@ def add_arguments(parser) -> None:
                         help="default inference threshold written to the manifest (default: the variant's)")
     parser.add_argument("--parity-images", type=positive_int, default=1000,
                         help="real test images on which ONNX Runtime must match PyTorch within 1e-4")
+    parser.add_argument("--calibrate-drop", type=non_negative, default=None,
+                        help="pick the default threshold with `calibrate` (this many accuracy points of "
+                             "drop allowed, on held-out training images) instead of the variant's")
     parser.add_argument("--trained-on", default=None,
                         help="training machine for the manifest (default: from the checkpoint or its config.json)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -32,8 +37,13 @@ def run(args) -> int:
         state["provenance"] = json.loads(config_json.read_text()).get("provenance", {})
     if args.trained_on:
         state.setdefault("provenance", {})["device"] = args.trained_on
+    if args.calibrate_drop is not None and args.threshold is not None:
+        raise ValueError("give --threshold or --calibrate-drop, not both")
+    calibration = None
+    if args.calibrate_drop is not None:
+        calibration = calibrate(model, heldout_split(args.data_dir, config.imbalance), args.calibrate_drop)
     manifest = export_model(model, variant, config, state, test, args.out, args.name or args.out.name,
-                            args.parity_images, args.threshold)
+                            args.parity_images, args.threshold, calibration)
     m = manifest.metrics
     print(f"exported {variant.name} to {args.out}: {manifest.num_exits} stages, parity "
           f"{manifest.provenance.parity_max_abs_diff:.1e}; test accuracy {m.overall:.2f}% at threshold "

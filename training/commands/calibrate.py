@@ -1,0 +1,42 @@
+"""`calibrate`: the lowest-compute inference threshold within a given accuracy drop, on
+held-out training images (never the test set). `export --calibrate-drop` writes it into a manifest."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..calibration import calibrate, heldout_split
+from ..engine import checkpoint_model
+from .common import DEFAULT_DATA_DIR
+
+
+def non_negative(text: str) -> float:
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of accuracy points >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of accuracy points >= 0, got {value}")
+    return value
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--max-drop", type=non_negative, default=1.0,
+                        help="accuracy points below the final exit's that the threshold may cost")
+    parser.add_argument("--json", type=Path, default=None, help="also write the whole sweep here")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+
+
+def run(args) -> int:
+    model, variant, config, _ = checkpoint_model(args.checkpoint)
+    heldout = heldout_split(args.data_dir, config.imbalance)
+    result = calibrate(model, heldout, args.max_drop)
+    print(f"{variant.name}: {result['heldout_images']} held-out training images, classes "
+          f"{result['heldout_classes']}; final exit {result['final_exit_accuracy']:.2f}% (balanced)")
+    print(f"threshold {result['threshold']:.2f}: {result['heldout_accuracy']:.2f}% at "
+          f"{result['mean_macs'] / 1e6:.2f}M MACs ({100 * result['mean_macs_share']:.1f}% of the full network)")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
