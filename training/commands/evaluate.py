@@ -1,7 +1,6 @@
 """`evaluate`: early-exit inference of a checkpoint on the full CIFAR-10 test set."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..data import load_cifar10
