@@ -24,12 +24,15 @@ def load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def test_resume_after_kill_matches_uninterrupted_run(data_dir, tmp_path):
+@pytest.mark.parametrize("data_path", ["reference", "device"])
+def test_resume_after_kill_matches_uninterrupted_run(data_dir, tmp_path, data_path):
+    flags = ["--data-path", data_path]
     straight = tmp_path / "straight"
-    subprocess.run(train_cmd(straight, data_dir), check=True, capture_output=True, timeout=600)
+    subprocess.run(train_cmd(straight, data_dir, *flags), check=True, capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(killed, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(train_cmd(killed, data_dir, *flags), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not (killed / "checkpoint.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
@@ -39,7 +42,8 @@ def test_resume_after_kill_matches_uninterrupted_run(data_dir, tmp_path):
     interrupted_at = load(killed / "checkpoint.pt")["epoch"]
     assert interrupted_at < 3, "the run finished before it could be killed"
 
-    done = subprocess.run(train_cmd(killed, data_dir, "--resume"), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(train_cmd(killed, data_dir, *flags, "--resume"), capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"resuming {killed} from epoch {interrupted_at}" in done.stdout
 
