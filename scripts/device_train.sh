@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train several variants concurrently on one GPU machine and pack the run directories into $OUT.
 # Usage (on the device machine, from the repo root, with .carry/ holding the dataset archive):
-#   scripts/device_train.sh SECONDS_BUDGET variant:IF [variant:IF ...]
+#   [TRAIN_FLAGS="--data-path device --amp"] scripts/device_train.sh SECONDS_BUDGET variant:IF [variant:IF ...]
+# A resumed run needs the flags it was started with (the committed partial runs used none).
 # The first run listed is the priority one; every run writes checkpoints, so a run cut off by the
 # budget can be continued later with `python -m training train ... --resume`.
 set -u
@@ -19,7 +20,7 @@ for spec in "$@"; do
   v=${spec%%:*}; f=${spec##*:}; dir=/tmp/runs/$v-if$f-seed0
   resume=(); [ -f "$dir/checkpoint.pt" ] && resume=(--resume)
   PYTHONUNBUFFERED=1 python3 -m training train --variant "$v" --imbalance "$f" --device "${DEVICE:-cuda}" \
-    --workers 3 --data-dir "$data" --out "$dir" "${resume[@]}" >>"/tmp/runs/$v-if$f.stdout" 2>&1 &
+    --workers 3 --data-dir "$data" --out "$dir" "${resume[@]}" ${TRAIN_FLAGS:-} >>"/tmp/runs/$v-if$f.stdout" 2>&1 &
   pids+=($!)
 done
 while :; do
