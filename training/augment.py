@@ -43,12 +43,16 @@ class ImageDataset(Dataset):
         return self.transform(image), int(self.split.labels[i])
 
 
+def normalize_uint8(x: torch.Tensor) -> torch.Tensor:
+    """uint8 N x 3 x H x W (any device) -> float, scaled to [0, 1] and normalised."""
+    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
+    return (x.float().div_(255) - mean) / std
+
+
 def normalize_batch(images: np.ndarray) -> torch.Tensor:
-    """uint8 N x H x W x 3 -> normalised float N x 3 x H x W (the evaluation input)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """uint8 N x H x W x 3 array -> normalised float N x 3 x H x W (the evaluation input)."""
+    return normalize_uint8(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, alpha: float = MIXUP_ALPHA):

@@ -14,7 +14,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.autoaugment import _apply_op
 
-from .constants import MEAN, STD
+from .augment import normalize_uint8
 from .data import Split
 
 PAD = 4
@@ -60,12 +60,6 @@ def autoaugment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return (x.float().div_(255) - mean) / std
-
-
 class DeviceBatches:
     """One epoch of augmented, normalised batches from a device-resident uint8 training set."""
 
@@ -85,4 +79,4 @@ class DeviceBatches:
             x = random_crop_flip(self.images[idx], g)
             if self.augmentation == "autoaugment":
                 x = autoaugment(x, g)
-            yield normalize(x), self.labels[idx]
+            yield normalize_uint8(x), self.labels[idx]

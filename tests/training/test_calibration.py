@@ -8,8 +8,9 @@ from training.calibration import balanced_accuracy, heldout_split
 from training.cli import main
 from training.data import load_cifar10, longtail_indices
 
-SMOKE = ["--epochs", "1", "--batch-size", "32", "--max-train-samples", "300", "--max-batches", "3",
-         "--max-test-samples", "100", "--workers", "0"]
+from .smoke import smoke_flags
+
+SMOKE = smoke_flags(train=300, batches=3)
 
 
 def test_heldout_images_were_never_in_the_training_set(data_dir):

@@ -4,8 +4,8 @@ import torch
 from torchvision import transforms as T
 
 from training.data import Split
-from training.device_data import DeviceBatches, autoaugment, normalize, random_crop_flip
-from training.augment import normalize_batch
+from training.augment import normalize_batch, normalize_uint8
+from training.device_data import DeviceBatches, autoaugment, random_crop_flip
 
 N = 2000
 
@@ -59,9 +59,10 @@ def test_autoaugment_matches_reference_in_distribution(cifar):
     assert len({o.numpy().tobytes() for o in fast[:200]}) > 50  # draws are per image
 
 
-def test_normalize_matches_reference(cifar):
+def test_uint8_normalisation_matches_the_evaluation_input(cifar):
     images = cifar[1].images[:8]
-    torch.testing.assert_close(normalize(torch.from_numpy(images).permute(0, 3, 1, 2)), normalize_batch(images))
+    torch.testing.assert_close(normalize_uint8(torch.from_numpy(images).permute(0, 3, 1, 2)),
+                               normalize_batch(images))
 
 
 def test_epoch_covers_every_image_once_and_is_seeded(cifar):

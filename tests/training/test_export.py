@@ -15,8 +15,9 @@ from training.export import ExportError, export_model
 
 from ..conftest import REPO
 
-SMOKE = ["--epochs", "1", "--batch-size", "32", "--max-train-samples", "200", "--max-batches", "2",
-         "--max-test-samples", "200", "--workers", "0"]
+from .smoke import smoke_flags
+
+SMOKE = smoke_flags(test=200)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,7 @@ import json
 
 from training.cli import main
 
-SMOKE = ["--epochs", "1", "--batch-size", "32", "--max-train-samples", "200", "--max-batches", "2",
-         "--max-test-samples", "100", "--workers", "0"]
+from .smoke import SMOKE
 
 
 def test_grid_runs_concurrently_then_skips_what_is_done(data_dir, tmp_path, capsys):

@@ -3,8 +3,7 @@ import json
 from training.cli import main
 from training.variants import study_runs
 
-SMOKE = ["--epochs", "1", "--batch-size", "32", "--max-train-samples", "200", "--max-batches", "2",
-         "--max-test-samples", "100", "--workers", "0"]
+from .smoke import SMOKE, smoke_flags
 
 
 def test_study_is_the_reports_19_runs():
@@ -19,7 +18,7 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
                  "--data-dir", str(data_dir), *SMOKE]) == 0
     stopped = runs / "model8-if100-seed0"
     assert main(["train", "--variant", "model8", "--out", str(stopped), "--data-dir", str(data_dir),
-                 *SMOKE[:1], "3", *SMOKE[2:], "--checkpoint-every", "1"]) == 0
+                 *smoke_flags(epochs=3), "--checkpoint-every", "1"]) == 0
     doc = json.loads((stopped / "metrics.json").read_text())
     doc["status"], doc["epochs"] = "running", doc["epochs"][:1]  # as a run cut off after epoch 1
     (stopped / "metrics.json").write_text(json.dumps(doc))

@@ -7,18 +7,7 @@ from pathlib import Path
 
 from ..calibration import calibrate, heldout_split
 from ..engine import checkpoint_model
-from .common import DEFAULT_DATA_DIR
-
-
-def non_negative(text: str) -> float:
-    import argparse
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of accuracy points >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of accuracy points >= 0, got {value}")
-    return value
+from .common import DEFAULT_DATA_DIR, non_negative
 
 
 def add_arguments(parser) -> None:

@@ -8,8 +8,7 @@ from ..data import load_cifar10
 from ..engine import checkpoint_model
 from ..export import export_model
 from ..calibration import calibrate, heldout_split
-from .calibrate import non_negative
-from .common import DEFAULT_DATA_DIR, positive_int, unit_interval
+from .common import DEFAULT_DATA_DIR, non_negative, positive_int, unit_interval
 
 
 def add_arguments(parser) -> None:
