@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data import Split, load_cifar10, longtail_indices
-from .evaluation import early_exit_metrics, exit_probabilities
+from .evaluation import exit_probabilities, threshold_sweep
 from .macs import exit_costs
 
 GRID = np.round(np.linspace(0, 1, 101), 2)
@@ -34,12 +34,10 @@ def calibrate(model, heldout: Split, max_drop: float, batch_size: int = 500) -> 
     probs = exit_probabilities(model, heldout, batch_size)
     costs = exit_costs(model)
     final = balanced_accuracy(probs[-1].argmax(1).numpy(), heldout.labels)
-    sweep = []
-    for t in GRID:
-        m = early_exit_metrics(probs, heldout.labels, float(t), costs)
-        sweep.append({"threshold": float(t), "accuracy": balanced_accuracy(np.asarray(m["predictions"]),
-                                                                          heldout.labels),
-                      "mean_macs": m["mean_macs"], "exit_distribution": m["exit_distribution"]})
+    sweep = [{"threshold": m["threshold"], "mean_macs": m["mean_macs"],
+              "exit_distribution": m["exit_distribution"],
+              "accuracy": balanced_accuracy(np.asarray(m["predictions"]), heldout.labels)}
+             for m in threshold_sweep(probs, heldout.labels, costs, GRID)]
     ok = [row for row in sweep if row["accuracy"] >= final - max_drop]
     # Threshold 1 always qualifies; among equal costs prefer accuracy, then the safer higher threshold.
     best = min(ok, key=lambda row: (row["mean_macs"], -row["accuracy"], -row["threshold"]))

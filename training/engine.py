@@ -18,7 +18,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .config import TrainConfig, lr_at
 from .data import build_datasets
 from .device_data import DeviceBatches
-from .evaluation import early_exit_metrics, exit_probabilities
+from .evaluation import evaluate_model
 from .losses import Targets, make_exit_loss
 from .macs import exit_costs
 from .network import build_model
@@ -78,16 +78,19 @@ class Run:
         self.provenance = runinfo.provenance(self.device)
 
     # -- data ---------------------------------------------------------------------------------
+    def epoch_seed(self, epoch: int) -> int:
+        """Every random draw of an epoch derives from (seed, epoch), so a resumed epoch repeats."""
+        return self.config.seed * 100_003 + epoch
+
     def batches(self, epoch: int):
         """(iterable of (x, y), number of batches) for one epoch, on the configured data path."""
         if self.device_batches is not None:
-            return self.device_batches.epoch(self.config.seed * 100_003 + epoch), len(self.device_batches)
+            return self.device_batches.epoch(self.epoch_seed(epoch)), len(self.device_batches)
         loader = self.loader(epoch)
         return loader, len(loader)
 
     def loader(self, epoch: int) -> DataLoader:
-        """Shuffling and augmentation are seeded by (seed, epoch), so a resumed epoch repeats."""
-        g = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        g = torch.Generator().manual_seed(self.epoch_seed(epoch))
         dataset = ImageDataset(self.train_set, train_transform(self.variant.augmentation))
         return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=True, generator=g,
                           num_workers=self.workers, drop_last=False,
@@ -99,7 +102,7 @@ class Run:
         lr = lr_at(cfg, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # augmentation draws in the main process
+        torch.manual_seed(self.epoch_seed(epoch))  # augmentation draws in the main process
         rng = np.random.default_rng([cfg.seed, epoch])
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
@@ -139,8 +142,9 @@ class Run:
         return {"lr": lr, "loss": total_loss / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1)}
 
     def evaluate(self) -> dict:
-        probs = exit_probabilities(self.model, self.test_set, self.config.eval_batch_size, self.device)
-        return early_exit_metrics(probs, self.test_set.labels, self.threshold, self.costs)
+        _, metrics = evaluate_model(self.model, self.test_set, self.threshold, self.config.eval_batch_size,
+                                    self.device, self.costs)
+        return metrics
 
     # -- state --------------------------------------------------------------------------------
     def state(self, epoch: int) -> dict:
@@ -182,8 +186,8 @@ def _metrics_document(run: Run, status: str, final: dict | None = None, **extra)
             "epochs": run.history, "final": final, **extra}
 
 
-def train(run: Run, emit=print) -> dict:
-    """Train from run.start_epoch to the end; returns the metrics document."""
+def train(run: Run, emit=print) -> None:
+    """Train from run.start_epoch to the end; metrics.json holds the results (Diverged on divergence)."""
     cfg, out = run.config, run.out
     log_file = (out / LOG).open("a")
 
@@ -216,7 +220,6 @@ def train(run: Run, emit=print) -> dict:
                                          final=test if last else None), out / METRICS)
     finally:
         log_file.close()
-    return _metrics_document(run, "completed", final=run.history[-1] if run.history else None)
 
 
 def prepare_run_dir(run: Run, resume: bool) -> None:

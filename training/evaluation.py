@@ -7,6 +7,7 @@ import torch
 from .augment import normalize_batch
 from .constants import NUM_CLASSES, SPLITS
 from .data import Split
+from .macs import exit_costs
 from .routing import first_confident_exit
 
 
@@ -65,6 +66,18 @@ def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold: float
         "predictions": chosen.tolist(),
         "exits": (exits + 1).tolist(),
     }
+
+
+def evaluate_model(model, split: Split, threshold: float, batch_size: int = 500, device="cpu",
+                   costs: list[dict] | None = None) -> tuple[torch.Tensor, dict]:
+    """(every exit's probabilities, early-exit metrics) of a model on a split."""
+    probs = exit_probabilities(model, split, batch_size, device)
+    return probs, early_exit_metrics(probs, split.labels, threshold, costs or exit_costs(model))
+
+
+def threshold_sweep(probs: torch.Tensor, labels: np.ndarray, costs: list[dict], thresholds) -> list[dict]:
+    """Early-exit metrics (with per-image predictions) at each threshold, from one set of probs."""
+    return [early_exit_metrics(probs, labels, float(t), costs) for t in thresholds]
 
 
 def format_report(metrics: dict) -> str:

@@ -22,7 +22,7 @@ from .augment import normalize_batch
 from .checkpoint import write_json
 from .constants import CLASS_NAMES, MEAN, SPLITS, STD
 from .data import Split
-from .evaluation import early_exit_metrics, exit_probabilities
+from .evaluation import evaluate_model
 from .macs import exit_costs
 
 OPSET = 17
@@ -103,8 +103,7 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
         threshold = calibration["threshold"]
     threshold = variant.infer_threshold if threshold is None else threshold
     costs = exit_costs(model)
-    probs = exit_probabilities(model, test, config.eval_batch_size)
-    metrics = early_exit_metrics(probs, test.labels, threshold, costs)
+    probs, metrics = evaluate_model(model, test, threshold, config.eval_batch_size, costs=costs)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -109,15 +109,6 @@ def exit_share_by_split(final: dict, labels: np.ndarray, num_exits: int) -> dict
                    / max((split == name).sum(), 1)).tolist() for name in SPLITS}
 
 
-def threshold_sweep(probs, labels, costs) -> list[dict]:
-    from .evaluation import early_exit_metrics
-    rows = []
-    for t in SWEEP:
-        m = early_exit_metrics(probs, labels, float(t), costs)
-        rows.append({"threshold": float(t), "overall": m["overall"], "mean_macs": m["mean_macs"]})
-    return rows
-
-
 def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[str, dict]) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")

@@ -4,9 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import load_cifar10
-from ..evaluation import early_exit_metrics, exit_probabilities, format_report
+from ..evaluation import evaluate_model, format_report
 from ..engine import checkpoint_model
-from ..macs import exit_costs
 from ..checkpoint import write_json
 from .common import add_data_args, resolve_device, unit_interval
 
@@ -25,8 +24,7 @@ def run(args) -> int:
     model, variant, config, _ = checkpoint_model(args.checkpoint, device)
     _, test = load_cifar10(args.data_dir)
     threshold = args.threshold if args.threshold is not None else variant.infer_threshold
-    probs = exit_probabilities(model, test, config.eval_batch_size, device)
-    metrics = early_exit_metrics(probs, test.labels, threshold, exit_costs(model))
+    _, metrics = evaluate_model(model, test, threshold, config.eval_batch_size, device)
     print(f"{variant.name} (IF {config.imbalance}, seed {config.seed}) on {len(test)} test images")
     print(format_report(metrics))
     if args.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data import load_cifar10
-from ..report import collect_runs, plot_all, results_table, threshold_sweep
+from ..report import SWEEP, collect_runs, plot_all, results_table
 from .common import DEFAULT_DATA_DIR
 
 CAVEAT = ("Last-epoch accuracy on the full 10,000-image CIFAR-10 test set of the JPEG-quality copy "
@@ -27,13 +27,15 @@ def run(args) -> int:
     sweeps = {}
     if not args.no_sweep:
         from ..engine import checkpoint_model
-        from ..evaluation import exit_probabilities
+        from ..evaluation import exit_probabilities, threshold_sweep
         from ..macs import exit_costs
         for r in runs:
             if r.status == "completed" and (r.dir / "checkpoint.pt").is_file():
                 model, _, config, _ = checkpoint_model(r.dir / "checkpoint.pt")
                 probs = exit_probabilities(model, test, config.eval_batch_size)
-                sweeps[r.name] = {"sweep": threshold_sweep(probs, test.labels, exit_costs(model)),
+                rows = threshold_sweep(probs, test.labels, exit_costs(model), SWEEP)
+                sweeps[r.name] = {"sweep": [{k: m[k] for k in ("threshold", "overall", "mean_macs")}
+                                            for m in rows],
                                   "per_exit": r.metrics["final"]["per_exit"]}
     table, missing = results_table(runs)
     plots = plot_all(runs, test.labels, args.out / "plots", sweeps)

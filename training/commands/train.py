@@ -82,7 +82,7 @@ def run(args) -> int:
         print(f"resuming {out} from epoch {run_.start_epoch}")
     print(f"{config.variant} IF {config.imbalance}: {len(run_.train_set)} training images "
           f"{run_.class_counts}, {len(run_.test_set)} test images, device {device}, run dir {out}")
-    doc = train(run_)
+    train(run_)
     final = json.loads((out / "metrics.json").read_text())["final"]
     print(format_report(final))
-    return 0 if doc["status"] == "completed" else 1
+    return 0
