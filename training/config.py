@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 REFERENCE_EPOCHS = 200
 REFERENCE_MILESTONES = (160, 180)
+# The GPU fast path's `train` flags: data on the device, bf16, channels-last, CUDA graphs.
+FAST_PATH_FLAGS = ("--data-path", "device", "--amp", "--channels-last", "--compile", "reduce-overhead")
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,17 @@ class TrainConfig:
     data_path: str = "reference"  # "reference": DataLoader + PIL; "device": uint8 batches on the device
     amp: bool = False  # bf16 autocast for forward and loss
     channels_last: bool = False
+    compile: str = "off"  # torch.compile mode of the network (compilation.COMPILE_MODES)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def path_flags(self) -> list[str]:
+        """The `train` flags that select this run's data path and speed options (empty: reference)."""
+        flags = [] if self.data_path == "reference" else ["--data-path", self.data_path]
+        flags += ["--amp"] * self.amp + ["--channels-last"] * self.channels_last
+        return flags + ([] if self.compile == "off" else ["--compile", self.compile])
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -5,6 +5,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from . import runinfo
 from .augment import ImageDataset, mixup, train_transform
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .compilation import COMPILE_ERRORS, compile_network, mark_step
 from .config import TrainConfig, lr_at
 from .data import build_datasets
 from .device_data import DeviceBatches
@@ -63,6 +65,8 @@ class Run:
         self.model = build_model(self.variant).to(self.device)
         if self.config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = compile_network(self.model, self.config.compile)  # what forward passes call
+        self.compile_fallback: str | None = None  # why compilation failed, when it did
         self.device_batches = (DeviceBatches(self.train_set, self.device, self.config.batch_size,
                                              self.variant.augmentation)
                                if self.config.data_path == "device" else None)
@@ -98,14 +102,20 @@ class Run:
 
     # -- one epoch ----------------------------------------------------------------------------
     def train_one_epoch(self, epoch: int) -> dict:
-        cfg, model = self.config, self.model
+        """One pass over the training set. Running sums stay on the device, so a GPU step never
+        waits for the host; a non-finite loss is remembered on the device and raised at the end."""
+        cfg = self.config
         lr = lr_at(cfg, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         torch.manual_seed(self.epoch_seed(epoch))  # augmentation draws in the main process
         rng = np.random.default_rng([cfg.seed, epoch])
-        model.train()
-        total_loss, correct, seen = 0.0, 0, 0
+        self.model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        bad_batch = torch.full((), -1, dtype=torch.int64, device=self.device)  # first non-finite loss
+        bad_loss = torch.zeros((), device=self.device)
+        seen = 0
         batches, total = self.batches(epoch)
         n_batches = total if cfg.max_batches is None else min(cfg.max_batches, total)
         bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -121,29 +131,55 @@ class Run:
                 targets = Targets(y_a, y_b, lam)
             else:
                 targets = Targets.plain(y)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                outputs = model(x)
-                exits = training_exits(outputs, targets, self.variant.train_threshold)
-                per_exit = [self.exit_loss(o, targets) for o in outputs]
-                loss = routed_loss(per_exit, exits, self.variant.routing)
-            if not torch.isfinite(loss):
-                raise Diverged(epoch + 1, f"loss is {loss.item()} at batch {step + 1}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, outputs = self._eager_on_compile_failure(partial(self.forward_backward, x, targets))
+            with torch.no_grad():
+                first_bad = (bad_batch < 0) & ~torch.isfinite(loss)
+                bad_batch = torch.where(first_bad, step, bad_batch)
+                bad_loss = torch.where(first_bad, loss.detach().float(), bad_loss)
             self.optimizer.step()
             with torch.no_grad():
                 probs = torch.stack([o.logits.float().softmax(1) for o in outputs])
                 chosen = first_confident_exit(probs, self.threshold)
                 pred = probs.argmax(2).gather(0, chosen.unsqueeze(0)).squeeze(0)
-                correct += int((pred == targets.dominant).sum())
-            total_loss += loss.item() * x.size(0)
+                correct += (pred == targets.dominant).sum()
+                loss_sum += loss.detach().double() * x.size(0)
             seen += x.size(0)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
-        return {"lr": lr, "loss": total_loss / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1)}
+            if not bar.disable and step % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+        if bad_batch.item() >= 0:
+            raise Diverged(epoch + 1, f"loss is {bad_loss.item()} at batch {bad_batch.item() + 1}")
+        return {"lr": lr, "loss": loss_sum.item() / max(seen, 1),
+                "train_acc": 100.0 * correct.item() / max(seen, 1)}
+
+    def forward_backward(self, x: torch.Tensor, targets: Targets):
+        """(loss, exit outputs) of one batch, gradients computed; the optimizer step is the caller's."""
+        mark_step(self.config.compile, self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
+            outputs = self.net(x)
+            exits = training_exits(outputs, targets, self.variant.train_threshold)
+            per_exit = [self.exit_loss(o, targets) for o in outputs]
+            loss = routed_loss(per_exit, exits, self.variant.routing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss, outputs
+
+    def _eager_on_compile_failure(self, fn):
+        """fn(); when torch.compile fails on it (no C++ compiler, no Triton...), fall back to the
+        eager network for this call and the rest of the run. Safe to repeat: fn never steps."""
+        try:
+            return fn()
+        except COMPILE_ERRORS as exc:
+            if self.net is self.model:
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("torch.compile failed (%s); continuing with the eager network", reason)
+            self.net, self.compile_fallback = self.model, f"{type(exc).__name__}: {reason}"
+            return fn()
 
     def evaluate(self) -> dict:
-        _, metrics = evaluate_model(self.model, self.test_set, self.threshold, self.config.eval_batch_size,
-                                    self.device, self.costs)
+        _, metrics = self._eager_on_compile_failure(lambda: evaluate_model(
+            self.net, self.test_set, self.threshold, self.config.eval_batch_size,
+            self.device, self.costs))
         return metrics
 
     # -- state --------------------------------------------------------------------------------
@@ -183,6 +219,7 @@ def epoch_line(epoch: int, seconds: float, train: dict, test: dict) -> str:
 def _metrics_document(run: Run, status: str, final: dict | None = None, **extra) -> dict:
     return {"variant": run.variant.name, "imbalance": run.config.imbalance, "seed": run.config.seed,
             "status": status, "threshold": run.threshold, "exit_costs": run.costs,
+            "compile": {"mode": run.config.compile, "fallback": run.compile_fallback},
             "epochs": run.history, "final": final, **extra}
 
 
@@ -196,6 +233,7 @@ def train(run: Run, emit=print) -> None:
         log_file.write(line + "\n")
         log_file.flush()
 
+    fallback_noted = False
     try:
         for epoch in range(run.start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -212,6 +250,9 @@ def train(run: Run, emit=print) -> None:
             record = {"epoch": epoch + 1, "seconds": seconds, **train_stats,
                       **{k: v for k, v in test.items() if k not in BULKY_KEYS}}
             run.history.append(record)
+            if run.compile_fallback and not fallback_noted:
+                say(f"# torch.compile failed in epoch {epoch + 1}, eager from there: {run.compile_fallback}")
+                fallback_noted = True
             say(epoch_line(epoch + 1, seconds, train_stats, test))
             last = epoch + 1 == cfg.epochs
             if last or (epoch + 1) % cfg.checkpoint_every == 0:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import FAST_PATH_FLAGS, TrainConfig
 from .constants import SPLIT_OF_CLASS, SPLITS
 from .variants import get_variant, study_runs
 
@@ -39,6 +40,16 @@ class RunResult:
     def device(self) -> str:
         return self.config.get("provenance", {}).get("device", "?")
 
+    @property
+    def train_config(self) -> TrainConfig | None:
+        return TrainConfig.from_dict(self.config["config"]) if "config" in self.config else None
+
+    @property
+    def path(self) -> str:
+        """'reference', or the fast path's flags this run was trained with."""
+        flags = self.train_config.path_flags() if self.train_config else []
+        return " ".join(flags) if flags else "reference"
+
 
 def collect_runs(root: Path) -> list[RunResult]:
     runs = []
@@ -51,9 +62,13 @@ def collect_runs(root: Path) -> list[RunResult]:
     return runs
 
 
-def train_command(variant: str, imbalance: int, seed: int = 0) -> str:
-    return (f"python -m training train --variant {variant} --imbalance {imbalance} --seed {seed} "
-            f"--device cuda --out results/runs/{variant}-if{imbalance}-seed{seed}")
+def train_command(variant: str, imbalance: int, seed: int = 0, flags=FAST_PATH_FLAGS, resume: bool = False,
+                  name: str | None = None) -> str:
+    """The command that produces (or, with resume, finishes) a run; new runs take the GPU fast path."""
+    name = name or f"{variant}-if{imbalance}-seed{seed}"
+    return " ".join(["python -m training train --variant", variant, "--imbalance", str(imbalance), "--seed",
+                     str(seed), "--device cuda", *flags, "--out", f"results/runs/{name}",
+                     *(["--resume"] if resume else [])])
 
 
 def _fmt(x) -> str:
@@ -74,22 +89,23 @@ def results_table(runs: list[RunResult]) -> tuple[str, list[str]]:
     for r in runs:
         by_key.setdefault((r.variant, r.imbalance), []).append(r)
     lines = ["| variant | IF | report: overall (many / medium / few) | ours: overall | many | medium | few "
-             "| exits (1/2/3 %) | mean MACs | seed | status | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| exits (1/2/3 %) | mean MACs | seed | status | machine | path |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     missing = []
     for variant, imbalance in study_runs():
         found = by_key.get((variant, imbalance), [])
         if not found:
             lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             missing.append(train_command(variant, imbalance))
         for r in found:
             e, total = r.last, r.config.get("config", {}).get("epochs", "?")
             if r.status not in ("completed", "diverged"):
                 lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "
                              f"stopped at epoch {e.get('epoch', 0)} of {total} | | | | | | {r.seed} "
-                             f"| resumable | {r.device} |")
-                missing.append(train_command(variant, imbalance, r.seed) + " --resume")
+                             f"| resumable | {r.device} | {r.path} |")
+                flags = r.train_config.path_flags() if r.train_config else []
+                missing.append(train_command(variant, imbalance, r.seed, flags, resume=True))
                 continue
             status = ("completed" if r.status == "completed"
                       else f"diverged at epoch {r.metrics.get('diverged_at')}")
@@ -98,8 +114,25 @@ def results_table(runs: list[RunResult]) -> tuple[str, list[str]]:
             macs = f"{e['mean_macs'] / 1e6:.1f}M ({100 * share:.0f}%)" if share is not None else "–"
             lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | {_fmt(e.get('overall'))} "
                          f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} | {exits} "
-                         f"| {macs} | {r.seed} | {status} | {r.device} |")
+                         f"| {macs} | {r.seed} | {status} | {r.device} | {r.path} |")
     return "\n".join(lines), missing
+
+
+def path_agreement(runs: list[RunResult], goal: float = 1.5) -> str:
+    """Markdown: last-epoch accuracy of each completed fast-path run beside the reference-path run of
+    the same variant, imbalance and seed (issue 4: within `goal` points)."""
+    done = [r for r in runs if r.status == "completed"]
+    reference = {(r.variant, r.imbalance, r.seed): r for r in done if r.path == "reference"}
+    lines = [f"| variant | IF | seed | reference path | fast path | difference | within {goal} points | fast path flags |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in done:
+        ref = reference.get((r.variant, r.imbalance, r.seed))
+        if r.path == "reference" or ref is None:
+            continue
+        a, b = ref.last["overall"], r.last["overall"]
+        lines.append(f"| {r.variant} | {r.imbalance} | {r.seed} | {a:.2f} | {b:.2f} | {b - a:+.2f} "
+                     f"| {'yes' if abs(b - a) <= goal else 'no'} | `{r.path}` |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def exit_share_by_split(final: dict, labels: np.ndarray, num_exits: int) -> dict[str, list[float]]:

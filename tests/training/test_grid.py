@@ -1,8 +1,10 @@
 import json
 
+import torch
+
 from training.cli import main
 
-from .smoke import SMOKE
+from .smoke import SMOKE, smoke_flags
 
 
 def test_grid_runs_concurrently_then_skips_what_is_done(data_dir, tmp_path, capsys):
@@ -20,3 +22,27 @@ def test_grid_plans_the_whole_study(capsys):
     assert main(["grid", "--dry-run", "--out", "/nonexistent-results"]) == 0
     out = capsys.readouterr().out
     assert "19 runs to do" in out and "--variant reslt --imbalance 10" in out
+
+
+def test_grid_resumes_a_run_on_the_path_it_started_with(data_dir, tmp_path, capsys):
+    # A reference-path run cut off after epoch 1 of 2; the grid now asks for the fast path.
+    run_dir = tmp_path / "elf-if100-seed0"
+    assert main(["train", "--variant", "elf", "--out", str(run_dir), "--data-dir", str(data_dir),
+                 *smoke_flags(epochs=2), "--checkpoint-every", "1"]) == 0
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state["epoch"], state["history"] = 1, state["history"][:1]
+    torch.save(state, run_dir / "checkpoint.pt")
+    doc = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**doc, "status": "running", "epochs": doc["epochs"][:1]}))
+
+    args = ["grid", "--variants", "elf", "--imbalance", "100", "--device", "cpu", "--out", str(tmp_path),
+            "--data-dir", str(data_dir), "--", *smoke_flags(epochs=2), "--checkpoint-every", "1",
+            "--data-path", "device", "--compile=default"]
+    capsys.readouterr()
+    assert main([*args[:1], "--dry-run", *args[1:]]) == 0
+    planned = capsys.readouterr().out
+    assert "--resume" in planned and "--data-path" not in planned and "--compile" not in planned
+    assert main(args) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and len(metrics["epochs"]) == 2
+    assert "resuming" in (tmp_path / "elf-if100-seed0.stdout").read_text()

@@ -32,5 +32,25 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     assert "--variant model8 --imbalance 100 --seed 0 --device cuda --out results/runs/model8-if100-seed0 --resume" in text
     assert text.count("| not yet measured |") == 17
     assert "python -m training train --variant reslt --imbalance 50" in text
+    assert "python -m training grid --device cuda --parallel 6 -- --data-path device --amp" in text
+    assert "## Fast path vs reference path" in text and "--out results/runs/model8-if100-seed0-fast" in text
     for plot in ("training_curves", "per_class_accuracy", "exit_distribution_by_split", "accuracy_vs_macs"):
         assert (tmp_path / "plots" / f"{plot}.png").stat().st_size > 1000
+
+
+def test_report_sets_fast_path_runs_beside_reference_runs(data_dir, tmp_path):
+    runs = tmp_path / "runs"
+    for name, flags in (("model1-if100-seed0", []), ("model1-if100-seed0-fast", ["--data-path", "device"])):
+        assert main(["train", "--variant", "model1", "--out", str(runs / name), "--data-dir", str(data_dir),
+                     *SMOKE, *flags]) == 0
+    assert main(["report", "--runs", str(runs), "--out", str(tmp_path), "--data-dir", str(data_dir),
+                 "--no-sweep"]) == 0
+    text = (tmp_path / "RESULTS.md").read_text()
+    acc = {name: json.loads((runs / name / "metrics.json").read_text())["final"]["overall"]
+           for name in ("model1-if100-seed0", "model1-if100-seed0-fast")}
+    row = next(line for line in text.splitlines() if line.startswith("| model1 | 100 | 0 |"))
+    reference, fast = acc["model1-if100-seed0"], acc["model1-if100-seed0-fast"]
+    assert f"| {reference:.2f} | {fast:.2f} | {fast - reference:+.2f} |" in row
+    assert ("| yes |" in row) == (abs(fast - reference) <= 1.5) and "`--data-path device`" in row
+    table_rows = [line for line in text.splitlines() if line.startswith("| model1 | 100 | 56.90")]
+    assert [line.rsplit("|", 2)[1].strip() for line in table_rows] == ["reference", "--data-path device"]

@@ -1,7 +1,8 @@
 """`grid`: the study's runs (SPEC §6, or a part), several at a time, one progress view.
 
 Each run is a `python -m training train` process writing its own run directory (metrics.json is
-its results file). Completed runs are skipped; runs with a checkpoint are resumed. On one GPU,
+its results file). Completed runs are skipped; runs with a checkpoint are resumed on the data path
+and speed options they were started with (a run's config must not change midway). On one GPU,
 several concurrent runs raise throughput, since one ResNet-32 run leaves it mostly idle.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..config import TrainConfig
 from ..variants import get_variant, study_runs
 from .common import DEFAULT_DATA_DIR, positive_int
 
@@ -31,6 +33,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("train_args", nargs="*", metavar="-- TRAIN-FLAG",
                         help="flags passed on to every `train` (after --), e.g. -- --data-path device --amp")
 
+# `train` flags that choose the data path and speed options, with how many values each takes.
+PATH_FLAGS = {"--data-path": 1, "--amp": 0, "--channels-last": 0, "--compile": 1}
+
 
 def planned_runs(args) -> list[tuple[str, int, int]]:
     variants = [get_variant(v).name for v in args.variants] if args.variants else None
@@ -41,6 +46,24 @@ def planned_runs(args) -> list[tuple[str, int, int]]:
         for f in (args.imbalance or [imbalance]):
             runs += [(name, f, seed) for seed in args.seeds]
     return list(dict.fromkeys(runs))
+
+
+def without_path_flags(flags: list[str]) -> list[str]:
+    kept, i = [], 0
+    while i < len(flags):
+        name = flags[i].split("=", 1)[0]
+        if name in PATH_FLAGS:
+            i += 1 + (PATH_FLAGS[name] if "=" not in flags[i] else 0)
+            continue
+        kept.append(flags[i])
+        i += 1
+    return kept
+
+
+def resume_flags(run_dir: Path, train_args: list[str]) -> list[str]:
+    """train_args, with the path flags replaced by those the run in run_dir was started with."""
+    saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    return [*without_path_flags(train_args), *saved.path_flags(), "--resume"]
 
 
 def run_status(run_dir: Path) -> str:
@@ -59,9 +82,9 @@ def run(args) -> int:
             continue
         cmd = [sys.executable, "-m", "training", "train", "--variant", name, "--imbalance", str(imbalance),
                "--seed", str(seed), "--device", args.device, "--data-dir", str(args.data_dir),
-               "--out", str(run_dir), *args.train_args]
-        if (run_dir / "checkpoint.pt").is_file():
-            cmd.append("--resume")
+               "--out", str(run_dir)]
+        resuming = (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.json").is_file()
+        cmd += resume_flags(run_dir, args.train_args) if resuming else args.train_args
         jobs.append((run_dir, cmd))
     if args.dry_run or not jobs:
         for _, cmd in jobs:

@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from ..compilation import COMPILE_MODES
 from ..config import REFERENCE_EPOCHS, TrainConfig, scaled_milestones
 from ..engine import Run, prepare_run_dir, train
 from ..evaluation import format_report
@@ -53,6 +54,9 @@ def add_arguments(parser) -> None:
                              "on the device as uint8, augmented in batches (the GPU fast path)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU fast path)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="off",
+                        help="torch.compile the network; reduce-overhead adds CUDA graphs on a GPU. "
+                             "A failed compilation falls back to eager and is noted in metrics.json")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="data-loading worker processes (0: load in the main process)")
     add_data_args(parser)
@@ -67,7 +71,8 @@ def config_from_args(args) -> TrainConfig:
         milestones=scaled_milestones(epochs), seed=args.seed,
         max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
         max_batches=args.max_batches, checkpoint_every=args.checkpoint_every, threshold=args.threshold,
-        data_path=args.data_path, amp=args.amp, channels_last=args.channels_last)
+        data_path=args.data_path, amp=args.amp, channels_last=args.channels_last,
+        compile=args.compile)
 
 
 def run(args) -> int:
