@@ -53,7 +53,9 @@ if [ "$remaining" -gt 60 ]; then
     --parallel "$parallel" -- $smoke --data-path device --amp --channels-last --compile "$compile" >"$OUT/grid.log" 2>&1
   echo "grid exit code $? after $(( $(date +%s) - start ))s"
 fi
-for d in "$runs"/*/; do printf '%s: ' "$(basename "$d")"; grep '^Epoch' "$d/train.log" 2>/dev/null | tail -n 1 | cut -c1-120; echo; done
+for d in "$runs"/*/; do
+  printf '%s: %s\n' "$(basename "$d")" "$(grep '^Epoch' "$d/train.log" 2>/dev/null | tail -n 1 | cut -c1-120)"
+done
 # Metrics and logs of every run in one archive; checkpoints in archives of a few runs each.
 (cd "$runs" && tar czf "$OUT/runs-metrics.tar.gz" --exclude=checkpoint.pt .)
 ls -d "$runs"/*/ | xargs -n 5 | nl | while read -r i dirs; do

@@ -5,6 +5,10 @@ never waits for DataLoader workers: random crop 32 with zero padding 4, horizont
 AutoAugment's CIFAR10 policy drawn per image (each image its own sub-policy, probabilities and
 signs; images that share a draw are transformed together with torchvision's own op). Every draw
 comes from a generator seeded by (seed, epoch), so a resumed epoch repeats. Runs on the CPU too.
+
+The draws themselves (a few numbers per image) are made on the CPU and only their results sent to
+the device: deciding which images an op applies to then never makes the host wait for a GPU, and
+the random stream is the same on every device.
 """
 from __future__ import annotations
 
@@ -25,26 +29,27 @@ OP_SPACE = _AUTOAUGMENT._augmentation_space(10, (32, 32))
 
 def random_crop_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """x: uint8 N x C x H x W -> the same, each image cropped from its zero-padded self and
-    flipped with probability 1/2."""
+    flipped with probability 1/2. g: a CPU generator."""
     n, _, h, w = x.shape
     padded = F.pad(x, (PAD, PAD, PAD, PAD))
-    top = torch.randint(0, 2 * PAD + 1, (n,), generator=g, device=x.device)
-    left = torch.randint(0, 2 * PAD + 1, (n,), generator=g, device=x.device)
+    top = torch.randint(0, 2 * PAD + 1, (n,), generator=g).to(x.device, non_blocking=True)
+    left = torch.randint(0, 2 * PAD + 1, (n,), generator=g).to(x.device, non_blocking=True)
     rows = (top[:, None] + torch.arange(h, device=x.device))[:, :, None]  # N x H x 1
     cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, :]  # N x 1 x W
     out = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols]  # N x H x W x C
     out = out.permute(0, 3, 1, 2)
-    flip = torch.rand(n, generator=g, device=x.device) < 0.5
+    flip = (torch.rand(n, generator=g) < 0.5).to(x.device, non_blocking=True)
     return torch.where(flip[:, None, None, None], out.flip(3), out).contiguous()
 
 
 def autoaugment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """AutoAugment (CIFAR10 policy) with an independent draw per image, as torchvision's
-    per-image transform makes: sub-policy, then for each of its two ops apply-probability and sign."""
+    per-image transform makes: sub-policy, then for each of its two ops apply-probability and sign.
+    g: a CPU generator; the masks stay on the CPU, only the chosen images' indices go to the device."""
     n = len(x)
-    policy = torch.randint(0, len(POLICIES), (n,), generator=g, device=x.device)
-    probs = torch.rand(n, 2, generator=g, device=x.device)
-    signs = torch.randint(0, 2, (n, 2), generator=g, device=x.device)
+    policy = torch.randint(0, len(POLICIES), (n,), generator=g)
+    probs = torch.rand(n, 2, generator=g)
+    signs = torch.randint(0, 2, (n, 2), generator=g)
     x = x.clone()
     for position in range(2):
         for pid, ops in enumerate(POLICIES):
@@ -56,7 +61,8 @@ def autoaugment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
                 mask = chosen if sign is None else chosen & (signs[:, position] == sign)
                 if mask.any():
                     m = -magnitude if sign == 0 else magnitude
-                    x[mask] = _apply_op(x[mask], op_name, m, InterpolationMode.NEAREST, None)
+                    idx = mask.nonzero().squeeze(1).to(x.device, non_blocking=True)
+                    x[idx] = _apply_op(x[idx], op_name, m, InterpolationMode.NEAREST, None)
     return x
 
 
@@ -72,8 +78,8 @@ class DeviceBatches:
         return -(-len(self.labels) // self.batch_size)
 
     def epoch(self, seed: int):
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        order = torch.randperm(len(self.labels), generator=g, device=self.device)
+        g = torch.Generator().manual_seed(seed)  # CPU: see the module docstring
+        order = torch.randperm(len(self.labels), generator=g).to(self.device)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             x = random_crop_flip(self.images[idx], g)
