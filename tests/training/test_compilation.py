@@ -1,6 +1,7 @@
 """torch.compile of the network: same training as eager, and eager when compilation fails."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -22,6 +23,12 @@ def gradient(run, x, targets) -> torch.Tensor:
                                      if p.grad is not None])
 
 
+# Inductor builds its CPU kernels with the C++ compiler (CXX, else g++).
+needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                               reason="no C++ compiler for torch.compile's CPU kernels")
+
+
+@needs_cxx
 def test_compiled_network_computes_the_eager_loss_and_gradients(data_dir, tmp_path):
     base = dict(variant="model8", imbalance=100, batch_size=32, max_train_samples=200, data_path="device")
     eager = Run(TrainConfig(**base), tmp_path, torch.device("cpu"), data_dir)
