@@ -87,3 +87,14 @@ def test_device_path_trains_on_the_cli(data_dir, tmp_path):
     import json
     config = json.loads((out / "config.json").read_text())["config"]
     assert config["data_path"] == "device" and config["amp"] and config["channels_last"]
+
+
+def test_batched_equalize_is_torchvisions(cifar):
+    from torchvision.transforms import functional as TF
+
+    from training.device_data import equalize
+    images = torch.from_numpy(cifar[0].images[:64]).permute(0, 3, 1, 2).contiguous()
+    flat = torch.full((2, 3, 32, 32), 77, dtype=torch.uint8)  # one grey level: left as is
+    flat[1, :, :16] = 200  # two grey levels
+    batch = torch.cat([images, flat, images[:4] // 64 * 64])  # few levels: small steps
+    assert torch.equal(equalize(batch), TF.equalize(batch))
