@@ -105,7 +105,7 @@ def results_table(runs: list[RunResult]) -> tuple[str, list[str]]:
                              f"stopped at epoch {e.get('epoch', 0)} of {total} | | | | | | {r.seed} "
                              f"| resumable | {r.device} | {r.path} |")
                 flags = r.train_config.path_flags() if r.train_config else []
-                missing.append(train_command(variant, imbalance, r.seed, flags, resume=True))
+                missing.append(train_command(variant, imbalance, r.seed, flags, resume=True, name=r.name))
                 continue
             status = ("completed" if r.status == "completed"
                       else f"diverged at epoch {r.metrics.get('diverged_at')}")
