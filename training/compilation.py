@@ -31,12 +31,8 @@ def compile_network(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     return torch.compile(model, mode=mode, dynamic=False)
 
 
-def uses_cuda_graphs(mode: str, device: torch.device) -> bool:
-    return mode == "reduce-overhead" and device.type == "cuda"
-
-
 def mark_step(mode: str, device: torch.device) -> None:
     """Tell CUDA-graph trees a new iteration begins, so the previous step's graph outputs may be
     overwritten (we never keep them past the step)."""
-    if uses_cuda_graphs(mode, device):
+    if mode == "reduce-overhead" and device.type == "cuda":
         torch.compiler.cudagraph_mark_step_begin()

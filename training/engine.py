@@ -132,12 +132,11 @@ class Run:
             else:
                 targets = Targets.plain(y)
             loss, outputs = self._eager_on_compile_failure(partial(self.forward_backward, x, targets))
+            self.optimizer.step()
             with torch.no_grad():
                 first_bad = (bad_batch < 0) & ~torch.isfinite(loss)
                 bad_batch = torch.where(first_bad, step, bad_batch)
                 bad_loss = torch.where(first_bad, loss.detach().float(), bad_loss)
-            self.optimizer.step()
-            with torch.no_grad():
                 probs = torch.stack([o.logits.float().softmax(1) for o in outputs])
                 chosen = first_confident_exit(probs, self.threshold)
                 pred = probs.argmax(2).gather(0, chosen.unsqueeze(0)).squeeze(0)

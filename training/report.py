@@ -41,14 +41,14 @@ class RunResult:
         return self.config.get("provenance", {}).get("device", "?")
 
     @property
-    def train_config(self) -> TrainConfig | None:
-        return TrainConfig.from_dict(self.config["config"]) if "config" in self.config else None
+    def path_flags(self) -> list[str]:
+        """The `train` flags of this run's data path and speed options (empty: reference path)."""
+        return TrainConfig.from_dict(self.config["config"]).path_flags() if "config" in self.config else []
 
     @property
     def path(self) -> str:
         """'reference', or the fast path's flags this run was trained with."""
-        flags = self.train_config.path_flags() if self.train_config else []
-        return " ".join(flags) if flags else "reference"
+        return " ".join(self.path_flags) or "reference"
 
 
 def collect_runs(root: Path) -> list[RunResult]:
@@ -104,8 +104,7 @@ def results_table(runs: list[RunResult]) -> tuple[str, list[str]]:
                 lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "
                              f"stopped at epoch {e.get('epoch', 0)} of {total} | | | | | | {r.seed} "
                              f"| resumable | {r.device} | {r.path} |")
-                flags = r.train_config.path_flags() if r.train_config else []
-                missing.append(train_command(variant, imbalance, r.seed, flags, resume=True, name=r.name))
+                missing.append(train_command(variant, imbalance, r.seed, r.path_flags, resume=True, name=r.name))
                 continue
             status = ("completed" if r.status == "completed"
                       else f"diverged at epoch {r.metrics.get('diverged_at')}")
@@ -123,7 +122,8 @@ def path_agreement(runs: list[RunResult], goal: float = 1.5) -> str:
     the same variant, imbalance and seed (issue 4: within `goal` points)."""
     done = [r for r in runs if r.status == "completed"]
     reference = {(r.variant, r.imbalance, r.seed): r for r in done if r.path == "reference"}
-    lines = [f"| variant | IF | seed | reference path | fast path | difference | within {goal} points | fast path flags |",
+    lines = [f"| variant | IF | seed | reference path | fast path | difference | within {goal} points "
+             "| fast path flags |",
              "|---|---|---|---|---|---|---|---|"]
     for r in done:
         ref = reference.get((r.variant, r.imbalance, r.seed))

@@ -16,7 +16,8 @@ from training.losses import Targets
 from .smoke import smoke_flags
 
 
-def gradient(run, x, targets) -> torch.Tensor:
+def gradient(run, x, targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, all parameter gradients as one float64 vector) of one training step's backward."""
     run.model.train()
     loss, _ = run.forward_backward(x, targets)
     return loss.detach(), torch.cat([p.grad.flatten().double() for p in run.model.parameters()
