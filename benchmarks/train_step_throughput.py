@@ -17,7 +17,7 @@ import torch
 
 from training.augment import mixup, normalize_batch
 from training.data import build_datasets
-from training.losses import CrossEntropyLS, Targets, make_exit_loss
+from training.losses import CrossEntropyLS, Targets, make_exit_losses
 from training.network import EarlyExitResNet, build_model
 from training.routing import routed_loss, training_exits
 from training.variants import get_variant
@@ -33,7 +33,7 @@ def plain_step(model, optimizer, loss_fn):
     return step
 
 
-def hybrid_step(variant, model, optimizer, exit_loss, rng):
+def hybrid_step(variant, model, optimizer, exit_losses, rng):
     def step(x, y):
         if variant.augmentation == "mixup":
             x, y_a, y_b, lam = mixup(x, y, rng)
@@ -42,7 +42,7 @@ def hybrid_step(variant, model, optimizer, exit_loss, rng):
             targets = Targets.plain(y)
         outputs = model(x)
         exits = training_exits(outputs, targets, variant.train_threshold)
-        loss = routed_loss([exit_loss(o, targets) for o in outputs], exits, variant.routing)
+        loss = routed_loss([f(o, targets) for f, o in zip(exit_losses, outputs)], exits, variant.routing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -80,7 +80,7 @@ def main() -> None:
                                       CrossEntropyLS()),
         f"hybrid {variant.name}": hybrid_step(
             variant, hybrid, torch.optim.SGD(hybrid.parameters(), lr=0.1, momentum=0.9),
-            make_exit_loss(variant, counts), np.random.default_rng(1)),
+            make_exit_losses(variant, counts), np.random.default_rng(1)),
     }
     for step in steps.values():  # warm-up: allocator, oneDNN kernels
         time_steps(step, batches[:2])

@@ -9,8 +9,8 @@ from torchvision import transforms as T
 
 from .constants import MEAN, STD
 from .data import Split
+from .variants import AUGMENTATIONS
 
-AUGMENTATIONS = ("autoaugment", "mixup")
 MIXUP_ALPHA = 1.0
 
 

@@ -21,7 +21,7 @@ from .config import TrainConfig, lr_at
 from .data import build_datasets
 from .device_data import DeviceBatches
 from .evaluation import evaluate_model
-from .losses import Targets, make_exit_loss
+from .losses import Targets, make_exit_losses
 from .macs import exit_costs
 from .network import build_model
 from .routing import first_confident_exit, routed_loss, training_exits
@@ -71,7 +71,7 @@ class Run:
                                              self.variant.augmentation)
                                if self.config.data_path == "device" else None)
         self.costs = exit_costs(self.model)
-        self.exit_loss = make_exit_loss(self.variant, self.class_counts)
+        self.exit_losses = make_exit_losses(self.variant, self.class_counts)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=self.config.lr, momentum=self.config.momentum,
             weight_decay=self.config.weight_decay)
@@ -156,7 +156,7 @@ class Run:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
             outputs = self.net(x)
             exits = training_exits(outputs, targets, self.variant.train_threshold)
-            per_exit = [self.exit_loss(o, targets) for o in outputs]
+            per_exit = [loss(o, targets) for loss, o in zip(self.exit_losses, outputs)]
             loss = routed_loss(per_exit, exits, self.variant.routing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

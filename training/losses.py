@@ -73,9 +73,11 @@ class LDAMLoss:
 def make_base_loss(name: str, class_counts):
     if name == "ce":
         return CrossEntropyLS()
+    if name == "ce_plain":
+        return CrossEntropyLS(smoothing=0.0)
     if name == "ldam":
         return LDAMLoss(class_counts)
-    raise ValueError(f"unknown loss {name!r}; expected 'ce' or 'ldam'")
+    raise ValueError(f"unknown loss {name!r}; expected 'ce', 'ce_plain' or 'ldam'")
 
 
 def split_weights(num_classes: int = NUM_CLASSES) -> torch.Tensor:
@@ -140,10 +142,8 @@ class ResLTExitLoss:
 _EXIT_LOSSES = {"plain": PlainExitLoss, "simulated": SimulatedExitLoss, "reslt": ResLTExitLoss}
 
 
-def make_exit_loss(variant, class_counts):
-    try:
-        cls = _EXIT_LOSSES[variant.exit_loss]
-    except KeyError:
-        raise ValueError(f"unknown exit loss {variant.exit_loss!r}; "
-                         f"expected one of {tuple(_EXIT_LOSSES)}") from None
-    return cls(make_base_loss(variant.loss, class_counts))
+def make_exit_losses(variant, class_counts) -> list:
+    """One per-sample loss per exit, as the variant's exit_losses say (SPEC §4): in the simulated
+    family the light exits' simulated loss and the final ResLT head's full ResLT loss."""
+    base = make_base_loss(variant.loss, class_counts)
+    return [_EXIT_LOSSES[kind](base) for kind in variant.exit_losses]

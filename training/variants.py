@@ -4,6 +4,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+# Allowed values of the Variant fields, checked once when a variant is built.
+FAMILIES = ("simulated", "full_power", "elf", "reslt", "control")
+BASE_LOSSES = ("ce", "ce_plain", "ldam")  # ce: label smoothing 0.1; ce_plain: none (the erm control)
+EXIT_LOSSES = ("simulated", "reslt", "plain")
+ROUTINGS = ("accumulative", "routed")
+AUGMENTATIONS = ("autoaugment", "mixup", "basic")  # basic: crop + flip only
+HEAD_KINDS = ("light", "linear", "reslt")
+# The loss rule a run was trained under (SPEC §4). "per_exit" is the corrected rule of 2026-11-28;
+# runs written before it (no exit_losses in their variant record) are "simulated_everywhere".
+LOSS_RULE = "per_exit"
+OLD_LOSS_RULE = "simulated_everywhere"
+
 SIMULATED_WIDTHS = (16, 32, 48)
 FULL_POWER_WIDTHS = (15, 30, 63)
 RESNET32_WIDTHS = (16, 32, 64)
@@ -24,17 +36,37 @@ class Reported:
 class Variant:
     name: str
     family: str  # "simulated" | "full_power" | "elf" | "reslt"
-    loss: str  # base loss: "ce" (label smoothing 0.1) | "ldam"
-    exit_loss: str  # per-exit loss: "simulated" | "reslt" | "plain"
-    routing: str  # "accumulative" | "routed"
-    augmentation: str  # "autoaugment" | "mixup"
-    exit_heads: tuple[str, ...]  # head kind per exit: "light" | "linear" | "reslt"
+    loss: str  # base loss L, one of BASE_LOSSES
+    exit_losses: tuple[str, ...]  # per-exit loss (EXIT_LOSSES), one per exit
+    routing: str  # one of ROUTINGS
+    augmentation: str  # one of AUGMENTATIONS
+    exit_heads: tuple[str, ...]  # head kind per exit (HEAD_KINDS)
     widths: tuple[int, int, int]
     train_threshold: float
     infer_threshold: float
     imbalance: int
     reported: dict[int, Reported] = field(default_factory=dict)
     description: str = ""
+
+    def __post_init__(self):
+        for name, allowed in (("family", FAMILIES), ("loss", BASE_LOSSES), ("routing", ROUTINGS),
+                              ("augmentation", AUGMENTATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"variant {self.name!r}: {name} {getattr(self, name)!r} is not one of {allowed}")
+        for name, allowed in (("exit_heads", HEAD_KINDS), ("exit_losses", EXIT_LOSSES)):
+            bad = [v for v in getattr(self, name) if v not in allowed]
+            if bad:
+                raise ValueError(f"variant {self.name!r}: {name} {bad} not in {allowed}")
+        if not 1 <= len(self.exit_heads) <= 3 or len(self.exit_losses) != len(self.exit_heads):
+            raise ValueError(f"variant {self.name!r}: 1-3 exits with one loss each expected, got heads "
+                             f"{self.exit_heads} and losses {self.exit_losses}")
+        for head, loss in zip(self.exit_heads, self.exit_losses):
+            if loss == "reslt" and head != "reslt":
+                raise ValueError(f"variant {self.name!r}: the full ResLT loss needs a ResLT head, got {head!r}")
+        if len(self.widths) != 3:
+            raise ValueError(f"variant {self.name!r}: ResNet-32 has 3 stages, got widths {self.widths}")
+        if not 0 <= self.infer_threshold <= 1 or not 0 <= self.train_threshold <= 1:
+            raise ValueError(f"variant {self.name!r}: thresholds must lie in [0, 1]")
 
     @property
     def num_exits(self) -> int:
@@ -48,7 +80,8 @@ class Variant:
 
 def _simulated(name, loss, routing, augmentation, thresholds, imbalance, reported, description):
     return Variant(
-        name=name, family="simulated", loss=loss, exit_loss="simulated", routing=routing,
+        name=name, family="simulated", loss=loss, exit_losses=("simulated", "simulated", "reslt"),
+        routing=routing,
         augmentation=augmentation, exit_heads=("light", "light", "reslt"), widths=SIMULATED_WIDTHS,
         train_threshold=thresholds[0], infer_threshold=thresholds[1], imbalance=imbalance,
         reported=reported, description=description,
@@ -58,7 +91,7 @@ def _simulated(name, loss, routing, augmentation, thresholds, imbalance, reporte
 def _full_power(name, loss, routing, imbalance, reported, description):
     thresholds = (0.9, 0.5) if loss == "ce" else (0.5, 0.5)
     return Variant(
-        name=name, family="full_power", loss=loss, exit_loss="reslt", routing=routing,
+        name=name, family="full_power", loss=loss, exit_losses=("reslt",) * 3, routing=routing,
         augmentation="autoaugment", exit_heads=("reslt", "reslt", "reslt"), widths=FULL_POWER_WIDTHS,
         train_threshold=thresholds[0], infer_threshold=thresholds[1], imbalance=imbalance,
         reported=reported, description=description,
@@ -97,16 +130,23 @@ for _v in (
     _full_power("model14", "ce", "routed", 100,
                 {100: R(78.94, 93.00, 72.30, 73.38), 50: R(83.36, 92.30, 75.83, 82.30),
                  10: R(89.32, 90.27, 81.93, 93.62)}, "full power, CE, routed"),
-    Variant(name="elf", family="elf", loss="ce", exit_loss="plain", routing="accumulative",
+    Variant(name="elf", family="elf", loss="ce", exit_losses=("plain",) * 3, routing="accumulative",
             augmentation="autoaugment", exit_heads=("light", "light", "linear"), widths=RESNET32_WIDTHS,
             train_threshold=0.9, infer_threshold=0.5, imbalance=100,
             reported={100: R(72.29), 50: R(76.74), 10: R(82.67)},
             description="ELF baseline: ResNet-32 with light early exits, accumulative CE"),
-    Variant(name="reslt", family="reslt", loss="ce", exit_loss="reslt", routing="routed",
+    Variant(name="reslt", family="reslt", loss="ce", exit_losses=("reslt",), routing="routed",
             augmentation="autoaugment", exit_heads=("reslt",), widths=FULL_POWER_WIDTHS,
             train_threshold=1.0, infer_threshold=1.0, imbalance=100,
             reported={100: R(75.33), 50: R(80.14), 10: R(86.78)},
             description="ResLT baseline: ResNet-32 + ResLT head, no early exit"),
+    # Control, not of the report: measures this dataset copy against He et al. (IF 1: 92.49) and
+    # LDAM-DRW's ERM (IF 100: 70.36).
+    Variant(name="erm", family="control", loss="ce_plain", exit_losses=("plain",), routing="routed",
+            augmentation="basic", exit_heads=("linear",), widths=RESNET32_WIDTHS,
+            train_threshold=1.0, infer_threshold=1.0, imbalance=100,
+            reported={1: R(92.49, note="He et al. 2016"), 100: R(70.36, note="LDAM-DRW's ERM")},
+            description="control: plain ResNet-32, CE without label smoothing, crop + flip"),
 ):
     register(_v)
 
@@ -138,11 +178,23 @@ def reported_accuracy(variant: Variant, imbalance: int) -> Reported | None:
     return variant.reported.get(imbalance)
 
 
+def loss_rule(variant_record: dict) -> str:
+    """The SPEC §4 loss rule a saved variant record (config.json, checkpoint) was trained under."""
+    return LOSS_RULE if "exit_losses" in variant_record else OLD_LOSS_RULE
+
+
+def control_runs() -> list[tuple[str, int]]:
+    """The dataset-copy controls (SPEC §6): erm at IF 1 and IF 100."""
+    return [(v.name, f) for v in all_variants() if v.family == "control" for f in sorted(v.reported)]
+
+
 def study_runs() -> list[tuple[str, int]]:
     """The report's table as (variant, IF) runs: each numbered model at its own IF, and the two
     baselines at IF 100, 50 and 10 - 19 runs."""
     runs = []
     for v in all_variants():
+        if v.family == "control":
+            continue
         ifs = sorted(v.reported, reverse=True) if v.family in ("elf", "reslt") else [v.imbalance]
         runs += [(v.name, f) for f in ifs]
     return runs

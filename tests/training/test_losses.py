@@ -134,3 +134,106 @@ def test_plain_exit_loss_needs_no_split():
 def test_reslt_loss_refuses_single_head():
     with pytest.raises(ValueError, match="ResLT head"):
         ResLTExitLoss(CrossEntropyLS())(ExitOutput(torch.randn(2, 10)), Targets.plain(torch.tensor([0, 1])))
+
+
+# -- the corrected rule (SPEC §4, 2026-11-28): which loss at which exit --------------------------
+
+def _ce_ls(z, y):
+    return F.cross_entropy(z, y, reduction="none", label_smoothing=0.1)
+
+
+def _simulated_by_hand(logits, y_a, y_b, lam):
+    weight = torch.tensor([1.0, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+    return lam * weight[y_a] * _ce_ls(logits, y_a) + (1 - lam) * weight[y_b] * _ce_ls(logits, y_b)
+
+
+def _reslt_by_hand(branches, y_a, y_b, lam):
+    """ResLT's batch formula: alpha * sum(mask * CE_b) / sum(mask) + (1 - alpha) * mean CE(fused),
+    with each Mixup term weighting its own label's masks."""
+    masks = lambda y: torch.stack([torch.ones_like(y, dtype=torch.float32), (y >= 3).float(),  # noqa: E731
+                                   (y >= 6).float()])
+    branch_sum, mask_sum, fusion = 0.0, 0.0, 0.0
+    for y, w in ((y_a, lam), (y_b, 1 - lam)):
+        m = masks(y)
+        branch_sum = branch_sum + w * sum((m[b] * _ce_ls(branches[b], y)).sum() for b in range(3))
+        mask_sum = mask_sum + w * m.sum()
+        fusion = fusion + w * _ce_ls(branches.sum(0), y).mean()
+    return 0.95 * branch_sum / mask_sum + 0.05 * fusion
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.7])
+@pytest.mark.parametrize("variant_name", ["model8", "model1"])  # routed, accumulative
+def test_simulated_family_losses_per_exit(variant_name, lam):
+    """Simulated family: light exits get the simulated loss, the final ResLT head the full ResLT
+    loss; checked on a real network's outputs for a batch where every sample reaches the end."""
+    from training.losses import make_exit_losses
+    from training.network import build_model
+    from training.variants import get_variant
+
+    variant = get_variant(variant_name)
+    assert variant.exit_losses == ("simulated", "simulated", "reslt")
+    torch.manual_seed(0)
+    model = build_model(variant)
+    x = torch.randn(12, 3, 32, 32)
+    y_a = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 5])
+    y_b = y_a.flip(0) if lam < 1 else y_a
+    targets = Targets(y_a, y_b, lam)
+    outputs = model(x)
+    losses = make_exit_losses(variant, [100] * 10)
+    per_exit = [f(o, targets) for f, o in zip(losses, outputs)]
+    for k in (0, 1):
+        torch.testing.assert_close(per_exit[k], _simulated_by_hand(outputs[k].logits, y_a, y_b, lam))
+    assert per_exit[2].mean().item() == pytest.approx(
+        _reslt_by_hand(outputs[2].branches, y_a, y_b, lam).item(), rel=1e-5)
+    # A fresh network is nowhere near the 0.9 criterion: every sample's exit is the final one.
+    exits = training_exits(outputs, targets, variant.train_threshold)
+    assert exits.tolist() == [2] * 12
+    total = routed_loss(per_exit, exits, variant.routing).item()
+    final = _reslt_by_hand(outputs[2].branches, y_a, y_b, lam).item()
+    if variant.routing == "routed":
+        assert total == pytest.approx(final, rel=1e-5)
+    else:
+        early = sum(_simulated_by_hand(outputs[k].logits, y_a, y_b, lam).mean().item() for k in (0, 1))
+        assert total == pytest.approx(early + final, rel=1e-5)
+
+
+@pytest.mark.parametrize("routing", ["routed", "accumulative"])
+def test_routing_picks_the_right_exit_loss(routing):
+    """Samples leaving at an early exit are charged that exit's simulated loss; the others the
+    final exit's ResLT loss (routed) or every loss on the way (accumulative)."""
+    from training.losses import make_exit_losses
+    from training.variants import get_variant
+
+    variant = get_variant("model8" if routing == "routed" else "model1")
+    torch.manual_seed(1)
+    y = torch.tensor([0, 4, 7, 9])
+    early = [torch.randn(4, 10), torch.randn(4, 10)]
+    early[0][0, 0] = 20.0  # sample 0 right and confident at exit 1
+    early[1][1, 4] = 20.0  # sample 1 right and confident at exit 2
+    branches = torch.randn(3, 4, 10)
+    outputs = [ExitOutput(early[0]), ExitOutput(early[1]), ExitOutput(branches.sum(0), branches)]
+    targets = Targets.plain(y)
+    per_exit = [f(o, targets) for f, o in zip(make_exit_losses(variant, [100] * 10), outputs)]
+    exits = training_exits(outputs, targets, 0.9)
+    assert exits.tolist() == [0, 1, 2, 2]
+    sim = [_simulated_by_hand(early[k], y, y, 1.0) for k in (0, 1)]
+    assert per_exit[0].tolist() == pytest.approx(sim[0].tolist(), rel=1e-6)
+    assert per_exit[1].tolist() == pytest.approx(sim[1].tolist(), rel=1e-6)
+    got = routed_loss(per_exit, exits, routing).item() * 4
+    if routing == "routed":
+        expected = sim[0][0] + sim[1][1] + per_exit[2][2] + per_exit[2][3]
+    else:
+        expected = sim[0][0] + (sim[0][1] + sim[1][1]) + sum(sim[k][i] for k in (0, 1) for i in (2, 3)) \
+            + per_exit[2][2] + per_exit[2][3]
+    assert got == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_every_variant_has_one_loss_per_exit_and_full_power_uses_reslt():
+    from training.variants import all_variants
+
+    for v in all_variants():
+        assert len(v.exit_losses) == v.num_exits
+        if v.family == "full_power":
+            assert v.exit_losses == ("reslt",) * 3
+        if v.family == "simulated":
+            assert v.exit_losses[-1] == "reslt" and set(v.exit_losses[:-1]) == {"simulated"}

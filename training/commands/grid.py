@@ -22,7 +22,7 @@ from .common import DEFAULT_DATA_DIR, positive_int
 
 def add_arguments(parser) -> None:
     parser.add_argument("--variants", nargs="+", default=None, help="variant names (default: the whole study)")
-    parser.add_argument("--imbalance", nargs="+", type=int, choices=(100, 50, 10), default=None,
+    parser.add_argument("--imbalance", nargs="+", type=int, choices=(100, 50, 10, 1), default=None,
                         help="imbalance factors (default: each study run's own)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--parallel", type=positive_int, default=4, help="runs at a time")

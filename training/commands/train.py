@@ -29,7 +29,7 @@ def variant_name(text: str) -> str:
 def add_arguments(parser) -> None:
     parser.add_argument("--variant", required=True, type=variant_name,
                         help="variant name (see `python -m training variants`)")
-    parser.add_argument("--imbalance", type=int, choices=(100, 50, 10), default=None,
+    parser.add_argument("--imbalance", type=int, choices=(100, 50, 10, 1), default=None,
                         help="imbalance factor (default: the variant's)")
     parser.add_argument("--epochs", type=positive_int, default=REFERENCE_EPOCHS,
                         help="epochs; the lr milestones 160/180 of 200 scale with it")

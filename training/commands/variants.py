@@ -25,9 +25,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps([v.to_dict() for v in variants], indent=2))
         return 0
-    header = ("name", "family", "loss", "exit loss", "routing", "augment", "exits", "widths",
+    header = ("name", "family", "loss", "exit losses", "routing", "augment", "exits", "widths",
               "thr train/infer", "IF", "report: overall (many/medium/few)")
-    rows = [(v.name, v.family, v.loss, v.exit_loss, v.routing, v.augmentation, "+".join(v.exit_heads),
+    rows = [(v.name, v.family, v.loss, "/".join(v.exit_losses), v.routing, v.augmentation, "+".join(v.exit_heads),
              "/".join(map(str, v.widths)), f"{v.train_threshold:g} / {v.infer_threshold:g}",
              str(v.imbalance), _reported(v)) for v in variants]
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]

@@ -1,0 +1,34 @@
+import dataclasses
+
+import pytest
+
+from training.variants import control_runs, get_variant, loss_rule, study_runs
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("routing", "sideways", "routing"),
+    ("augmentation", "cutmix", "augmentation"),
+    ("loss", "focal", "loss"),
+    ("exit_heads", ("light", "light", "conv"), "exit_heads"),
+    ("exit_losses", ("simulated", "reslt"), "one loss each"),
+    ("exit_losses", ("reslt", "simulated", "reslt"), "needs a ResLT head"),
+    ("infer_threshold", 1.5, "thresholds"),
+])
+def test_variant_fields_are_validated_at_construction(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(get_variant("model8"), **{field: value})
+
+
+def test_loss_rule_of_saved_records():
+    assert loss_rule(get_variant("model8").to_dict()) == "per_exit"
+    old = get_variant("model8").to_dict()
+    old.pop("exit_losses")
+    old["exit_loss"] = "simulated"
+    assert loss_rule(old) == "simulated_everywhere"
+
+
+def test_controls_stay_out_of_the_report_table():
+    assert len(study_runs()) == 19 and all(name != "erm" for name, _ in study_runs())
+    assert control_runs() == [("erm", 1), ("erm", 100)]
+    erm = get_variant("erm")
+    assert (erm.loss, erm.augmentation, erm.exit_heads, erm.widths) == ("ce_plain", "basic", ("linear",), (16, 32, 64))
