@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import runinfo
+from . import rundir, runinfo
 from .augment import ImageDataset, mixup, train_transform
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .compilation import COMPILE_ERRORS, compile_network, mark_step
@@ -28,16 +28,13 @@ from .routing import first_confident_exit, routed_loss, training_exits
 from .variants import get_variant
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
-CONFIG = "config.json"
-LOG = "train.log"
+CHECKPOINT, METRICS, CONFIG, LOG = rundir.CHECKPOINT, rundir.METRICS, rundir.CONFIG, rundir.LOG
 # Per-sample predictions are kept for the final evaluation only.
 BULKY_KEYS = ("predictions", "exits")
 
 
 class Diverged(RuntimeError):
-    exit_code = 3  # distinct from usage errors, so scripts can tell a diverged run apart
+    exit_code = rundir.EXIT_DIVERGED  # distinct from usage errors: a diverged run is a result
 
     def __init__(self, epoch: int, reason: str):
         super().__init__(f"training diverged at epoch {epoch}: {reason}")
@@ -242,7 +239,7 @@ def train(run: Run, emit=print) -> None:
                 check_collapse(cfg, epoch, test)
             except Diverged as exc:
                 say(f"DIVERGED at epoch {exc.epoch}: {exc.reason}")
-                doc = _metrics_document(run, "diverged", diverged_at=exc.epoch, reason=exc.reason)
+                doc = _metrics_document(run, rundir.DIVERGED, diverged_at=exc.epoch, reason=exc.reason)
                 write_json(doc, out / METRICS)
                 raise
             seconds = time.perf_counter() - t0
@@ -256,7 +253,7 @@ def train(run: Run, emit=print) -> None:
             last = epoch + 1 == cfg.epochs
             if last or (epoch + 1) % cfg.checkpoint_every == 0:
                 save_checkpoint(run.state(epoch + 1), out / CHECKPOINT)
-            write_json(_metrics_document(run, "completed" if last else "running",
+            write_json(_metrics_document(run, rundir.COMPLETED if last else rundir.RUNNING,
                                          final=test if last else None), out / METRICS)
     finally:
         log_file.close()
@@ -287,15 +284,3 @@ def prepare_run_dir(run: Run, resume: bool) -> None:
     write_json({"config": run.config.to_dict(), "variant": run.variant.to_dict(),
                 "provenance": run.provenance}, out / CONFIG)
 
-
-def checkpoint_model(path: Path, device="cpu"):
-    """(model, variant, config, state) from a checkpoint written by `train`."""
-    state = load_checkpoint(path, map_location=device)
-    if "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a training checkpoint of this project")
-    config = TrainConfig.from_dict(state["config"])
-    variant = get_variant(config.variant)
-    model = build_model(variant).to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, variant, config, state

@@ -13,7 +13,8 @@ import numpy as np
 
 from .config import FAST_PATH_FLAGS, TrainConfig
 from .constants import SPLIT_OF_CLASS, SPLITS
-from .variants import get_variant, study_runs
+from . import rundir
+from .variants import LOSS_RULE, get_variant, loss_rule, study_runs
 
 SWEEP = np.round(np.linspace(0, 1, 41), 3)
 
@@ -46,6 +47,11 @@ class RunResult:
         return TrainConfig.from_dict(self.config["config"]).path_flags() if "config" in self.config else []
 
     @property
+    def rule(self) -> str:
+        """The SPEC §4 loss rule the run was trained under (runs of the old rule are retired)."""
+        return loss_rule(self.config.get("variant", {}))
+
+    @property
     def path(self) -> str:
         """'reference', or the fast path's flags this run was trained with."""
         return " ".join(self.path_flags) or "reference"
@@ -53,9 +59,11 @@ class RunResult:
 
 def collect_runs(root: Path) -> list[RunResult]:
     runs = []
-    for metrics_file in sorted(Path(root).glob("*/metrics.json")):
+    for metrics_file in sorted(Path(root).glob(f"*/{rundir.METRICS}")):
         m = json.loads(metrics_file.read_text())
-        config_file = metrics_file.parent / "config.json"
+        if m.get("kind", "train") != "train":  # fit-exits runs are derived models, not table runs
+            continue
+        config_file = metrics_file.parent / rundir.CONFIG
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         runs.append(RunResult(metrics_file.parent.name, m["variant"], m["imbalance"], m.get("seed", 0),
                               metrics_file.parent, m, config))
@@ -65,7 +73,7 @@ def collect_runs(root: Path) -> list[RunResult]:
 def train_command(variant: str, imbalance: int, seed: int = 0, flags=FAST_PATH_FLAGS, resume: bool = False,
                   name: str | None = None) -> str:
     """The command that produces (or, with resume, finishes) a run; new runs take the GPU fast path."""
-    name = name or f"{variant}-if{imbalance}-seed{seed}"
+    name = name or rundir.run_name(variant, imbalance, seed)
     return " ".join(["python -m training train --variant", variant, "--imbalance", str(imbalance), "--seed",
                      str(seed), "--device cuda", *flags, "--out", f"results/runs/{name}",
                      *(["--resume"] if resume else [])])
@@ -84,15 +92,19 @@ def _reported(variant: str, imbalance: int) -> str:
     return f"{r.overall:.2f}" + (f" ({r.many:.2f} / {r.medium:.2f} / {r.few:.2f})" if r.many is not None else "")
 
 
-def results_table(runs: list[RunResult]) -> tuple[str, list[str]]:
+def results_table(runs: list[RunResult], planned=None) -> tuple[str, list[str]]:
+    """Markdown table of the planned (variant, IF) runs (default: the study's) from runs of the
+    current loss rule, and the commands of those not yet measured."""
     by_key = {}
     for r in runs:
+        if r.rule != LOSS_RULE:
+            continue
         by_key.setdefault((r.variant, r.imbalance), []).append(r)
     lines = ["| variant | IF | report: overall (many / medium / few) | ours: overall | many | medium | few "
              "| exits (1/2/3 %) | mean MACs | seed | status | machine | path |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     missing = []
-    for variant, imbalance in study_runs():
+    for variant, imbalance in (study_runs() if planned is None else planned):
         found = by_key.get((variant, imbalance), [])
         if not found:
             lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured "
@@ -100,7 +112,7 @@ def results_table(runs: list[RunResult]) -> tuple[str, list[str]]:
             missing.append(train_command(variant, imbalance))
         for r in found:
             e, total = r.last, r.config.get("config", {}).get("epochs", "?")
-            if r.status not in ("completed", "diverged"):
+            if r.status not in rundir.FINISHED:
                 lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "
                              f"stopped at epoch {e.get('epoch', 0)} of {total} | | | | | | {r.seed} "
                              f"| resumable | {r.device} | {r.path} |")
@@ -117,10 +129,24 @@ def results_table(runs: list[RunResult]) -> tuple[str, list[str]]:
     return "\n".join(lines), missing
 
 
+def retired_table(runs: list[RunResult]) -> str:
+    """Markdown: runs trained under the old loss rule (simulated loss at every exit of the
+    simulated family), kept for their history and checkpoints but not results of the table."""
+    old = [r for r in runs if r.rule != LOSS_RULE]
+    lines = ["| run | variant | IF | last epoch | overall | many | medium | few | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in old:
+        e = r.last
+        lines.append(f"| {r.name} | {r.variant} | {r.imbalance} | {e.get('epoch', 0)} | {_fmt(e.get('overall'))} "
+                     f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} "
+                     f"| {'stopped' if r.status == rundir.RUNNING else r.status} |")
+    return "\n".join(lines) if old else ""
+
+
 def path_agreement(runs: list[RunResult], goal: float = 1.5) -> str:
     """Markdown: last-epoch accuracy of each completed fast-path run beside the reference-path run of
     the same variant, imbalance and seed (issue 4: within `goal` points)."""
-    done = [r for r in runs if r.status == "completed"]
+    done = [r for r in runs if r.status == "completed" and r.rule == LOSS_RULE]
     reference = {(r.variant, r.imbalance, r.seed): r for r in done if r.path == "reference"}
     lines = [f"| variant | IF | seed | reference path | fast path | difference | within {goal} points "
              "| fast path flags |",

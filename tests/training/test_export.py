@@ -10,7 +10,7 @@ from modelrepo.manifest import MANIFEST, ManifestError, json_schema, load_manife
 from training import export as export_mod
 from training.cli import main
 from training.data import load_cifar10
-from training.engine import checkpoint_model
+from training.rundir import checkpoint_model
 from training.export import ExportError, export_model
 
 from ..conftest import REPO

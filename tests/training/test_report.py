@@ -1,4 +1,5 @@
 import json
+import shutil
 
 from training.cli import main
 from training.variants import study_runs
@@ -22,6 +23,12 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     doc = json.loads((stopped / "metrics.json").read_text())
     doc["status"], doc["epochs"] = "running", doc["epochs"][:1]  # as a run cut off after epoch 1
     (stopped / "metrics.json").write_text(json.dumps(doc))
+    old = runs / "model1-if100-seed0-old-rule"  # as written before the SPEC §4 correction
+    shutil.copytree(runs / "model1-if100-seed0", old)
+    config = json.loads((old / "config.json").read_text())
+    config["variant"].pop("exit_losses")
+    config["variant"]["exit_loss"] = "simulated"
+    (old / "config.json").write_text(json.dumps(config))
 
     assert main(["report", "--runs", str(runs), "--out", str(tmp_path), "--data-dir", str(data_dir)]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
@@ -30,7 +37,11 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     assert f"| {overall:.2f} |" in model1 and "completed" in model1
     assert "not yet measured: stopped at epoch 1 of 3" in text
     assert "--variant model8 --imbalance 100 --seed 0 --device cuda --out results/runs/model8-if100-seed0 --resume" in text
-    assert text.count("| not yet measured |") == 17
+    assert text.count("| not yet measured |") == 17 + 2  # the table's, and the two erm controls
+    assert len([line for line in text.splitlines() if line.startswith("| model1 |")]) == 1
+    retired = text.split("## Retired: runs of the old loss rule")[1]
+    assert "| model1-if100-seed0-old-rule | model1 | 100 |" in retired
+    assert "python -m training train --variant erm --imbalance 1 " in text
     assert "python -m training train --variant reslt --imbalance 50" in text
     assert "python -m training grid --device cuda --parallel 6 -- --data-path device --amp" in text
     assert "## Fast path vs reference path" in text and "--out results/runs/model8-if100-seed0-fast" in text

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..calibration import calibrate, heldout_split
-from ..engine import checkpoint_model
+from ..rundir import checkpoint_model
 from .common import DEFAULT_DATA_DIR, non_negative
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..data import load_cifar10
 from ..evaluation import evaluate_model, format_report
-from ..engine import checkpoint_model
+from ..rundir import checkpoint_model
 from ..checkpoint import write_json
 from .common import add_data_args, resolve_device, unit_interval
 

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..data import load_cifar10
-from ..engine import checkpoint_model
+from ..rundir import checkpoint_model
 from ..export import export_model
 from ..calibration import calibrate, heldout_split
 from .common import DEFAULT_DATA_DIR, non_negative, positive_int, unit_interval

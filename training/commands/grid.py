@@ -7,7 +7,6 @@ several concurrent runs raise throughput, since one ResNet-32 run leaves it most
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .. import rundir
 from ..config import TrainConfig
 from ..variants import get_variant, study_runs
 from .common import DEFAULT_DATA_DIR, positive_int
@@ -62,28 +62,20 @@ def without_path_flags(flags: list[str]) -> list[str]:
 
 def resume_flags(run_dir: Path, train_args: list[str]) -> list[str]:
     """train_args, with the path flags replaced by those the run in run_dir was started with."""
-    saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text())["config"])
+    saved = TrainConfig.from_dict(rundir.read_json(run_dir / rundir.CONFIG)["config"])
     return [*without_path_flags(train_args), *saved.path_flags(), "--resume"]
-
-
-def run_status(run_dir: Path) -> str:
-    metrics = run_dir / "metrics.json"
-    if not metrics.is_file():
-        return "new"
-    return json.loads(metrics.read_text()).get("status", "running")
 
 
 def run(args) -> int:
     jobs = []
     for name, imbalance, seed in planned_runs(args):
-        run_dir = args.out / f"{name}-if{imbalance}-seed{seed}"
-        status = run_status(run_dir)
-        if status in ("completed", "diverged"):
+        run_dir = args.out / rundir.run_name(name, imbalance, seed)
+        if rundir.status(run_dir) in rundir.FINISHED:
             continue
         cmd = [sys.executable, "-m", "training", "train", "--variant", name, "--imbalance", str(imbalance),
                "--seed", str(seed), "--device", args.device, "--data-dir", str(args.data_dir),
                "--out", str(run_dir)]
-        resuming = (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.json").is_file()
+        resuming = rundir.has_checkpoint(run_dir)
         cmd += resume_flags(run_dir, args.train_args) if resuming else args.train_args
         jobs.append((run_dir, cmd))
     if args.dry_run or not jobs:
@@ -105,9 +97,9 @@ def run(args) -> int:
                 log.close()
                 del active[run_dir]
                 bar.update(1)
-                if proc.returncode not in (0, 3):  # 3: diverged, itself a result
+                if proc.returncode not in (rundir.EXIT_OK, rundir.EXIT_DIVERGED):
                     failed.append(run_dir.name)
-                bar.write(f"{run_dir.name}: {run_status(run_dir)} (exit code {proc.returncode})")
+                bar.write(f"{run_dir.name}: {rundir.status(run_dir)} (exit code {proc.returncode})")
         bar.set_postfix_str(" | ".join(f"{d.name}: {_last_epoch(d)}" for d in active))
         time.sleep(2)
     bar.close()
@@ -118,6 +110,6 @@ def run(args) -> int:
 
 
 def _last_epoch(run_dir: Path) -> str:
-    log = run_dir / "train.log"
+    log = run_dir / rundir.LOG
     lines = [line for line in log.read_text().splitlines() if line.startswith("Epoch")] if log.is_file() else []
     return lines[-1].split("\t")[0].replace("Epoch ", "ep ") if lines else "starting"

@@ -5,7 +5,9 @@ from pathlib import Path
 
 from ..data import load_cifar10
 from ..config import FAST_PATH_FLAGS
-from ..report import SWEEP, collect_runs, path_agreement, plot_all, results_table, train_command
+from ..report import (SWEEP, collect_runs, path_agreement, plot_all, results_table, retired_table,
+                      train_command)
+from ..variants import control_runs
 from .common import DEFAULT_DATA_DIR
 
 CAVEAT = ("Last-epoch accuracy on the full 10,000-image CIFAR-10 test set of the JPEG-quality copy "
@@ -27,12 +29,12 @@ def run(args) -> int:
     _, test = load_cifar10(args.data_dir)
     sweeps = {}
     if not args.no_sweep:
-        from ..engine import checkpoint_model
+        from ..rundir import CHECKPOINT, checkpoint_model
         from ..evaluation import exit_probabilities, threshold_sweep
         from ..macs import exit_costs
         for r in runs:
-            if r.status == "completed" and (r.dir / "checkpoint.pt").is_file():
-                model, _, config, _ = checkpoint_model(r.dir / "checkpoint.pt")
+            if r.status == "completed" and (r.dir / CHECKPOINT).is_file():
+                model, _, config, _ = checkpoint_model(r.dir / CHECKPOINT)
                 probs = exit_probabilities(model, test, config.eval_batch_size)
                 rows = threshold_sweep(probs, test.labels, exit_costs(model), SWEEP)
                 sweeps[r.name] = {"sweep": [{k: m[k] for k in ("threshold", "overall", "mean_macs")}
@@ -47,6 +49,17 @@ def run(args) -> int:
     lines += [agreement, ""] if agreement else [
         "Not yet measured. On a GPU, beside the reference-path model8 run above:", "", "```bash",
         train_command("model8", 100, name="model8-if100-seed0-fast"), "```", ""]
+    controls, control_missing = results_table(runs, control_runs())
+    lines += ["## Controls: the dataset copy's penalty", "",
+              "`erm` (plain ResNet-32, CE without label smoothing, crop + flip) against He et al.'s 92.49 "
+              "(IF 1) and LDAM-DRW's ERM 70.36 (IF 100).", "", controls, ""]
+    missing += control_missing
+    retired = retired_table(runs)
+    if retired:
+        lines += ["## Retired: runs of the old loss rule", "",
+                  "Trained when SPEC §4 applied the simulated loss at every exit (corrected 2026-11-28: the "
+                  "final ResLT head takes the full ResLT loss). Kept for their checkpoints and logs; not "
+                  "results of the table above.", "", retired, ""]
     if missing:
         lines += ["## Not yet measured", "",
                   "Each of these runs still has to be done (or finished) on a GPU; all at once, several "

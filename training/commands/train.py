@@ -6,10 +6,10 @@ checkpoint.pt (written atomically every --checkpoint-every epochs and at the end
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from .. import rundir
 from ..compilation import COMPILE_MODES
 from ..config import REFERENCE_EPOCHS, TrainConfig, scaled_milestones
 from ..engine import Run, prepare_run_dir, train
@@ -77,7 +77,7 @@ def config_from_args(args) -> TrainConfig:
 
 def run(args) -> int:
     config = config_from_args(args)
-    out = args.out or Path("runs") / f"{config.variant}-if{config.imbalance}-seed{config.seed}"
+    out = args.out or Path("runs") / rundir.run_name(config.variant, config.imbalance, config.seed)
     device = resolve_device(args.device)
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
@@ -88,6 +88,6 @@ def run(args) -> int:
     print(f"{config.variant} IF {config.imbalance}: {len(run_.train_set)} training images "
           f"{run_.class_counts}, {len(run_.test_set)} test images, device {device}, run dir {out}")
     train(run_)
-    final = json.loads((out / "metrics.json").read_text())["final"]
+    final = rundir.read_json(out / rundir.METRICS)["final"]
     print(format_report(final))
     return 0

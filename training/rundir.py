@@ -1,0 +1,60 @@
+"""A run directory: its files, its default name, its status and exit codes, and its model.
+
+`train` writes one (config.json, train.log, metrics.json, checkpoint.pt); `fit-exits` writes one
+of the same shape; `grid`, `report`, `evaluate`, `calibrate` and `export` read them. This module
+is the one place that knows the layout.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .checkpoint import load_checkpoint
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+CONFIG = "config.json"
+LOG = "train.log"
+
+# metrics.json "status"; "new" is a directory without metrics yet.
+NEW, RUNNING, COMPLETED, DIVERGED = "new", "running", "completed", "diverged"
+FINISHED = (COMPLETED, DIVERGED)
+# Process exit codes of `train`: 0 completed, 2 usage error, 3 diverged (itself a result).
+EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
+
+
+def run_name(variant: str, imbalance: int, seed: int) -> str:
+    return f"{variant}-if{imbalance}-seed{seed}"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def status(run_dir: Path) -> str:
+    metrics = Path(run_dir) / METRICS
+    if not metrics.is_file():
+        return NEW
+    return read_json(metrics).get("status", RUNNING)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return (Path(run_dir) / CHECKPOINT).is_file() and (Path(run_dir) / CONFIG).is_file()
+
+
+def checkpoint_model(path: Path, device="cpu"):
+    """(model in eval mode, variant, training config, state) from a checkpoint of `train` or
+    `fit-exits` (which keeps the parent's training config and adds a "fit" record)."""
+    from .config import TrainConfig
+    from .network import build_model
+    from .variants import get_variant
+
+    state = load_checkpoint(path, map_location=device)
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not a training checkpoint of this project")
+    config = TrainConfig.from_dict(state["config"])
+    variant = get_variant(config.variant)
+    model = build_model(variant).to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, variant, config, state
