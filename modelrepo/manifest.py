@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"  # 1.1: logit adjustment, per-exit thresholds, report threshold, sweep
 MANIFEST = "manifest.json"
 
 
@@ -59,9 +59,22 @@ class InputSpec(_Strict):
     std: list[float]
 
 
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
 class Thresholds(_Strict):
-    train: float = Field(ge=0, le=1)
-    inference: float = Field(ge=0, le=1)  # the server's default
+    train: Probability
+    # The server's default: one for every exit, or one per early exit (K - 1 numbers).
+    inference: Probability | list[Probability]
+    report: Probability | None = None  # the research report's inference threshold, for comparison
+
+
+class LogitAdjustment(_Strict):
+    """Baked into every stage: probabilities = softmax(logits - subtracted), subtracted = tau * log prior."""
+
+    tau: float = Field(ge=0)
+    class_counts: list[int]
+    subtracted: list[float]
 
 
 class SplitAccuracy(_Strict):
@@ -76,13 +89,27 @@ class ExitMetrics(SplitAccuracy):
     cumulative_macs: int
 
 
+class OperatingPoint(SplitAccuracy):
+    threshold: float | list[float]
+    exit_distribution: list[float]
+    mean_macs_share: float
+
+
 class TestMetrics(SplitAccuracy):
-    threshold: float
+    threshold: float | list[float]
     images: int
     exit_distribution: list[float]
     mean_macs: float
     mean_macs_share: float
-    per_exit: list[ExitMetrics]
+    per_exit: list[ExitMetrics]  # each exit alone
+    at_report_threshold: OperatingPoint | None = None
+    sweep: list[OperatingPoint] = []  # the accuracy-vs-MACs curve; threshold 1.0 is full depth
+
+
+class FitRecord(_Strict):
+    mode: Literal["frozen", "mixed"]
+    epochs: int
+    parent_sha256: str
 
 
 class Provenance(_Strict):
@@ -96,16 +123,21 @@ class Provenance(_Strict):
     torch: str
     onnx_opset: int
     parity_max_abs_diff: float
+    loss_rule: str | None = None  # SPEC §4: "per_exit" (corrected rule) or "simulated_everywhere"
+    fit: FitRecord | None = None  # set when the early exits were fitted afterwards (fit-exits)
 
 
 class Calibration(_Strict):
     """How thresholds.inference was chosen, when export calibrated it (held-out training images)."""
 
     max_drop: float
+    threshold_mode: Literal["single", "per-exit", "auto"] = "single"
+    tau: float = 0.0
     heldout_images: int
     heldout_classes: list[int]
     heldout_accuracy: float
-    final_exit_accuracy: float
+    final_exit_accuracy: float  # after the logit adjustment
+    final_exit_accuracy_unadjusted: float | None = None
     mean_macs_share: float
 
 
@@ -120,6 +152,7 @@ class Manifest(_Strict):
     splits: dict[str, list[int]]
     input: InputSpec
     thresholds: Thresholds
+    logit_adjustment: LogitAdjustment | None = None
     stages: list[StageSpec]
     full_macs: int
     metrics: TestMetrics
@@ -143,6 +176,9 @@ class Manifest(_Strict):
             raise ValueError("every stage but the last must return a feature map")
         if len(self.metrics.exit_distribution) != len(self.stages):
             raise ValueError("metrics.exit_distribution needs one entry per stage")
+        inference = self.thresholds.inference
+        if isinstance(inference, list) and len(inference) != len(self.stages) - 1:
+            raise ValueError("per-exit thresholds.inference needs one number per early exit")
         if self.full_macs != self.stages[-1].cumulative_macs:
             raise ValueError("full_macs must equal the last stage's cumulative_macs")
         return self

@@ -101,7 +101,7 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None)
             raise ApiError(404, f"unknown model {name!r}; available: {', '.join(services)}")
         return services[name]
 
-    def parse_threshold(text: str | None, service: ModelService) -> float:
+    def parse_threshold(text: str | None, service: ModelService) -> float | list[float]:
         if text is None or text == "":
             return service.default_threshold
         try:

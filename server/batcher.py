@@ -26,7 +26,7 @@ class Overloaded(RuntimeError):
 @dataclass
 class Item:
     x: np.ndarray  # normalised 3 x 32 x 32
-    threshold: float
+    threshold: tuple[float, ...]  # one per early exit
     future: asyncio.Future
 
 
@@ -52,7 +52,7 @@ async def collect_batch(queue: asyncio.Queue, batch_size: int, wait_s: float) ->
 
 class Batcher:
     def __init__(self, run_batch, batch_size: int, wait_s: float, max_queue: int, on_depth=None):
-        self.run_batch = run_batch  # (x: N x 3 x 32 x 32, thresholds: N) -> list of per-image results
+        self.run_batch = run_batch  # (x: N x 3 x 32 x 32, thresholds: N x exits-1) -> per-image results
         self.batch_size, self.wait_s = batch_size, wait_s
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -71,7 +71,7 @@ class Batcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    async def submit(self, xs: list[np.ndarray], threshold: float) -> list:
+    async def submit(self, xs: list[np.ndarray], threshold: tuple[float, ...]) -> list:
         """Queue the images of one request together, or refuse all of them if they don't fit."""
         if self.queue.maxsize - self.queue.qsize() < len(xs):
             raise Overloaded(f"inference queue is full ({self.queue.qsize()} images waiting)")

@@ -78,8 +78,11 @@ class StagedModel:
         return normalize(images, *self._norm)
 
     def run(self, x: np.ndarray, thresholds: np.ndarray) -> StagedResult:
-        """x: normalised N x 3 x 32 x 32 float32; thresholds: N per-image thresholds."""
+        """x: normalised N x 3 x 32 x 32 float32; thresholds: N x (K - 1), each image's threshold
+        at each early exit, or N (one per image, at every exit)."""
         n = len(x)
+        if thresholds.ndim == 1:
+            thresholds = np.repeat(thresholds[:, None], len(self.sessions) - 1, axis=1)
         class_id = np.zeros(n, dtype=np.int64)
         confidence = np.zeros(n, dtype=np.float32)
         exits = np.zeros(n, dtype=np.int64)
@@ -96,7 +99,7 @@ class StagedModel:
                 leave = np.ones(len(active), dtype=bool)
             else:
                 feats, _, conf, cls = outputs
-                leave = conf >= thresholds[active]
+                leave = conf >= thresholds[active, k]
             idx = active[leave]
             class_id[idx], confidence[idx], exits[idx] = cls[leave], conf[leave], k + 1
             if k == last or leave.all():
@@ -106,7 +109,7 @@ class StagedModel:
 
     def warm_up(self) -> None:
         x = np.zeros((1, 3, 32, 32), dtype=np.float32)
-        self.run(x, np.array([1.0], dtype=np.float32))  # threshold 1: every stage runs
+        self.run(x, np.ones((1, len(self.sessions) - 1), dtype=np.float32))  # threshold 1: every stage runs
 
 
 def load_repository(repository: Path, default_model: str, wanted_provider: str,

@@ -25,7 +25,7 @@ class ModelService:
         self.name = model.dir.name
         self.class_names = man.class_names
         self.exits_total = man.num_exits
-        self.default_threshold = man.thresholds.inference
+        self.default_threshold = man.thresholds.inference  # one number, or one per early exit
         self._cumulative = np.array([s.cumulative_macs for s in man.stages], dtype=np.float64)
         self.batcher = Batcher(self._run_batch, settings.batch_size, settings.batch_wait_ms / 1000,
                                settings.max_queue, on_depth=m.QUEUE_DEPTH.labels(self.name).set)
@@ -38,7 +38,7 @@ class ModelService:
         m.MACS_FULL.labels(self.name)
         m.PROVIDER.labels(self.name, model.provider).set(1)
         m.MODEL_INFO.labels(self.name, man.variant, man.format_version, str(man.imbalance),
-                            str(self.exits_total), f"{self.default_threshold:g}").set(1)
+                            str(self.exits_total), format_threshold(self.default_threshold)).set(1)
 
     def _run_batch(self, x: np.ndarray, thresholds: np.ndarray) -> list[ImageResult]:
         result = self.model.run(x, thresholds)
@@ -57,6 +57,16 @@ class ModelService:
         return [ImageResult(int(c), float(p), int(e))
                 for c, p, e in zip(result.class_id, result.confidence, result.exit)]
 
-    async def classify(self, images: list[np.ndarray], threshold: float) -> list[ImageResult]:
+    def per_exit(self, threshold: float | list[float]) -> tuple[float, ...]:
+        """The threshold at each early exit: a request's one number applies to every exit."""
+        if isinstance(threshold, (int, float)):
+            return (float(threshold),) * (self.exits_total - 1)
+        return tuple(threshold)
+
+    async def classify(self, images: list[np.ndarray], threshold: float | list[float]) -> list[ImageResult]:
         xs = list(self.model.preprocess(np.stack(images)))
-        return await self.batcher.submit(xs, threshold)
+        return await self.batcher.submit(xs, self.per_exit(threshold))
+
+
+def format_threshold(threshold: float | list[float]) -> str:
+    return f"{threshold:g}" if isinstance(threshold, (int, float)) else "/".join(f"{t:g}" for t in threshold)

@@ -12,16 +12,24 @@ from .routing import first_confident_exit
 
 
 @torch.no_grad()
-def exit_probabilities(model, split: Split, batch_size: int = 500, device="cpu") -> torch.Tensor:
-    """K x N x C softmax probabilities of every exit (float32, on the CPU)."""
+def exit_logits(model, split: Split, batch_size: int = 500, device="cpu") -> torch.Tensor:
+    """K x N x C logits of every exit (float32, on the CPU)."""
     was_training = model.training
     model.eval()
     chunks = []
     for start in range(0, len(split), batch_size):
         x = normalize_batch(split.images[start:start + batch_size]).to(device)
-        chunks.append(torch.stack([o.logits.float().softmax(1) for o in model(x)]).cpu())
+        chunks.append(torch.stack([o.logits.float() for o in model(x)]).cpu())
     model.train(was_training)
     return torch.cat(chunks, dim=1)
+
+
+def exit_probabilities(model, split: Split, batch_size: int = 500, device="cpu",
+                       adjustment: torch.Tensor | None = None) -> torch.Tensor:
+    """K x N x C softmax probabilities of every exit, after subtracting `adjustment` (a C-vector,
+    logit_adjust.py) from the logits when given."""
+    logits = exit_logits(model, split, batch_size, device)
+    return (logits if adjustment is None else logits - adjustment).softmax(dim=2)
 
 
 def split_accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:
@@ -36,9 +44,10 @@ def split_accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
-def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold: float,
+def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold,
                        costs: list[dict]) -> dict:
-    """Metrics of the inference rule: a sample leaves at the first exit with max prob >= threshold."""
+    """Metrics of the inference rule: a sample leaves at the first exit with max prob >= threshold
+    (one number, or one per exit)."""
     num_exits = probs.size(0)
     exits = first_confident_exit(probs, threshold).numpy()
     conf, pred = probs.max(dim=2)
@@ -53,7 +62,7 @@ def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold: float
         acc.pop("per_class")
         per_exit.append({"exit": k + 1, **acc, "cumulative_macs": int(cumulative[k])})
     return {
-        "threshold": threshold,
+        "threshold": threshold if np.isscalar(threshold) else [float(t) for t in threshold],
         **split_accuracy(chosen, labels),
         "exit_counts": counts.tolist(),
         "exit_distribution": distribution.tolist(),
@@ -68,10 +77,12 @@ def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold: float
     }
 
 
-def evaluate_model(model, split: Split, threshold: float, batch_size: int = 500, device="cpu",
-                   costs: list[dict] | None = None) -> tuple[torch.Tensor, dict]:
-    """(every exit's probabilities, early-exit metrics) of a model on a split."""
-    probs = exit_probabilities(model, split, batch_size, device)
+def evaluate_model(model, split: Split, threshold, batch_size: int = 500, device="cpu",
+                   costs: list[dict] | None = None,
+                   adjustment: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """(every exit's probabilities, early-exit metrics) of a model on a split; `threshold` is one
+    number or one per exit."""
+    probs = exit_probabilities(model, split, batch_size, device, adjustment)
     return probs, early_exit_metrics(probs, split.labels, threshold, costs or exit_costs(model))
 
 
@@ -80,10 +91,15 @@ def threshold_sweep(probs: torch.Tensor, labels: np.ndarray, costs: list[dict], 
     return [early_exit_metrics(probs, labels, float(t), costs) for t in thresholds]
 
 
+def format_threshold(threshold) -> str:
+    """0.5, or 0.62/0.71 for per-exit thresholds."""
+    return f"{threshold:.2f}" if np.isscalar(threshold) else "/".join(f"{t:.2f}" for t in threshold)
+
+
 def format_report(metrics: dict) -> str:
     """Human-readable table of early-exit metrics (the `evaluate` command's output)."""
     lines = [
-        f"threshold {metrics['threshold']:.2f}",
+        f"threshold {format_threshold(metrics['threshold'])}",
         f"early-exit accuracy  overall {metrics['overall']:.2f}%  many {metrics['many']:.2f}%  "
         f"medium {metrics['medium']:.2f}%  few {metrics['few']:.2f}%",
         "exit distribution    " + "  ".join(

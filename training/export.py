@@ -22,12 +22,15 @@ from .augment import normalize_batch
 from .checkpoint import write_json
 from .constants import CLASS_NAMES, MEAN, SPLITS, STD
 from .data import Split
-from .evaluation import evaluate_model
+from . import logit_adjust
+from .evaluation import early_exit_metrics, evaluate_model
 from .macs import exit_costs
+from .variants import loss_rule
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
 BATCH = "N"
+SWEEP = np.round(np.linspace(0, 1, 21), 2)  # the manifest's accuracy-vs-MACs curve
 
 
 class ExportError(RuntimeError):
@@ -35,24 +38,25 @@ class ExportError(RuntimeError):
 
 
 class Stage(nn.Module):
-    """Backbone segment k + exit k, with softmax, max and argmax in the graph."""
+    """Backbone segment k + exit k, with the logit adjustment, softmax, max and argmax in the graph."""
 
-    def __init__(self, segment: nn.Module, head: nn.Module, last: bool):
+    def __init__(self, segment: nn.Module, head: nn.Module, last: bool, adjustment: torch.Tensor):
         super().__init__()
         self.segment, self.head, self.last = segment, head, last
+        self.register_buffer("adjustment", adjustment.float().view(1, -1))
 
     def forward(self, x):
         features = self.segment(x)
-        probs = self.head(features).logits.softmax(dim=1)
+        probs = (self.head(features).logits - self.adjustment).softmax(dim=1)
         confidence, class_id = probs.max(dim=1)
         if self.last:
             return probs, confidence, class_id
         return features, probs, confidence, class_id
 
 
-def stage_modules(model) -> list[Stage]:
+def stage_modules(model, adjustment: torch.Tensor) -> list[Stage]:
     segments = model.segments()
-    return [Stage(seg, head, k == len(segments) - 1)
+    return [Stage(seg, head, k == len(segments) - 1, adjustment)
             for k, (seg, head) in enumerate(zip(segments, model.exits))]
 
 
@@ -87,6 +91,11 @@ def onnx_exit_probabilities(paths: list[Path], x: np.ndarray) -> list[np.ndarray
     return probs
 
 
+def _summary(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("threshold", "overall", "many", "medium", "few", "exit_distribution",
+                                    "mean_macs_share")}
+
+
 def _tensor(name, shape, dtype="float32") -> dict:
     return {"name": name, "shape": [BATCH, *shape], "dtype": dtype}
 
@@ -102,15 +111,22 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
     if calibration is not None:
         threshold = calibration["threshold"]
     threshold = variant.infer_threshold if threshold is None else threshold
+    tau = calibration["tau"] if calibration is not None else 0.0
+    counts = calibration["class_counts"] if calibration is not None else state.get("class_counts")
+    adjustment = (logit_adjust.adjustment(counts, tau) if tau else torch.zeros(len(CLASS_NAMES)))
     costs = exit_costs(model)
-    probs, metrics = evaluate_model(model, test, threshold, config.eval_batch_size, costs=costs)
+    probs, metrics = evaluate_model(model, test, threshold, config.eval_batch_size, costs=costs,
+                                    adjustment=adjustment)
+    # The same model's curve: the report's threshold, and each threshold of a sweep (1.0 = full depth).
+    at_report = early_exit_metrics(probs, test.labels, variant.infer_threshold, costs)
+    sweep = [early_exit_metrics(probs, test.labels, float(t), costs) for t in SWEEP]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         stages, paths = [], []
         x = normalize_batch(test.images[:2])
-        for k, stage in enumerate(stage_modules(model), start=1):
+        for k, stage in enumerate(stage_modules(model, adjustment), start=1):
             path = tmp / f"stage_{k}.onnx"
             in_shape = list(x.shape[1:])
             features = export_stage(stage, x, path)
@@ -140,22 +156,32 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
             "training_config": config.to_dict(), "imbalance": config.imbalance,
             "class_names": list(CLASS_NAMES), "splits": {k: list(v) for k, v in SPLITS.items()},
             "input": {"mean": list(MEAN), "std": list(STD)},
-            "thresholds": {"train": variant.train_threshold, "inference": threshold},
+            "thresholds": {"train": variant.train_threshold, "inference": threshold,
+                           "report": variant.infer_threshold},
+            "logit_adjustment": None if not tau else {
+                "tau": tau, "class_counts": list(counts), "subtracted": adjustment.tolist()},
             "stages": stages, "full_macs": costs[-1]["cumulative_macs"],
             "metrics": {
                 **{k: metrics[k] for k in ("threshold", "overall", "many", "medium", "few",
                                            "exit_distribution", "mean_macs", "mean_macs_share")},
-                "images": len(test), "per_exit": per_exit},
+                "images": len(test), "per_exit": per_exit,
+                "at_report_threshold": _summary(at_report),
+                "sweep": [_summary(m) for m in sweep]},
             "provenance": {
                 "seed": config.seed, "epochs": config.epochs, "trained_epochs": int(state.get("epoch", 0)),
                 "trained_on": state.get("provenance", {}).get("device", "unknown"),
                 "training_date": state.get("provenance", {}).get("date"),
                 "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "code_version": runinfo.git_revision(), "torch": torch.__version__,
-                "onnx_opset": OPSET, "parity_max_abs_diff": diff},
+                "onnx_opset": OPSET, "parity_max_abs_diff": diff,
+                "loss_rule": loss_rule(state.get("variant", {})),
+                "fit": None if "fit" not in state else {
+                    "mode": state["fit"]["config"]["mode"], "epochs": state["fit"]["epoch"],
+                    "parent_sha256": state["fit"]["parent"]["sha256"]}},
             "calibration": None if calibration is None else {
-                k: calibration[k] for k in ("max_drop", "heldout_images", "heldout_classes",
-                                            "heldout_accuracy", "final_exit_accuracy", "mean_macs_share")},
+                k: calibration[k] for k in ("max_drop", "threshold_mode", "tau", "heldout_images",
+                                            "heldout_classes", "heldout_accuracy", "final_exit_accuracy",
+                                            "final_exit_accuracy_unadjusted", "mean_macs_share")},
         })
         write_json(manifest.model_dump(mode="json"), tmp / MANIFEST)
         tmp.chmod(0o755)  # mkdtemp makes it private

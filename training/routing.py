@@ -16,6 +16,8 @@ def first_confident_exit(probs: list[torch.Tensor] | torch.Tensor, threshold: fl
     whose prediction is correct); the last exit when none qualifies. probs: K x N x C."""
     probs = torch.stack(list(probs)) if isinstance(probs, (list, tuple)) else probs
     conf, pred = probs.max(dim=2)  # K x N
+    if not isinstance(threshold, (int, float)):  # one per early exit (the last exit takes all)
+        threshold = torch.tensor([*threshold, 0.0], dtype=conf.dtype, device=conf.device)[:, None]
     ok = conf >= threshold
     if labels is not None:
         ok &= pred == labels.unsqueeze(0)

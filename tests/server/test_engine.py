@@ -54,3 +54,13 @@ def test_cpu_machine_asks_for_cpu_only():
 def test_repository_loads_default(tmp_path):
     models = load_repository(MODELS, "default", "cpu")
     assert "default" in models and models["default"].provider == "CPUExecutionProvider"
+
+
+def test_per_exit_thresholds(model, x):
+    """A threshold per early exit: 0 at exit 2 alone sends everyone not leaving at exit 1 out there."""
+    n = len(x)
+    only_exit2 = model.run(x, np.tile(np.array([1.01, 0.0], np.float32), (n, 1)))
+    assert set(only_exit2.exit.tolist()) == {2} and [s.batch_size for s in only_exit2.stages] == [n, n]
+    same = model.run(x, np.full((n, 2), 0.3, np.float32))
+    broadcast = model.run(x, np.full(n, 0.3, np.float32))
+    assert same.exit.tolist() == broadcast.exit.tolist() and same.class_id.tolist() == broadcast.class_id.tolist()

@@ -237,3 +237,13 @@ def test_every_variant_has_one_loss_per_exit_and_full_power_uses_reslt():
             assert v.exit_losses == ("reslt",) * 3
         if v.family == "simulated":
             assert v.exit_losses[-1] == "reslt" and set(v.exit_losses[:-1]) == {"simulated"}
+
+
+def test_exit_rule_with_one_threshold_per_early_exit():
+    probs = torch.tensor([
+        [[0.6, 0.4], [0.8, 0.2], [0.3, 0.7]],   # exit 1
+        [[0.9, 0.1], [0.2, 0.8], [0.35, 0.65]],  # exit 2
+        [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]],   # exit 3
+    ])
+    assert first_confident_exit(probs, [0.75, 0.66]).tolist() == [1, 0, 2]
+    assert first_confident_exit(probs, [0.5, 1.0]).tolist() == [0, 0, 0]

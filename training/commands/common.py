@@ -42,6 +42,14 @@ def non_negative(text: str) -> float:
     return value
 
 
+def add_calibration_args(parser: argparse.ArgumentParser) -> None:
+    from ..calibration import THRESHOLD_MODES
+    parser.add_argument("--thresholds", choices=THRESHOLD_MODES, default="auto",
+                        help="one threshold for every exit, one per early exit, or whichever spends fewer MACs")
+    parser.add_argument("--no-logit-adjustment", action="store_true",
+                        help="keep tau = 0 (no post-hoc logit adjustment)")
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="folder holding cifar-10-batches-py/ (or that folder itself)")

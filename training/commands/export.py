@@ -8,7 +8,8 @@ from ..data import load_cifar10
 from ..rundir import checkpoint_model
 from ..export import export_model
 from ..calibration import calibrate, heldout_split
-from .common import DEFAULT_DATA_DIR, non_negative, positive_int, unit_interval
+from ..evaluation import format_threshold
+from .common import DEFAULT_DATA_DIR, add_calibration_args, non_negative, positive_int, unit_interval
 
 
 def add_arguments(parser) -> None:
@@ -20,8 +21,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--parity-images", type=positive_int, default=1000,
                         help="real test images on which ONNX Runtime must match PyTorch within 1e-4")
     parser.add_argument("--calibrate-drop", type=non_negative, default=None,
-                        help="pick the default threshold with `calibrate` (this many accuracy points of "
-                             "drop allowed, on held-out training images) instead of the variant's")
+                        help="pick tau and the default threshold with `calibrate` (this many accuracy points "
+                             "of drop allowed, on held-out training images) instead of the variant's")
+    add_calibration_args(parser)
     parser.add_argument("--trained-on", default=None,
                         help="training machine for the manifest (default: from the checkpoint or its config.json)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
@@ -40,11 +42,12 @@ def run(args) -> int:
         raise ValueError("give --threshold or --calibrate-drop, not both")
     calibration = None
     if args.calibrate_drop is not None:
-        calibration = calibrate(model, heldout_split(args.data_dir, config.imbalance), args.calibrate_drop)
+        calibration = calibrate(model, heldout_split(args.data_dir, config.imbalance), args.calibrate_drop,
+                                state["class_counts"], args.thresholds, not args.no_logit_adjustment)
     manifest = export_model(model, variant, config, state, test, args.out, args.name or args.out.name,
                             args.parity_images, args.threshold, calibration)
     m = manifest.metrics
     print(f"exported {variant.name} to {args.out}: {manifest.num_exits} stages, parity "
           f"{manifest.provenance.parity_max_abs_diff:.1e}; test accuracy {m.overall:.2f}% at threshold "
-          f"{m.threshold:g}, exits " + "/".join(f"{100 * d:.1f}" for d in m.exit_distribution) + "%")
+          f"{format_threshold(m.threshold)}, exits " + "/".join(f"{100 * d:.1f}" for d in m.exit_distribution) + "%")
     return 0

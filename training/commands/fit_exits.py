@@ -1,0 +1,56 @@
+"""`fit-exits`: train a checkpoint's early exits from its final exit (SPEC §4a) -> a run directory.
+
+The new checkpoint reads like a training one (evaluate, calibrate, export take it) and records
+its parent checkpoint and the parent's sha256.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..evaluation import format_report
+from ..fit_exits import MODES, ExitFitter, FitConfig, fit, prepare
+from .common import add_data_args, non_negative, positive_int, resolve_device, unit_interval
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of a trained run")
+    parser.add_argument("--mode", choices=MODES, default="frozen",
+                        help="frozen: only the early heads train, backbone and final exit bit-identical; "
+                             "mixed: backbone and heads fine-tune together, distilled from the parent's final exit")
+    parser.add_argument("--epochs", type=positive_int, default=20)
+    parser.add_argument("--lr", type=non_negative, default=None,
+                        help="initial learning rate, cosine to 0 (default: 0.1 frozen, 0.01 mixed)")
+    parser.add_argument("--head-lr", type=non_negative, default=None,
+                        help="the early heads' initial learning rate (default: --lr frozen, 0.1 mixed)")
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature T")
+    parser.add_argument("--distill-weight", type=unit_interval, default=0.5,
+                        help="share of the distillation term; the label loss gets the rest")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="run directory (default: runs/<parent run>-fit-<mode>)")
+    parser.add_argument("--resume", action="store_true", help="continue the fit in --out (same flags)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=1, help="epochs")
+    parser.add_argument("--max-train-samples", type=positive_int, default=None, help="smoke runs")
+    parser.add_argument("--max-test-samples", type=positive_int, default=None, help="smoke runs")
+    parser.add_argument("--max-batches", type=positive_int, default=None, help="smoke runs")
+    add_data_args(parser)
+
+
+def run(args) -> int:
+    config = FitConfig(
+        mode=args.mode, epochs=args.epochs,
+        lr=args.lr if args.lr is not None else (0.1 if args.mode == "frozen" else 0.01),
+        head_lr=args.head_lr if args.head_lr is not None else (None if args.mode == "frozen" else 0.1),
+        batch_size=args.batch_size, temperature=args.temperature, distill_weight=args.distill_weight,
+        seed=args.seed, max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
+        max_batches=args.max_batches, checkpoint_every=args.checkpoint_every)
+    out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-fit-{args.mode}"
+    fitter = ExitFitter(args.checkpoint, config, out, args.data_dir, resolve_device(args.device))
+    prepare(fitter, args.resume)
+    if fitter.start_epoch:
+        print(f"resuming {out} from epoch {fitter.start_epoch}")
+    print(f"fit-exits ({config.mode}) of {args.checkpoint} ({fitter.variant.name}, sha256 "
+          f"{fitter.parent_sha256[:12]}…): {len(fitter.train_set)} training images, run dir {out}")
+    print(format_report(fit(fitter)))
+    return 0
