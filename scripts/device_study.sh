@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Issue 4's GPU measurements in one device call, results packed into $OUT:
-#   1. the speed goal: model8 IF 100, 200 epochs on the fast path, timed as a user would run it
-#      (fresh process, fresh compile cache, data loading included), alone on the GPU;
-#   2. its last-epoch accuracy beside the reference-path run in results/runs/model8-if100-seed0;
+# The open GPU measurements in one device call, results packed into $OUT, in the order the issues
+# give (issue 8, then issue 4):
+#   1. model8 IF 100, 200 epochs, corrected loss rule, on the fast path, timed as a user would run
+#      it (fresh process, fresh compile cache, data loading included), alone on the GPU;
+#   2. the erm controls (IF 1 and IF 100: the dataset copy's penalty), then model7 / 12 / 13;
 #   3. the study's other runs with `grid` on the fast path until the budget is spent (checkpointed:
 #      a cut-off run is resumed by the next call when .carry/runs holds it).
 # Usage, on the device machine from the repo root, .carry/ holding the dataset archive:
 #   scripts/device_study.sh SECONDS_BUDGET [PARALLEL]
 # DEVICE=cpu SMOKE_FLAGS="--epochs 1 --max-batches 2 ..." try the plumbing on a CPU first.
 # The fast model8 run is written under the grid's own name (model8-if100-seed0), so the grid skips
-# it; it belongs in results/runs/model8-if100-seed0-fast beside the reference-path run.
+# it; it belongs in results/runs/model8-if100-seed0-fast beside a reference-path run of the same rule.
 set -u
 budget=$1; parallel=${2:-6}
 start=$(date +%s)
@@ -46,13 +47,15 @@ else
 fi
 tail -n 3 "$fast/train.log" | cut -c1-200
 
-# 3. The rest of the study, several runs at a time, until the budget is spent.
-remaining=$(( $(left) - 30 ))
-if [ "$remaining" -gt 60 ]; then
+# 2 + 3. Controls, then model7/12/13, then the rest of the study, several runs at a time, until the
+# budget is spent.
+for part in "--variants erm" "--variants model7 model12 model13" ""; do
+  remaining=$(( $(left) - 30 ))
+  [ "$remaining" -gt 60 ] || break
   PYTHONUNBUFFERED=1 timeout "$remaining" python3 -m training grid --device "$device" --data-dir "$data" --out "$runs" \
-    --parallel "$parallel" -- $smoke --data-path device --amp --channels-last --compile "$compile" >"$OUT/grid.log" 2>&1
-  echo "grid exit code $? after $(( $(date +%s) - start ))s"
-fi
+    --parallel "$parallel" $part -- $smoke --data-path device --amp --channels-last --compile "$compile" >>"$OUT/grid.log" 2>&1
+  echo "grid ${part:-(whole study)} exit code $? after $(( $(date +%s) - start ))s"
+done
 for d in "$runs"/*/; do
   printf '%s: %s\n' "$(basename "$d")" "$(grep '^Epoch' "$d/train.log" 2>/dev/null | tail -n 1 | cut -c1-120)"
 done

@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from .commands import calibrate, evaluate, export, fit_exits, grid, report, train, variants
+from .commands import calibrate, curve, evaluate, export, fit_exits, grid, report, train, variants
 
 COMMANDS = {
     "variants": (variants, "list the variant table of SPEC §6 with each variant's config"),
@@ -15,6 +15,7 @@ COMMANDS = {
     "grid": (grid, "run the study's table (or a part) several runs at a time, one progress view"),
     "report": (report, "RESULTS.md and plots from run directories' metrics (the report's table beside ours)"),
     "calibrate": (calibrate, "pick the lowest-compute threshold within an accuracy drop on held-out training images"),
+    "curve": (curve, "a model directory's accuracy-vs-MACs curve (plot and table) from its manifest"),
     "export": (export, "export a checkpoint as staged ONNX graphs + manifest.json into a model directory"),
 }
 

@@ -25,7 +25,7 @@ from .losses import Targets, make_exit_losses
 from .macs import exit_costs
 from .network import build_model
 from .routing import first_confident_exit, routed_loss, training_exits
-from .variants import get_variant
+from .variants import LOSS_RULE, get_variant, loss_rule
 
 log = logging.getLogger(__name__)
 CHECKPOINT, METRICS, CONFIG, LOG = rundir.CHECKPOINT, rundir.METRICS, rundir.CONFIG, rundir.LOG
@@ -268,6 +268,10 @@ def prepare_run_dir(run: Run, resume: bool) -> None:
             raise FileExistsError(
                 f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
         state = load_checkpoint(ckpt, map_location=run.device)
+        if loss_rule(state.get("variant", {})) != LOSS_RULE:
+            raise ValueError(f"{out} was trained under the old loss rule (simulated loss at every exit, "
+                             "SPEC §4 before 2026-11-28); it cannot be resumed under the corrected one: "
+                             "start a new run in another --out")
         saved = TrainConfig.from_dict(state["config"])
         if saved != run.config:
             diffs = [f"{k}: run has {v!r}, flags give {getattr(run.config, k)!r}"

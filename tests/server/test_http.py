@@ -18,7 +18,9 @@ from training.cli import main as training_main
 from ..conftest import REPO
 from .conftest import MODELS, RunningServer
 
-DEFAULT_CHECKPOINT = REPO / "results" / "runs" / "model8-if100-seed0" / "checkpoint.pt"
+# The checkpoint models/default was exported from (its manifest's provenance.fit.parent_sha256 names
+# the training run it was fitted from).
+DEFAULT_CHECKPOINT = REPO / "results" / "fits" / "model8-if100-seed0-oldrule-fit-mixed" / "checkpoint.pt"
 
 
 def png(array: np.ndarray) -> bytes:
@@ -162,8 +164,10 @@ def test_parity_with_training_evaluate(server, client, cifar, tmp_path, data_dir
     images = cifar[1].images[:n]
     manifest = client.get("/models").json()["models"]["default"]["manifest"]
     threshold = manifest["thresholds"]["inference"] if which == "manifest default" else mixing_threshold(images)
+    tau = (manifest["logit_adjustment"] or {"tau": 0.0})["tau"]
+    spelled = ",".join(map(str, threshold)) if isinstance(threshold, list) else str(threshold)
     assert training_main(["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data-dir", str(data_dir),
-                          "--threshold", str(threshold), "--json", str(tmp_path / "eval.json")]) == 0
+                          "--threshold", spelled, "--tau", str(tau), "--json", str(tmp_path / "eval.json")]) == 0
     expected = json.loads((tmp_path / "eval.json").read_text())
     if which == "manifest default":
         assert expected["overall"] == pytest.approx(manifest["metrics"]["overall"])
@@ -174,7 +178,8 @@ def test_parity_with_training_evaluate(server, client, cifar, tmp_path, data_dir
     def send(chunk):
         files = [("files", (f"{i}.png", png(images[i]))) for i in chunk]
         with httpx.Client(base_url=client.base_url, timeout=120) as c:
-            return c.post("/classify/batch", files=files, data={"threshold": str(threshold)}).json()["results"]
+            data = {} if which == "manifest default" else {"threshold": str(threshold)}  # the server's own default
+            return c.post("/classify/batch", files=files, data=data).json()["results"]
 
     with ThreadPoolExecutor(8) as pool:
         results = [r["result"] for batch in pool.map(send, np.array_split(np.arange(n), 40)) for r in batch]

@@ -42,3 +42,43 @@ def test_calibrate_then_export_writes_threshold_and_provenance(data_dir, tmp_pat
     manifest = load_manifest(tmp_path / "m")
     assert manifest.thresholds.inference == cal["threshold"] == manifest.metrics.threshold
     assert manifest.calibration.max_drop == 2 and manifest.calibration.heldout_images == 4500
+
+
+def test_tau_undoes_a_skewed_prior():
+    """Logits carrying log(prior) of a long-tailed set: tau = 1 removes the skew exactly."""
+    import torch
+
+    from training.calibration import choose_tau
+    from training.logit_adjust import log_prior
+
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 100)
+    clean = torch.tensor(rng.standard_normal((1000, 10)), dtype=torch.float32)
+    clean[np.arange(1000), labels] += 2.0
+    logits = (clean + log_prior(counts)).unsqueeze(0)
+    tau, rows = choose_tau(logits, labels, log_prior(counts))
+    assert rows[0]["tau"] == 0 and tau == 1.0
+    assert max(r["final_exit_accuracy"] for r in rows) > rows[0]["final_exit_accuracy"] + 10
+
+
+def test_per_exit_thresholds_spend_fewer_macs_when_exits_differ():
+    """Exit 1 is right only when very confident, exit 2 whenever it is fairly confident: one
+    threshold must serve both, a threshold per exit need not."""
+    import torch
+
+    from training.calibration import _per_exit_search
+
+    n = 400
+    labels = np.arange(n) % 4 + 1
+    probs = torch.full((3, n, 10), 0.0)
+    conf1 = np.where(np.arange(n) % 2 == 0, 0.95, 0.65)  # right at 0.95, wrong at 0.65
+    probs[0, np.arange(n), labels] = torch.tensor(np.where(conf1 > 0.9, conf1, 0.0), dtype=torch.float32)
+    probs[0, np.arange(n), 0] = torch.tensor(np.where(conf1 > 0.9, 0.05, conf1), dtype=torch.float32)
+    probs[1, np.arange(n), labels] = 0.6  # always right, fairly confident
+    probs[2, np.arange(n), labels] = 0.5
+    cumulative = np.array([1.0, 2.0, 3.0])
+    best = _per_exit_search(probs, labels, cumulative, floor=100.0)
+    assert best["accuracy"] == 100.0
+    assert best["threshold"][0] > 0.65 and best["threshold"][1] <= 0.6
+    assert best["exit_distribution"] == [0.5, 0.5, 0.0]

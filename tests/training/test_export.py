@@ -100,3 +100,31 @@ def test_manifest_errors_name_the_file(exported, tmp_path):
     (bad / MANIFEST).write_text(json.dumps(doc))
     with pytest.raises(ManifestError, match="format_version 2.0 is not supported"):
         load_manifest(bad)
+
+
+def test_logit_adjustment_is_baked_into_every_stage(checkpoint, data_dir, tmp_path, cifar):
+    """tau * log prior subtracted in the graph: ORT equals softmax(logits - tau * log prior) of PyTorch."""
+    import torch
+
+    from training.evaluation import exit_logits
+    from training.logit_adjust import log_prior
+
+    model, variant, config, state = checkpoint_model(checkpoint)
+    test = cifar[1].subset(np.arange(300))
+    counts = state["class_counts"]
+    calibration = {"threshold": [0.6, 0.7], "threshold_mode": "per-exit", "tau": 1.0, "class_counts": counts,
+                   "max_drop": 1.0, "heldout_images": 0, "heldout_classes": [], "heldout_accuracy": 0.0,
+                   "final_exit_accuracy": 0.0, "final_exit_accuracy_unadjusted": 0.0, "mean_macs_share": 1.0}
+    manifest = export_model(model, variant, config, state, test, tmp_path / "m", "m", parity_images=300,
+                            calibration=calibration)
+    assert manifest.logit_adjustment.tau == 1.0 and manifest.thresholds.inference == [0.6, 0.7]
+    assert manifest.thresholds.report == variant.infer_threshold
+    assert manifest.metrics.sweep[-1].threshold == 1.0 and manifest.metrics.sweep[-1].exit_distribution[-1] == 1.0
+    expected = (exit_logits(model, test) - log_prior(counts)).softmax(dim=2).numpy()
+    unadjusted = exit_logits(model, test).softmax(dim=2).numpy()
+    got = export_mod.onnx_exit_probabilities([tmp_path / "m" / s.file for s in manifest.stages],
+                                             export_mod.normalize_batch(test.images).numpy())
+    for k, probs in enumerate(got):
+        np.testing.assert_allclose(probs, expected[k], atol=1e-4)
+        assert np.abs(probs - unadjusted[k]).max() > 1e-3  # the adjustment changed something
+    assert torch.isfinite(torch.tensor(manifest.logit_adjustment.subtracted)).all()

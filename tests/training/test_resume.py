@@ -80,3 +80,16 @@ def test_collapsed_predictions_are_divergence():
     check_collapse(cfg, 2, {"predicted_class_share_max": 1.0})  # warm-up: not judged yet
     with pytest.raises(Diverged, match="epoch 111: predictions collapsed: 100.0%"):
         check_collapse(cfg, 110, {"predicted_class_share_max": 1.0})
+
+
+def test_old_rule_run_is_not_resumed_under_the_corrected_rule(data_dir, tmp_path, capsys):
+    import shutil
+
+    from training.cli import main
+
+    from ..conftest import REPO
+
+    old = tmp_path / "model8-if100-seed0"
+    shutil.copytree(REPO / "results" / "retired-runs" / "model8-if100-seed0", old)
+    assert main(["train", "--variant", "model8", "--out", str(old), "--resume", "--data-dir", str(data_dir)]) == 2
+    assert "old loss rule" in capsys.readouterr().err

@@ -3,17 +3,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..checkpoint import write_json
 from ..data import load_cifar10
 from ..evaluation import evaluate_model, format_report
+from ..logit_adjust import adjustment
 from ..rundir import checkpoint_model
-from ..checkpoint import write_json
-from .common import add_data_args, resolve_device, unit_interval
+from .common import add_data_args, non_negative, resolve_device, unit_interval
+
+
+def thresholds(text: str) -> float | list[float]:
+    """'0.5' (every exit) or '0.6,0.7' (one per early exit)."""
+    values = [unit_interval(part) for part in text.split(",")]
+    return values[0] if len(values) == 1 else values
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of a run")
-    parser.add_argument("--threshold", type=unit_interval, default=None,
-                        help="inference threshold (default: the variant's)")
+    parser.add_argument("--threshold", type=thresholds, default=None,
+                        help="inference threshold, or one per early exit comma-separated (default: the variant's)")
+    parser.add_argument("--tau", type=non_negative, default=0.0,
+                        help="post-hoc logit adjustment: tau * log prior of the training set subtracted "
+                             "from every exit's logits (a manifest's logit_adjustment.tau)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the metrics (with per-image class and exit) to this file")
     add_data_args(parser)
@@ -21,12 +31,17 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     device = resolve_device(args.device)
-    model, variant, config, _ = checkpoint_model(args.checkpoint, device)
+    model, variant, config, state = checkpoint_model(args.checkpoint, device)
     _, test = load_cifar10(args.data_dir)
     threshold = args.threshold if args.threshold is not None else variant.infer_threshold
-    _, metrics = evaluate_model(model, test, threshold, config.eval_batch_size, device)
-    print(f"{variant.name} (IF {config.imbalance}, seed {config.seed}) on {len(test)} test images")
+    if isinstance(threshold, list) and len(threshold) != variant.num_exits - 1:
+        raise ValueError(f"--threshold: {variant.name} has {variant.num_exits - 1} early exits, "
+                                         f"got {len(threshold)} thresholds")
+    shift = adjustment(state["class_counts"], args.tau) if args.tau else None  # logits come back on the CPU
+    _, metrics = evaluate_model(model, test, threshold, config.eval_batch_size, device, adjustment=shift)
+    print(f"{variant.name} (IF {config.imbalance}, seed {config.seed}) on {len(test)} test images"
+          + (f", logit adjustment tau {args.tau:g}" if args.tau else ""))
     print(format_report(metrics))
     if args.json:
-        write_json({"variant": variant.name, "imbalance": config.imbalance, **metrics}, args.json)
+        write_json({"variant": variant.name, "imbalance": config.imbalance, "tau": args.tau, **metrics}, args.json)
     return 0

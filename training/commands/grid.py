@@ -16,12 +16,12 @@ from tqdm import tqdm
 
 from .. import rundir
 from ..config import TrainConfig
-from ..variants import get_variant, study_runs
+from ..variants import control_runs, get_variant, study_runs
 from .common import DEFAULT_DATA_DIR, positive_int
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--variants", nargs="+", default=None, help="variant names (default: the whole study)")
+    parser.add_argument("--variants", nargs="+", default=None, help="variant names (default: the whole study; name erm for the controls)")
     parser.add_argument("--imbalance", nargs="+", type=int, choices=(100, 50, 10, 1), default=None,
                         help="imbalance factors (default: each study run's own)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -40,7 +40,8 @@ PATH_FLAGS = {"--data-path": 1, "--amp": 0, "--channels-last": 0, "--compile": 1
 def planned_runs(args) -> list[tuple[str, int, int]]:
     variants = [get_variant(v).name for v in args.variants] if args.variants else None
     runs = []
-    for name, imbalance in study_runs():
+    # Controls (erm) only when named: they measure the dataset copy, not the report's table.
+    for name, imbalance in study_runs() + (control_runs() if variants else []):
         if variants is not None and name not in variants:
             continue
         for f in (args.imbalance or [imbalance]):

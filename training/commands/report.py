@@ -17,6 +17,8 @@ CAVEAT = ("Last-epoch accuracy on the full 10,000-image CIFAR-10 test set of the
 
 def add_arguments(parser) -> None:
     parser.add_argument("--runs", type=Path, default=Path("results/runs"), help="folder of run directories")
+    parser.add_argument("--retired", type=Path, default=Path("results/retired-runs"),
+                        help="folder of run directories trained under the old loss rule (listed apart)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="writes RESULTS.md and plots/ here")
     parser.add_argument("--no-sweep", action="store_true",
                         help="skip the threshold sweep (it evaluates each completed run's checkpoint)")
@@ -54,7 +56,7 @@ def run(args) -> int:
               "`erm` (plain ResNet-32, CE without label smoothing, crop + flip) against He et al.'s 92.49 "
               "(IF 1) and LDAM-DRW's ERM 70.36 (IF 100).", "", controls, ""]
     missing += control_missing
-    retired = retired_table(runs)
+    retired = retired_table(runs + (collect_runs(args.retired) if args.retired.is_dir() else []))
     if retired:
         lines += ["## Retired: runs of the old loss rule", "",
                   "Trained when SPEC §4 applied the simulated loss at every exit (corrected 2026-11-28: the "

@@ -1,0 +1,101 @@
+"""fit-exits on the committed model8 checkpoint (real CIFAR-10 images)."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from training.cli import main
+from training.rundir import checkpoint_model
+
+from ..conftest import REPO
+
+# The first model8 run (old loss rule): its early exits were never trained.
+PARENT = REPO / "results" / "retired-runs" / "model8-if100-seed0" / "checkpoint.pt"
+TINY = ["--max-batches", "3", "--max-test-samples", "200", "--max-train-samples", "2000"]
+
+
+def early_head_keys(state: dict) -> set[str]:
+    return {k for k in state if k.startswith(("exits.0.", "exits.1."))}
+
+
+@pytest.fixture(scope="module")
+def frozen_fit(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit") / "frozen"
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--out", str(out), "--epochs", "2",
+                 "--max-batches", "60", "--max-test-samples", "1000", "--data-dir", str(data_dir)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_frozen_fit_leaves_backbone_and_final_exit_bit_identical(frozen_fit):
+    parent = torch.load(PARENT, map_location="cpu", weights_only=False)["model"]
+    fitted = torch.load(frozen_fit / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    assert parent.keys() == fitted.keys()
+    heads = early_head_keys(parent)
+    for k in parent.keys() - heads:
+        assert torch.equal(parent[k], fitted[k]), k  # BN running statistics included
+    assert any(not torch.equal(parent[k], fitted[k]) for k in heads)
+
+
+@pytest.mark.slow
+def test_short_frozen_fit_lifts_early_exits_above_chance(frozen_fit):
+    metrics = json.loads((frozen_fit / "metrics.json").read_text())
+    assert metrics["kind"] == "fit-exits" and metrics["status"] == "completed"
+    per_exit = metrics["final"]["per_exit"]
+    parent = json.loads((PARENT.parent / "metrics.json").read_text())["final"]["per_exit"]
+    assert [round(p["overall"]) for p in parent[:2]] == [10, 10]  # routed training left them at chance
+    assert per_exit[0]["overall"] > 20 and per_exit[1]["overall"] > 25, per_exit
+    assert metrics["parent"]["sha256"] == json.loads((frozen_fit / "config.json").read_text())["parent"]["sha256"]
+
+
+@pytest.mark.slow
+def test_fitted_checkpoint_reads_like_a_training_one(frozen_fit):
+    model, variant, config, state = checkpoint_model(frozen_fit / "checkpoint.pt")
+    assert variant.name == "model8" and config.epochs == 200
+    assert state["fit"]["config"]["mode"] == "frozen" and state["fit"]["epoch"] == 2
+
+
+def fit_cmd(out, data_dir, *extra):
+    return [sys.executable, "-m", "training", "fit-exits", "--checkpoint", str(PARENT), "--mode", "mixed",
+            "--epochs", "3", "--out", str(out), "--data-dir", str(data_dir), *TINY, *extra]
+
+
+def test_fit_resumes_after_kill_bit_for_bit(data_dir, tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(fit_cmd(straight, data_dir), check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(fit_cmd(killed, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    cut_at = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=False)["fit"]["epoch"]
+    assert cut_at < 3, "the fit finished before it could be killed"
+    done = subprocess.run(fit_cmd(killed, data_dir, "--resume"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {killed} from epoch {cut_at}" in done.stdout
+    a, b = (torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False) for d in (straight, killed))
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [e["loss"] for e in a["fit"]["history"]] == [e["loss"] for e in b["fit"]["history"]]
+
+
+def test_fit_refuses_an_existing_run_and_a_changed_config(data_dir, tmp_path, capsys):
+    out = tmp_path / "fit"
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--epochs", "1", "--out", str(out),
+                 "--data-dir", str(data_dir), *TINY]) == 0
+    capsys.readouterr()
+    again = ["fit-exits", "--checkpoint", str(PARENT), "--out", str(out), "--data-dir", str(data_dir), *TINY]
+    assert main([*again, "--epochs", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*again, "--epochs", "2", "--resume"]) == 2
+    assert "different config" in capsys.readouterr().err
+    assert main(["fit-exits", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x"),
+                 "--data-dir", str(data_dir)]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
