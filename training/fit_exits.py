@@ -40,7 +40,9 @@ from .data import build_datasets
 from .device_data import DeviceBatches
 from .evaluation import evaluate_model
 from .losses import SimulatedExitLoss, Targets, make_base_loss, make_exit_losses, split_weights
+from .constants import NUM_CLASSES
 from .macs import exit_costs
+from .network import init_weights, make_head
 from .rundir import checkpoint_model
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class FitConfig:
     max_batches: int | None = None
     eval_batch_size: int = 500
     checkpoint_every: int = 1
+    early_heads: str | None = None  # replace the early heads with fresh ones of this kind (e.g. light2)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -98,6 +101,8 @@ class ExitFitter:
         self.model, self.variant, self.train_config, self.parent_state = checkpoint_model(self.parent, device)
         if self.variant.num_exits < 2:
             raise ValueError(f"{parent}: variant {self.variant.name} has a single exit; nothing to fit")
+        if config.early_heads is not None:
+            self.replace_early_heads(config.early_heads)
         self.parent_sha256 = sha256_file(self.parent)
         self.train_set, self.test_set = build_datasets(
             data_dir, self.train_config.imbalance, config.max_train_samples, config.max_test_samples)
@@ -124,6 +129,17 @@ class ExitFitter:
         self.costs = exit_costs(self.model)
         self.history: list[dict] = []
         self.start_epoch = 0
+
+    def replace_early_heads(self, kind: str) -> None:
+        """Fresh early heads of another kind (their MACs are counted like any head's)."""
+        heads = (kind,) * (self.variant.num_exits - 1) + self.variant.exit_heads[-1:]
+        self.variant = dataclasses.replace(self.variant, exit_heads=heads)
+        classifier = "normed" if self.variant.loss == "ldam" else "linear"
+        torch.manual_seed(self.config.seed)
+        for k in range(self.variant.num_exits - 1):
+            head = make_head(kind, self.variant.widths[self.model.exit_stages[k]], classifier, NUM_CLASSES)
+            head.apply(init_weights)
+            self.model.exits[k] = head.to(self.device)
 
     @property
     def early_heads(self) -> list[torch.nn.Module]:
@@ -209,6 +225,7 @@ class ExitFitter:
         return {**{k: parent[k] for k in parent if k not in ("model", "optimizer")},
                 "model": self.model.state_dict(),
                 "fit": {"config": self.config.to_dict(), "epoch": epoch, "history": self.history,
+                        "exit_heads": list(self.variant.exit_heads),
                         "optimizer": self.optimizer.state_dict(),
                         "parent": {"path": str(self.parent), "sha256": self.parent_sha256},
                         "provenance": runinfo.provenance(self.device)}}

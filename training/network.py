@@ -3,6 +3,8 @@
 Stage k = (stem +) 5 basic blocks, then exit k. Exits are:
   light  - 3x3 conv stride 2 (C -> 2C) + BN + ReLU, global average pool, classifier.
            ELF-style early exit: about 1.2M MACs, under 2% of ResNet-32.
+  light2 - two such convs (C -> 2C -> 4C, each stride 2): a deeper early exit for fit-exits,
+           about 2.4M MACs; more receptive field and capacity on early feature maps.
   linear - global average pool + classifier (the plain ResNet head).
   reslt  - ResLT head: grouped 1x1 conv (groups=3) + BN + ReLU, three C/3-channel branches,
            each pooled and classified; prediction = logits_H + logits_M + logits_T.
@@ -18,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .constants import NUM_CLASSES
+from .variants import HEAD_KINDS
 
 BLOCKS_PER_STAGE = 5
 LDAM_SCALE = 30.0
-HEAD_KINDS = ("light", "linear", "reslt")
 
 
 @dataclass
@@ -89,6 +91,18 @@ class LightHead(nn.Module):
         return ExitOutput(self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
 
 
+class DeepLightHead(nn.Module):
+    def __init__(self, channels: int, classifier: str, num_classes: int):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, 2 * channels, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * channels), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * channels, 4 * channels, 3, 2, 1, bias=False), nn.BatchNorm2d(4 * channels), nn.ReLU(inplace=True))
+        self.fc = make_classifier(4 * channels, classifier, num_classes)
+
+    def forward(self, x: torch.Tensor) -> ExitOutput:
+        return ExitOutput(self.fc(torch.flatten(F.adaptive_avg_pool2d(self.convs(x), 1), 1)))
+
+
 class LinearHead(nn.Module):
     def __init__(self, channels: int, classifier: str, num_classes: int):
         super().__init__()
@@ -116,7 +130,7 @@ class ResLTHead(nn.Module):
         return ExitOutput(branches.sum(0), branches)
 
 
-_HEADS = {"light": LightHead, "linear": LinearHead, "reslt": ResLTHead}
+_HEADS = {"light": LightHead, "light2": DeepLightHead, "linear": LinearHead, "reslt": ResLTHead}
 
 
 def make_head(kind: str, channels: int, classifier: str, num_classes: int) -> nn.Module:
@@ -153,8 +167,7 @@ class EarlyExitResNet(nn.Module):
             make_head(kind, widths[s], classifier, num_classes)
             for kind, s in zip(exit_heads, self.exit_stages))
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
+            init_weights(m)
 
     @property
     def num_exits(self) -> int:
@@ -178,6 +191,11 @@ class EarlyExitResNet(nn.Module):
             if i in self.exit_stages:
                 outputs.append(self.exits[self.exit_stages.index(i)](x))
         return outputs
+
+
+def init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.kaiming_normal_(module.weight)
 
 
 def build_model(variant) -> EarlyExitResNet:

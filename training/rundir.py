@@ -6,6 +6,7 @@ is the one place that knows the layout.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def checkpoint_model(path: Path, device="cpu"):
         raise ValueError(f"{path} is not a training checkpoint of this project")
     config = TrainConfig.from_dict(state["config"])
     variant = get_variant(config.variant)
+    if state.get("fit", {}).get("exit_heads"):  # fit-exits may have replaced the early heads
+        variant = dataclasses.replace(variant, exit_heads=tuple(state["fit"]["exit_heads"]))
     model = build_model(variant).to(device)
     model.load_state_dict(state["model"])
     model.eval()

@@ -10,7 +10,7 @@ BASE_LOSSES = ("ce", "ce_plain", "ldam")  # ce: label smoothing 0.1; ce_plain: n
 EXIT_LOSSES = ("simulated", "reslt", "plain")
 ROUTINGS = ("accumulative", "routed")
 AUGMENTATIONS = ("autoaugment", "mixup", "basic")  # basic: crop + flip only
-HEAD_KINDS = ("light", "linear", "reslt")
+HEAD_KINDS = ("light", "light2", "linear", "reslt")
 # The loss rule a run was trained under (SPEC §4). "per_exit" is the corrected rule of 2026-11-28;
 # runs written before it (no exit_losses in their variant record) are "simulated_everywhere".
 LOSS_RULE = "per_exit"

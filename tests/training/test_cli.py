@@ -119,7 +119,7 @@ def test_cuda_requested_without_gpu(tmp_path):
 def test_variants_lists_the_table():
     result = cli("variants")
     assert result.returncode == 0
-    for name in ["model1", "model8", "model12", "model16", "elf", "reslt"]:
+    for name in ["model1", "model8", "model12", "model16", "elf", "reslt", "erm"]:
         assert f"\n{name} " in result.stdout
     table = json.loads(cli("variants", "--json").stdout)
-    assert len(table) == 15
+    assert len(table) == 16

@@ -99,3 +99,19 @@ def test_fit_refuses_an_existing_run_and_a_changed_config(data_dir, tmp_path, ca
     assert main(["fit-exits", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x"),
                  "--data-dir", str(data_dir)]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_fit_with_deeper_early_heads_reads_back_with_them(data_dir, tmp_path):
+    from training.macs import exit_costs
+    from training.network import DeepLightHead
+
+    out = tmp_path / "light2"
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--epochs", "1", "--early-heads", "light2",
+                 "--out", str(out), "--data-dir", str(data_dir), *TINY]) == 0
+    model, variant, _, state = checkpoint_model(out / "checkpoint.pt")
+    assert variant.exit_heads == ("light2", "light2", "reslt") and state["fit"]["exit_heads"] == list(variant.exit_heads)
+    assert all(isinstance(h, DeepLightHead) for h in model.exits[:2])
+    parent_model, *_ = checkpoint_model(PARENT)
+    deeper, light = exit_costs(model), exit_costs(parent_model)
+    assert deeper[0]["head_macs"] > light[0]["head_macs"]  # the bigger head's MACs are counted
+    assert deeper[0]["backbone_macs"] == light[0]["backbone_macs"]

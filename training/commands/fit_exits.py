@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..evaluation import format_report
 from ..fit_exits import MODES, ExitFitter, FitConfig, fit, prepare
+from ..variants import HEAD_KINDS
 from .common import add_data_args, non_negative, positive_int, resolve_device, unit_interval
 
 
@@ -26,6 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature T")
     parser.add_argument("--distill-weight", type=unit_interval, default=0.5,
                         help="share of the distillation term; the label loss gets the rest")
+    parser.add_argument("--early-heads", choices=HEAD_KINDS, default=None,
+                        help="replace the early heads with fresh ones of this kind (light2: two convs, "
+                             "about 2.4M MACs); default: fit the parent's own")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None,
                         help="run directory (default: runs/<parent run>-fit-<mode>)")
@@ -43,7 +47,7 @@ def run(args) -> int:
         lr=args.lr if args.lr is not None else (0.1 if args.mode == "frozen" else 0.01),
         head_lr=args.head_lr if args.head_lr is not None else (None if args.mode == "frozen" else 0.1),
         batch_size=args.batch_size, temperature=args.temperature, distill_weight=args.distill_weight,
-        seed=args.seed, max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
+        seed=args.seed, early_heads=args.early_heads, max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
         max_batches=args.max_batches, checkpoint_every=args.checkpoint_every)
     out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-fit-{args.mode}"
     fitter = ExitFitter(args.checkpoint, config, out, args.data_dir, resolve_device(args.device))
