@@ -18,6 +18,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-model", default=None, help="model answering requests that name none (default 'default')")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=None,
                    help="ONNX Runtime execution provider; cuda makes /readyz fail without a GPU (default auto)")
+    p.add_argument("--shadow-rate", type=float, default=None,
+                   help="share of early-leaving images also run to the final exit in idle time, for the "
+                        "online exit-agreement metric (default 0.01, or $ELF_SHADOW_RATE; 0 turns it off)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
     return p
 

@@ -5,6 +5,9 @@ waiting, up to `batch_size` images or until `wait_s` has passed since the first,
 model once in a worker thread (the event loop never blocks) and resolves each future. A failed
 batch fails each of its requests; the loop keeps running. A full queue refuses at once
 (Overloaded -> 503) rather than growing without bound.
+
+Background work (`idle_work`, e.g. shadow runs) gets the worker thread only when no request is
+waiting, one small chunk at a time, so a request that arrives meanwhile waits at most one chunk.
 """
 from __future__ import annotations
 
@@ -30,9 +33,10 @@ class Item:
     future: asyncio.Future
 
 
-async def collect_batch(queue: asyncio.Queue, batch_size: int, wait_s: float) -> list:
-    """Block for one item, then take more until the batch is full or the deadline passes."""
-    batch = [await queue.get()]
+async def collect_batch(queue: asyncio.Queue, batch_size: int, wait_s: float, first=None) -> list:
+    """Block for one item (unless `first` is it), then take more until the batch is full or the
+    deadline passes."""
+    batch = [first if first is not None else await queue.get()]
     deadline = time.monotonic() + wait_s
     while len(batch) < batch_size:
         try:
@@ -51,16 +55,21 @@ async def collect_batch(queue: asyncio.Queue, batch_size: int, wait_s: float) ->
 
 
 class Batcher:
-    def __init__(self, run_batch, batch_size: int, wait_s: float, max_queue: int, on_depth=None):
+    def __init__(self, run_batch, batch_size: int, wait_s: float, max_queue: int, on_depth=None,
+                 idle_work=None):
         self.run_batch = run_batch  # (x: N x 3 x 32 x 32, thresholds: N x exits-1) -> per-image results
         self.batch_size, self.wait_s = batch_size, wait_s
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.on_depth = on_depth or (lambda depth: None)
         self.task: asyncio.Task | None = None
+        # () -> bool: run one chunk of background work in the worker thread; False when none is left.
+        self.idle_work = idle_work
+        self.idle_pending = asyncio.Event()
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._loop())
+        self.loop = asyncio.get_running_loop()
+        self.task = self.loop.create_task(self._loop())
 
     async def stop(self) -> None:
         if self.task:
@@ -82,10 +91,40 @@ class Batcher:
         self.on_depth(self.queue.qsize())
         return await asyncio.gather(*(item.future for item in items))
 
+    @property
+    def busy(self) -> bool:
+        """Requests are waiting: background work would only delay them."""
+        return not self.queue.empty()
+
+    def wake_idle_work(self) -> None:
+        self.idle_pending.set()
+
+    async def _next_batch(self) -> list:
+        """The next request batch; while none is waiting, run background work chunk by chunk."""
+        loop = asyncio.get_running_loop()
+        while self.idle_work is not None and self.queue.empty():
+            if not self.idle_pending.is_set():
+                getter = asyncio.ensure_future(self.queue.get())
+                waker = asyncio.ensure_future(self.idle_pending.wait())
+                done, _ = await asyncio.wait({getter, waker}, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if getter in done:
+                    return await collect_batch(self.queue, self.batch_size, self.wait_s, getter.result())
+                getter.cancel()
+                continue
+            try:
+                more = await loop.run_in_executor(self.executor, self.idle_work)
+            except Exception:
+                log.exception("background work failed")
+                more = False
+            if not more:
+                self.idle_pending.clear()
+        return await collect_batch(self.queue, self.batch_size, self.wait_s)
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await collect_batch(self.queue, self.batch_size, self.wait_s)
+            batch = await self._next_batch()
             self.on_depth(self.queue.qsize())
             x = np.stack([item.x for item in batch])
             thresholds = np.array([item.threshold for item in batch], dtype=np.float32)

@@ -24,4 +24,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(64, gt=0, description="images per inference batch across requests")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
     max_queue: int = Field(1024, gt=0, description="queued images per model before 503")
+    shadow_rate: float = Field(0.01, ge=0, le=1, description="share of early-leaving images that also run "
+                               "the remaining stages in idle time (online exit agreement)")
+    shadow_queue: int = Field(1024, gt=0, description="shadow images kept waiting for idle time before dropping")
+    agreement_alert_level: float = Field(0.9, ge=0, le=1, description="exit agreement below this fires the "
+                                         "ExitAgreementLow alert (exported as a gauge)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -38,11 +38,21 @@ class StageStats:
 
 
 @dataclass
+class ShadowJob:
+    """Images that left at an early exit, kept to run the remaining stages later (online agreement)."""
+
+    exit: int  # 1-based exit they left at
+    class_id: np.ndarray  # the class they were answered with
+    features: np.ndarray  # the feature map after stage `exit`, the next stage's input
+
+
+@dataclass
 class StagedResult:
     class_id: np.ndarray  # N, int64
     confidence: np.ndarray  # N, float32
     exit: np.ndarray  # N, 1-based exit level
     stages: list[StageStats] = field(default_factory=list)
+    shadows: list[ShadowJob] = field(default_factory=list)
 
 
 class StagedModel:
@@ -77,9 +87,10 @@ class StagedModel:
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         return normalize(images, *self._norm)
 
-    def run(self, x: np.ndarray, thresholds: np.ndarray) -> StagedResult:
+    def run(self, x: np.ndarray, thresholds: np.ndarray, shadow: np.ndarray | None = None) -> StagedResult:
         """x: normalised N x 3 x 32 x 32 float32; thresholds: N x (K - 1), each image's threshold
-        at each early exit, or N (one per image, at every exit)."""
+        at each early exit, or N (one per image, at every exit). shadow: N bools, images whose
+        feature maps are kept (as ShadowJobs) when they leave early."""
         n = len(x)
         if thresholds.ndim == 1:
             thresholds = np.repeat(thresholds[:, None], len(self.sessions) - 1, axis=1)
@@ -88,7 +99,7 @@ class StagedModel:
         exits = np.zeros(n, dtype=np.int64)
         active = np.arange(n)
         features = x
-        stats = []
+        stats, result_shadows = [], []
         last = len(self.sessions) - 1
         for k, session in enumerate(self.sessions):
             t0 = time.perf_counter()
@@ -102,10 +113,22 @@ class StagedModel:
                 leave = conf >= thresholds[active, k]
             idx = active[leave]
             class_id[idx], confidence[idx], exits[idx] = cls[leave], conf[leave], k + 1
+            if shadow is not None and k != last:
+                kept = leave & shadow[active]
+                if kept.any():
+                    result_shadows.append(ShadowJob(k + 1, cls[kept], np.ascontiguousarray(feats[kept])))
             if k == last or leave.all():
                 break
             active, features = active[~leave], np.ascontiguousarray(feats[~leave])
-        return StagedResult(class_id, confidence, exits, stats)
+        return StagedResult(class_id, confidence, exits, stats, result_shadows)
+
+    def finish(self, features: np.ndarray, after_exit: int) -> np.ndarray:
+        """The final exit's class for feature maps taken after exit `after_exit` (1-based): the
+        remaining stages, every image to the end."""
+        for session in self.sessions[after_exit:]:
+            outputs = session.run(None, {"input": features})
+            features = outputs[0]
+        return outputs[-1]
 
     def warm_up(self) -> None:
         x = np.zeros((1, 3, 32, 32), dtype=np.float32)

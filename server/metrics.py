@@ -37,5 +37,13 @@ PROVIDER = Gauge("elf_execution_provider", "Active ONNX Runtime execution provid
 MODEL_INFO = Gauge("elf_model_info", "Loaded models (value 1) and their provenance",
                    ["model", "variant", "format_version", "imbalance", "exits", "default_threshold"],
                    registry=REGISTRY)
+EXIT_AGREEMENT = Counter("elf_exit_agreement_total", "Shadowed images that left at an early exit, by whether "
+                         "that exit's class equals the final exit's (online agreement, no labels needed)",
+                         ["model", "exit", "agree"], registry=REGISTRY)
+SHADOW_DROPPED = Counter("elf_shadow_dropped_total", "Images chosen for a shadow run but dropped (server busy "
+                         "or shadow queue full)", ["model"], registry=REGISTRY)
+AGREEMENT_ALERT_LEVEL = Gauge("elf_exit_agreement_alert_level", "Agreement ratio below which the "
+                              "ExitAgreementLow alert fires (setting ELF_AGREEMENT_ALERT_LEVEL)", ["model"],
+                              registry=REGISTRY)
 READY = Gauge("elf_ready", "1 when every model is loaded, warmed up and on the expected provider",
               registry=REGISTRY)

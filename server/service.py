@@ -1,6 +1,15 @@
-"""A served model: its staged ONNX model, its batcher and the metrics it reports."""
+"""A served model: its staged ONNX model, its batcher and the metrics it reports.
+
+Online exit agreement (shadow runs): a `shadow_rate` share of the images that leave before the
+final exit keep their feature map; after their answer is sent, when no request is waiting, the
+remaining stages run on them and `elf_exit_agreement_total{exit, agree}` counts whether the
+early class equals the final exit's. Shadow work never delays an answer by more than one small
+chunk, and is dropped (`elf_shadow_dropped_total`) when requests are waiting or its queue is full.
+"""
 from __future__ import annotations
 
+import collections
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -8,7 +17,9 @@ import numpy as np
 from . import metrics as m
 from .batcher import Batcher
 from .config import Settings
-from .engine import StagedModel
+from .engine import ShadowJob, StagedModel
+
+SHADOW_CHUNK = 64  # images per background stage run: bounds how long a new request can wait
 
 
 @dataclass(frozen=True)
@@ -28,12 +39,23 @@ class ModelService:
         self.default_threshold = man.thresholds.inference  # one number, or one per early exit
         self._cumulative = np.array([s.cumulative_macs for s in man.stages], dtype=np.float64)
         self.batcher = Batcher(self._run_batch, settings.batch_size, settings.batch_wait_ms / 1000,
-                               settings.max_queue, on_depth=m.QUEUE_DEPTH.labels(self.name).set)
+                               settings.max_queue, on_depth=m.QUEUE_DEPTH.labels(self.name).set,
+                               idle_work=self._run_shadow_chunk)
+        self.shadow_rate, self.shadow_capacity = settings.shadow_rate, settings.shadow_queue
+        self._rng = np.random.default_rng()
+        self._shadows: collections.deque[ShadowJob] = collections.deque()
+        self._shadowed = 0  # images in self._shadows
+        self._shadow_lock = threading.Lock()  # the worker thread and the event loop both touch them
         # Pre-declare every label value so dashboards see zeros, not gaps.
         for k in range(1, self.exits_total + 1):
             m.EXITS.labels(self.name, str(k))
             m.STAGE_LATENCY.labels(self.name, str(k))
             m.STAGE_BATCH.labels(self.name, str(k))
+        for k in range(1, self.exits_total):
+            for agree in ("true", "false"):
+                m.EXIT_AGREEMENT.labels(self.name, str(k), agree)
+        m.SHADOW_DROPPED.labels(self.name)
+        m.AGREEMENT_ALERT_LEVEL.labels(self.name).set(settings.agreement_alert_level)
         m.MACS.labels(self.name)
         m.MACS_FULL.labels(self.name)
         m.PROVIDER.labels(self.name, model.provider).set(1)
@@ -41,7 +63,10 @@ class ModelService:
                             str(self.exits_total), format_threshold(self.default_threshold)).set(1)
 
     def _run_batch(self, x: np.ndarray, thresholds: np.ndarray) -> list[ImageResult]:
-        result = self.model.run(x, thresholds)
+        shadow = self._rng.random(len(x)) < self.shadow_rate if self.shadow_rate > 0 else None
+        result = self.model.run(x, thresholds, shadow)
+        if result.shadows:
+            self._queue_shadows(result.shadows)
         for k, stage in enumerate(result.stages, start=1):
             m.STAGE_LATENCY.labels(self.name, str(k)).observe(stage.seconds)
             m.STAGE_BATCH.labels(self.name, str(k)).observe(stage.batch_size)
@@ -56,6 +81,37 @@ class ModelService:
         m.MACS_FULL.labels(self.name).inc(float(self._cumulative[-1] * len(x)))
         return [ImageResult(int(c), float(p), int(e))
                 for c, p, e in zip(result.class_id, result.confidence, result.exit)]
+
+    def _queue_shadows(self, jobs: list[ShadowJob]) -> None:
+        """Keep shadow jobs for idle time, or drop them (counted) when requests wait or room is short."""
+        busy = self.batcher.busy
+        with self._shadow_lock:
+            for job in jobs:
+                if busy or self._shadowed + len(job.class_id) > self.shadow_capacity:
+                    m.SHADOW_DROPPED.labels(self.name).inc(len(job.class_id))
+                    continue
+                self._shadows.append(job)
+                self._shadowed += len(job.class_id)
+        if self._shadowed:
+            self.batcher.loop.call_soon_threadsafe(self.batcher.wake_idle_work)
+
+    def _run_shadow_chunk(self) -> bool:
+        """Worker thread, idle time: one chunk of shadow images through their remaining stages."""
+        with self._shadow_lock:
+            if not self._shadows:
+                return False
+            job = self._shadows.popleft()
+            if len(job.class_id) > SHADOW_CHUNK:  # put the rest back in front
+                rest = ShadowJob(job.exit, job.class_id[SHADOW_CHUNK:], job.features[SHADOW_CHUNK:])
+                job = ShadowJob(job.exit, job.class_id[:SHADOW_CHUNK], job.features[:SHADOW_CHUNK])
+                self._shadows.appendleft(rest)
+            self._shadowed -= len(job.class_id)
+        final = self.model.finish(job.features, job.exit)
+        agree = int((final == job.class_id).sum())
+        m.EXIT_AGREEMENT.labels(self.name, str(job.exit), "true").inc(agree)
+        m.EXIT_AGREEMENT.labels(self.name, str(job.exit), "false").inc(len(final) - agree)
+        with self._shadow_lock:
+            return bool(self._shadows)
 
     def per_exit(self, threshold: float | list[float]) -> tuple[float, ...]:
         """The threshold at each early exit: a request's one number applies to every exit."""
