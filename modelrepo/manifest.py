@@ -93,6 +93,9 @@ class OperatingPoint(SplitAccuracy):
     threshold: float | list[float]
     exit_distribution: list[float]
     mean_macs_share: float
+    # Per early exit: share of the images leaving there whose class equals the final exit's (None:
+    # no image left there). The offline reference for the server's elf_exit_agreement_total.
+    agreement: list[float | None] = []
 
 
 class TestMetrics(SplitAccuracy):
@@ -101,6 +104,7 @@ class TestMetrics(SplitAccuracy):
     exit_distribution: list[float]
     mean_macs: float
     mean_macs_share: float
+    agreement: list[float | None] = []
     per_exit: list[ExitMetrics]  # each exit alone
     at_report_threshold: OperatingPoint | None = None
     sweep: list[OperatingPoint] = []  # the accuracy-vs-MACs curve; threshold 1.0 is full depth

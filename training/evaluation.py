@@ -56,6 +56,11 @@ def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold,
     distribution = counts / max(len(exits), 1)
     cumulative = np.array([c["cumulative_macs"] for c in costs], dtype=np.float64)
     mean_macs = float((distribution * cumulative).sum())
+    # Offline exit agreement: of the images leaving at early exit k, the share whose class equals
+    # the final exit's (what the server's shadow runs measure online, without labels).
+    final = pred[-1].numpy()
+    agreement = [float((chosen[exits == k] == final[exits == k]).mean()) if (exits == k).any() else None
+                 for k in range(num_exits - 1)]
     per_exit = []
     for k in range(num_exits):
         acc = split_accuracy(pred[k].numpy(), labels)
@@ -70,6 +75,7 @@ def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold,
         "full_macs": int(cumulative[-1]),
         "mean_macs_share": mean_macs / cumulative[-1],
         "per_exit": per_exit,
+        "agreement": agreement,
         "predicted_class_share_max": float(np.bincount(chosen, minlength=NUM_CLASSES).max()
                                            / max(len(chosen), 1)),
         "predictions": chosen.tolist(),

@@ -93,7 +93,7 @@ def onnx_exit_probabilities(paths: list[Path], x: np.ndarray) -> list[np.ndarray
 
 def _summary(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("threshold", "overall", "many", "medium", "few", "exit_distribution",
-                                    "mean_macs_share")}
+                                    "mean_macs_share", "agreement")}
 
 
 def _tensor(name, shape, dtype="float32") -> dict:
@@ -163,7 +163,7 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
             "stages": stages, "full_macs": costs[-1]["cumulative_macs"],
             "metrics": {
                 **{k: metrics[k] for k in ("threshold", "overall", "many", "medium", "few",
-                                           "exit_distribution", "mean_macs", "mean_macs_share")},
+                                           "exit_distribution", "mean_macs", "mean_macs_share", "agreement")},
                 "images": len(test), "per_exit": per_exit,
                 "at_report_threshold": _summary(at_report),
                 "sweep": [_summary(m) for m in sweep]},

@@ -17,13 +17,15 @@ def add_arguments(parser) -> None:
 
 def table(manifest) -> str:
     m = manifest.metrics
-    rows = ["| operating point | threshold | accuracy | many | medium | few | exits (1/2/3 %) | MACs (share of full) |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| operating point | threshold | accuracy | many | medium | few | exits (1/2/3 %) | MACs (share of full) "
+            "| agreement with final exit (exits 1/2 %) |",
+            "|---|---|---|---|---|---|---|---|---|"]
 
     def row(label, p):
         exits = "/".join(f"{100 * d:.1f}" for d in p.exit_distribution)
+        agree = "/".join("–" if a is None else f"{100 * a:.1f}" for a in p.agreement) or "–"
         rows.append(f"| {label} | {format_threshold(p.threshold)} | {p.overall:.2f} | {p.many:.2f} | {p.medium:.2f} "
-                    f"| {p.few:.2f} | {exits} | {p.mean_macs_share:.3f} |")
+                    f"| {p.few:.2f} | {exits} | {p.mean_macs_share:.3f} | {agree} |")
 
     row("**default** (manifest)", m)
     if m.at_report_threshold is not None:
@@ -32,7 +34,7 @@ def table(manifest) -> str:
         row("sweep", p)
     for e in m.per_exit:
         rows.append(f"| exit {e.exit} alone | – | {e.overall:.2f} | {e.many:.2f} | {e.medium:.2f} | {e.few:.2f} "
-                    f"| – | {e.cumulative_macs / manifest.full_macs:.3f} |")
+                    f"| – | {e.cumulative_macs / manifest.full_macs:.3f} | – |")
     return "\n".join(rows)
 
 

@@ -1,0 +1,78 @@
+"""Shadow-run overhead under saturation: what online exit agreement costs answered requests.
+
+Two real uvicorn processes on loopback serve the same model, one with --shadow-rate 0 and one
+with the rate under test (default 0.01); --clients concurrent clients saturate them in
+alternating rounds, so machine noise hits both alike. Printed per server: req/s, latency
+percentiles, shadow runs completed and dropped. Goal (issue 11): req/s at rate 0.01 >= 0.97x
+rate 0, same run.
+
+    python benchmarks/shadow_overhead.py [--rate 0.01] [--images 400] [--clients 32] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import sys
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_throughput import REPO, http_round, png, summary  # noqa: E402
+
+from tests.server.conftest import RunningServer  # noqa: E402
+from training.commands.common import DEFAULT_DATA_DIR  # noqa: E402
+from training.data import load_cifar10  # noqa: E402
+
+
+def shadow_counts(url: str) -> tuple[float, float]:
+    text = httpx.get(url + "/metrics").text
+    done = sum(float(v) for v in re.findall(r"elf_exit_agreement_total\{[^}]*\} (\S+)", text))
+    dropped = sum(float(v) for v in re.findall(r"elf_shadow_dropped_total\{[^}]*\} (\S+)", text))
+    return done, dropped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-repository", type=Path, default=REPO / "models")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--rate", type=float, default=0.01)
+    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    args = parser.parse_args()
+
+    _, test = load_cifar10(args.data_dir)
+    payloads = [png(im) for im in test.images[:args.images]]
+    rates = {"shadow rate 0": 0.0, f"shadow rate {args.rate:g}": args.rate}
+    servers = {name: RunningServer("--model-repository", str(args.model_repository), "--default-model", args.model,
+                                   "--shadow-rate", str(rate)) for name, rate in rates.items()}
+    results = {name: ([], []) for name in servers}
+    try:
+        for server in servers.values():
+            http_round(server.url, payloads[:50], None, args.clients, args.model)  # warm-up
+        for _ in range(args.rounds):
+            for name, server in servers.items():
+                wall, lat, _ = http_round(server.url, payloads, None, args.clients, args.model)
+                results[name][0].append(wall)
+                results[name][1].extend(lat)
+        counts = {name: shadow_counts(server.url) for name, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    print(f"machine: {platform.processor() or platform.machine()}, {args.images} CIFAR-10 test images x "
+          f"{args.rounds} rounds, {args.clients} clients (saturating), model {args.model} at its default threshold")
+    rps = {}
+    for name in servers:
+        rps[name] = summary(name, *results[name], len(payloads))
+        done, dropped = counts[name]
+        print(f"    shadow runs completed {done:.0f}, dropped {dropped:.0f}")
+    base, shadowed = rps.values()
+    print(f"ratio: {shadowed / base:.3f}x req/s with shadow runs (goal >= 0.97x)")
+
+
+if __name__ == "__main__":
+    main()
