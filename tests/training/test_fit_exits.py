@@ -25,8 +25,8 @@ def early_head_keys(state: dict) -> set[str]:
 @pytest.fixture(scope="module")
 def frozen_fit(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("fit") / "frozen"
-    assert main(["fit-exits", "--checkpoint", str(PARENT), "--out", str(out), "--epochs", "2",
-                 "--max-batches", "60", "--max-test-samples", "1000", "--data-dir", str(data_dir)]) == 0
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--out", str(out), "--epochs", "2", "--early-heads",
+                 "light2", "--max-batches", "50", "--max-test-samples", "1000", "--data-dir", str(data_dir)]) == 0
     return out
 
 
@@ -34,11 +34,11 @@ def frozen_fit(data_dir, tmp_path_factory):
 def test_frozen_fit_leaves_backbone_and_final_exit_bit_identical(frozen_fit):
     parent = torch.load(PARENT, map_location="cpu", weights_only=False)["model"]
     fitted = torch.load(frozen_fit / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
-    assert parent.keys() == fitted.keys()
-    heads = early_head_keys(parent)
-    for k in parent.keys() - heads:
+    rest = parent.keys() - early_head_keys(parent)
+    assert rest == fitted.keys() - early_head_keys(fitted) and len(rest) > 100
+    for k in rest:
         assert torch.equal(parent[k], fitted[k]), k  # BN running statistics included
-    assert any(not torch.equal(parent[k], fitted[k]) for k in heads)
+    assert early_head_keys(fitted) != early_head_keys(parent)  # fresh light2 heads
 
 
 @pytest.mark.slow
@@ -47,7 +47,7 @@ def test_short_frozen_fit_lifts_early_exits_above_chance(frozen_fit):
     assert metrics["kind"] == "fit-exits" and metrics["status"] == "completed"
     per_exit = metrics["final"]["per_exit"]
     parent = json.loads((PARENT.parent / "metrics.json").read_text())["final"]["per_exit"]
-    assert [round(p["overall"]) for p in parent[:2]] == [10, 10]  # routed training left them at chance
+    assert all(p["overall"] < 11 for p in parent[:2])  # routed training left them at chance (10%)
     assert per_exit[0]["overall"] > 20 and per_exit[1]["overall"] > 25, per_exit
     assert metrics["parent"]["sha256"] == json.loads((frozen_fit / "config.json").read_text())["parent"]["sha256"]
 
