@@ -1,9 +1,7 @@
 """fit-exits on the committed model8 checkpoint (real CIFAR-10 images)."""
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from training.cli import main
 from training.rundir import checkpoint_model
 
 from ..conftest import REPO
+from .smoke import kill_at_first_checkpoint
 
 # The first model8 run (old loss rule): its early exits were never trained.
 PARENT = REPO / "results" / "retired-runs" / "model8-if100-seed0" / "checkpoint.pt"
@@ -68,13 +67,7 @@ def test_fit_resumes_after_kill_bit_for_bit(data_dir, tmp_path):
     straight = tmp_path / "straight"
     subprocess.run(fit_cmd(straight, data_dir), check=True, capture_output=True, timeout=600)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(fit_cmd(killed, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoint.pt").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(fit_cmd(killed, data_dir), killed)
     cut_at = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=False)["fit"]["epoch"]
     assert cut_at < 3, "the fit finished before it could be killed"
     done = subprocess.run(fit_cmd(killed, data_dir, "--resume"), capture_output=True, text=True, timeout=600)

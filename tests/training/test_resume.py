@@ -1,15 +1,15 @@
 """Checkpoints, resume after a real kill, and divergence detection."""
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from training.config import TrainConfig
 from training.engine import Diverged, check_collapse
+
+from .smoke import kill_at_first_checkpoint
 
 RUN = ["--variant", "model8", "--epochs", "3", "--checkpoint-every", "1", "--batch-size", "32",
        "--max-train-samples", "400", "--max-batches", "6", "--max-test-samples", "200", "--workers", "1"]
@@ -31,14 +31,7 @@ def test_resume_after_kill_matches_uninterrupted_run(data_dir, tmp_path, data_pa
     subprocess.run(train_cmd(straight, data_dir, *flags), check=True, capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(killed, data_dir, *flags), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoint.pt").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_first_checkpoint(train_cmd(killed, data_dir, *flags), killed)
     interrupted_at = load(killed / "checkpoint.pt")["epoch"]
     assert interrupted_at < 3, "the run finished before it could be killed"
 
