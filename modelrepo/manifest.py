@@ -107,7 +107,9 @@ class TestMetrics(SplitAccuracy):
     agreement: list[float | None] = []
     per_exit: list[ExitMetrics]  # each exit alone
     at_report_threshold: OperatingPoint | None = None
-    sweep: list[OperatingPoint] = []  # the accuracy-vs-MACs curve; threshold 1.0 is full depth
+    # The accuracy-vs-MACs curve, thresholds 0, 0.05, ..., 1 (at 1.0 only images whose confidence is
+    # exactly 1.0 in float32 leave early).
+    sweep: list[OperatingPoint] = []
 
 
 class FitRecord(_Strict):

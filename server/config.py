@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     shadow_rate: float = Field(0.01, ge=0, le=1, description="share of early-leaving images that also run "
                                "the remaining stages in idle time (online exit agreement)")
     shadow_queue: int = Field(1024, gt=0, description="shadow images kept waiting for idle time before dropping")
-    agreement_alert_level: float = Field(0.9, ge=0, le=1, description="exit agreement below this fires the "
-                                         "ExitAgreementLow alert (exported as a gauge)")
+    agreement_alert_level: float | None = Field(
+        None, ge=0, le=1, description="exit agreement below this fires the ExitAgreementLow alert (exported "
+        "as a gauge per exit); unset: the manifest's offline agreement at that exit minus agreement_alert_margin")
+    agreement_alert_margin: float = Field(0.05, ge=0, le=1, description="see agreement_alert_level")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -43,7 +43,8 @@ EXIT_AGREEMENT = Counter("elf_exit_agreement_total", "Shadowed images that left 
 SHADOW_DROPPED = Counter("elf_shadow_dropped_total", "Images chosen for a shadow run but dropped (server busy "
                          "or shadow queue full)", ["model"], registry=REGISTRY)
 AGREEMENT_ALERT_LEVEL = Gauge("elf_exit_agreement_alert_level", "Agreement ratio below which the "
-                              "ExitAgreementLow alert fires (setting ELF_AGREEMENT_ALERT_LEVEL)", ["model"],
+                              "ExitAgreementLow alert fires (ELF_AGREEMENT_ALERT_LEVEL, or the manifest's "
+                              "offline agreement minus ELF_AGREEMENT_ALERT_MARGIN)", ["model", "exit"],
                               registry=REGISTRY)
 READY = Gauge("elf_ready", "1 when every model is loaded, warmed up and on the expected provider",
               registry=REGISTRY)

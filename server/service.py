@@ -51,11 +51,16 @@ class ModelService:
             m.EXITS.labels(self.name, str(k))
             m.STAGE_LATENCY.labels(self.name, str(k))
             m.STAGE_BATCH.labels(self.name, str(k))
+        offline = man.metrics.agreement  # per early exit, at the default threshold, on the test set
         for k in range(1, self.exits_total):
             for agree in ("true", "false"):
                 m.EXIT_AGREEMENT.labels(self.name, str(k), agree)
+            level = settings.agreement_alert_level
+            if level is None:
+                known = k <= len(offline) and offline[k - 1] is not None
+                level = max(0.0, offline[k - 1] - settings.agreement_alert_margin) if known else 0.9
+            m.AGREEMENT_ALERT_LEVEL.labels(self.name, str(k)).set(level)
         m.SHADOW_DROPPED.labels(self.name)
-        m.AGREEMENT_ALERT_LEVEL.labels(self.name).set(settings.agreement_alert_level)
         m.MACS.labels(self.name)
         m.MACS_FULL.labels(self.name)
         m.PROVIDER.labels(self.name, model.provider).set(1)

@@ -56,7 +56,9 @@ class Stage(nn.Module):
 
 def stage_modules(model, adjustment: torch.Tensor) -> list[Stage]:
     segments = model.segments()
-    return [Stage(seg, head, k == len(segments) - 1, adjustment)
+    # In eval mode from the start: the exporter restores a module's mode afterwards, and a Stage
+    # left in train mode would switch the model's BN layers to training (and update their stats).
+    return [Stage(seg, head, k == len(segments) - 1, adjustment).eval()
             for k, (seg, head) in enumerate(zip(segments, model.exits))]
 
 

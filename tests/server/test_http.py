@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from modelrepo.manifest import FORMAT_VERSION
 from training.cli import main as training_main
 
 from ..conftest import REPO
@@ -52,7 +53,7 @@ def test_classify_answers_every_field(client, cifar):
 def test_models_and_openapi(client):
     models = client.get("/models").json()
     assert models["default"] == "default"
-    assert models["models"]["default"]["manifest"]["format_version"] == "1.0"
+    assert models["models"]["default"]["manifest"]["format_version"] == FORMAT_VERSION
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/classify", "/classify/batch", "/models", "/readyz"} <= set(paths)
 

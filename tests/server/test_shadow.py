@@ -57,6 +57,11 @@ def test_agreement_counters_equal_the_offline_computation(cifar):
                 time.sleep(0.1)
         assert dropped(text) == 0
         assert agreement(text) == expected
+        # The alert level per exit: the manifest's offline agreement at that exit minus 0.05.
+        offline = StagedModel(MODELS / "default", "cpu").manifest.metrics.agreement
+        for k, a in enumerate(offline, start=1):
+            level = re.search(rf'elf_exit_agreement_alert_level{{exit="{k}",model="default"}} (\S+)', text)[1]
+            assert float(level) == pytest.approx(a - 0.05)
     finally:
         server.stop()
 

@@ -115,13 +115,16 @@ def test_logit_adjustment_is_baked_into_every_stage(checkpoint, data_dir, tmp_pa
     calibration = {"threshold": [0.6, 0.7], "threshold_mode": "per-exit", "tau": 1.0, "class_counts": counts,
                    "max_drop": 1.0, "heldout_images": 0, "heldout_classes": [], "heldout_accuracy": 0.0,
                    "final_exit_accuracy": 0.0, "final_exit_accuracy_unadjusted": 0.0, "mean_macs_share": 1.0}
+    before = exit_logits(model, test)
     manifest = export_model(model, variant, config, state, test, tmp_path / "m", "m", parity_images=300,
                             calibration=calibration)
     assert manifest.logit_adjustment.tau == 1.0 and manifest.thresholds.inference == [0.6, 0.7]
     assert manifest.thresholds.report == variant.infer_threshold
-    assert manifest.metrics.sweep[-1].threshold == 1.0 and manifest.metrics.sweep[-1].exit_distribution[-1] == 1.0
-    expected = (exit_logits(model, test) - log_prior(counts)).softmax(dim=2).numpy()
-    unadjusted = exit_logits(model, test).softmax(dim=2).numpy()
+    assert [p.threshold for p in manifest.metrics.sweep][::10] == [0.0, 0.5, 1.0]
+    logits = exit_logits(model, test)
+    assert torch.equal(logits, before), "export changed the model it exported"
+    expected = (logits - log_prior(counts)).softmax(dim=2).numpy()
+    unadjusted = logits.softmax(dim=2).numpy()
     got = export_mod.onnx_exit_probabilities([tmp_path / "m" / s.file for s in manifest.stages],
                                              export_mod.normalize_batch(test.images).numpy())
     for k, probs in enumerate(got):
