@@ -46,3 +46,25 @@ def test_grid_resumes_a_run_on_the_path_it_started_with(data_dir, tmp_path, caps
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and len(metrics["epochs"]) == 2
     assert "resuming" in (tmp_path / "elf-if100-seed0.stdout").read_text()
+
+
+def test_shards_cover_the_study_exactly_once():
+    from training.cli import get_args_parser
+    from training.commands.grid import planned_runs
+
+    parser = get_args_parser()
+    whole = planned_runs(parser.parse_args(["grid", "--seeds", "0", "1"]))
+    for count in (1, 4, 19, 38, 50):
+        shards = [planned_runs(parser.parse_args(["grid", "--seeds", "0", "1", "--shard", f"{i}/{count}"]))
+                  for i in range(count)]
+        assert sorted(r for s in shards for r in s) == sorted(whole)
+        assert sum(len(s) for s in shards) == len(whole) == 38
+
+
+def test_bad_shard_is_a_usage_error(capsys):
+    import pytest
+
+    for bad in ("3/3", "x/2", "-1/4", "2"):
+        with pytest.raises(SystemExit):
+            main(["grid", "--dry-run", "--shard", bad])
+        assert "INDEX" in capsys.readouterr().err

@@ -7,9 +7,17 @@ from pathlib import Path
 
 import torch
 
-# ../shared/datasets beside the checkout (developers and CI), unless CIFAR10_DIR says otherwise.
-DEFAULT_DATA_DIR = Path(os.environ.get(
-    "CIFAR10_DIR", Path(__file__).resolve().parents[2].parent / "shared" / "datasets"))
+def _default_data_dir() -> Path:
+    """$CIFAR10_DIR; else ../shared/datasets beside the checkout where it exists (this project's
+    developers and CI); else data/ in the checkout (where --download puts it)."""
+    if "CIFAR10_DIR" in os.environ:
+        return Path(os.environ["CIFAR10_DIR"])
+    repo = Path(__file__).resolve().parents[2]
+    shared = repo.parent / "shared" / "datasets"
+    return shared if shared.is_dir() else repo / "data"
+
+
+DEFAULT_DATA_DIR = _default_data_dir()
 
 
 def positive_int(text: str) -> int:
@@ -53,6 +61,8 @@ def add_calibration_args(parser: argparse.ArgumentParser) -> None:
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="folder holding cifar-10-batches-py/ (or that folder itself)")
+    parser.add_argument("--download", action="store_true",
+                        help="download CIFAR-10 (official archive, MD5-checked) into --data-dir if it is not there")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to compute")
 
 

@@ -7,6 +7,7 @@ several concurrent runs raise throughput, since one ResNet-32 run leaves it most
 """
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import time
@@ -29,12 +30,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/runs"), help="folder of run directories")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--shard", type=shard, default=None, metavar="INDEX/COUNT",
+                        help="only the runs of shard INDEX (0-based) of COUNT: run i of the plan belongs to "
+                             "shard i mod COUNT (a Kubernetes Indexed Job passes $(JOB_COMPLETION_INDEX))")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("train_args", nargs="*", metavar="-- TRAIN-FLAG",
                         help="flags passed on to every `train` (after --), e.g. -- --data-path device --amp")
 
 # `train` flags that choose the data path and speed options, with how many values each takes.
 PATH_FLAGS = {"--data-path": 1, "--amp": 0, "--channels-last": 0, "--compile": 1}
+
+
+def shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected INDEX/COUNT, e.g. 3/19, got {text!r}") from None
+    if not (count > 0 and 0 <= index < count):
+        raise argparse.ArgumentTypeError(f"expected 0 <= INDEX < COUNT, got {text!r}")
+    return index, count
 
 
 def planned_runs(args) -> list[tuple[str, int, int]]:
@@ -46,7 +60,11 @@ def planned_runs(args) -> list[tuple[str, int, int]]:
             continue
         for f in (args.imbalance or [imbalance]):
             runs += [(name, f, seed) for seed in args.seeds]
-    return list(dict.fromkeys(runs))
+    runs = list(dict.fromkeys(runs))
+    if args.shard is not None:
+        index, count = args.shard
+        runs = runs[index::count]
+    return runs
 
 
 def without_path_flags(flags: list[str]) -> list[str]:
