@@ -1,13 +1,33 @@
-# The inference server image: ONNX Runtime on the CPU (no torch), with the shipped models/.
-FROM python:3.11-slim
+# The inference server image, no torch, the shipped models/ inside. Two flavours:
+#   docker build -t elf-reslt-server:0.1.0-cpu .                          # ONNX Runtime on the CPU
+#   docker build -t elf-reslt-server:0.1.0-gpu --build-arg FLAVOR=gpu .   # ONNX Runtime's CUDA provider
+# Dependencies are pinned by constraints.txt (the same file CI installs with).
+ARG FLAVOR=cpu
+
+FROM python:3.11-slim AS base-cpu
+ENV EXTRA=serve VENV=/opt/venv
+RUN python -m venv "$VENV"
+
+# onnxruntime-gpu 1.19+ from PyPI is built for CUDA 12 and cuDNN 9: this runtime image carries both.
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base-gpu
+ENV EXTRA=serve-gpu VENV=/opt/venv
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.12=3.12.* python3.12-venv=3.12.* \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3.12 -m venv "$VENV"
+
+# One of the two stages above, by build argument (both are tagged there).
+# hadolint ignore=DL3006
+FROM base-${FLAVOR}
+ENV PATH="/opt/venv/bin:$PATH" PYTHONUNBUFFERED=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY constraints.txt pyproject.toml README.md ./
 COPY modelrepo ./modelrepo
 COPY server ./server
 COPY training/__init__.py ./training/__init__.py
-RUN pip install --no-cache-dir ".[serve]"
+RUN pip install --no-cache-dir --constraint constraints.txt ".[${EXTRA}]"
 COPY models ./models
-RUN useradd --create-home elf && chown -R elf /app
-USER elf
+RUN useradd --uid 10001 --no-create-home --home-dir /app elf
+USER 10001
 EXPOSE 8000
 ENTRYPOINT ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8000", "--model-repository", "/app/models"]

@@ -17,7 +17,8 @@ class Settings(BaseSettings):
     default_model: str = "default"
     # auto: CUDA when ONNX Runtime has a usable GPU, else CPU. cuda: /readyz fails without one.
     provider: Literal["auto", "cpu", "cuda"] = "auto"
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: its default)")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: the container's "
+                                  "CPU limit from its cgroup, else ONNX Runtime's default)")
     max_upload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="byte cap per uploaded file")
     max_image_pixels: int = Field(16_000_000, gt=0, description="pixel cap (decompression bombs)")
     max_batch_files: int = Field(64, gt=0, description="files per /classify/batch request")

@@ -23,6 +23,18 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
+def cgroup_cpu_limit(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
+    """The container's CPU limit in whole CPUs (cgroup v2 quota / period, rounded up), or None
+    when there is none. ONNX Runtime would otherwise size its thread pools to the host's cores."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, -(-int(quota) // int(period)))
+
+
 def choose_providers(wanted: str) -> list[str]:
     """Ask ONNX Runtime for CUDA only when it has it, so a CPU machine logs no errors."""
     available = ort.get_available_providers()
@@ -61,6 +73,7 @@ class StagedModel:
         self.manifest: Manifest = load_manifest(self.dir)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+        intra_op_threads = intra_op_threads or cgroup_cpu_limit() or 0
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         providers = choose_providers(wanted_provider)

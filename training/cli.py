@@ -5,9 +5,10 @@ import argparse
 import logging
 import sys
 
-from .commands import calibrate, curve, evaluate, export, fit_exits, grid, report, train, variants
+from .commands import calibrate, curve, download, evaluate, export, fit_exits, grid, report, train, variants
 
 COMMANDS = {
+    "download": (download, "download CIFAR-10 (official archive, MD5-checked) into --data-dir"),
     "variants": (variants, "list the variant table of SPEC §6 with each variant's config"),
     "train": (train, "train one variant on long-tailed CIFAR-10"),
     "fit-exits": (fit_exits, "train a checkpoint's early exits from its final exit (frozen or mixed)"),

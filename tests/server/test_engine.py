@@ -64,3 +64,16 @@ def test_per_exit_thresholds(model, x):
     same = model.run(x, np.full((n, 2), 0.3, np.float32))
     broadcast = model.run(x, np.full(n, 0.3, np.float32))
     assert same.exit.tolist() == broadcast.exit.tolist() and same.class_id.tolist() == broadcast.class_id.tolist()
+
+
+def test_cgroup_cpu_limit(tmp_path):
+    from server.engine import cgroup_cpu_limit
+
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("200000 100000\n")
+    assert cgroup_cpu_limit(cpu_max) == 2
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs: two threads
+    assert cgroup_cpu_limit(cpu_max) == 2
+    cpu_max.write_text("max 100000\n")
+    assert cgroup_cpu_limit(cpu_max) is None
+    assert cgroup_cpu_limit(tmp_path / "missing") is None

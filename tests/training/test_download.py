@@ -77,6 +77,14 @@ def test_offline_is_a_clear_cli_error(tmp_path, monkeypatch, capsys):
     assert "cannot download CIFAR-10" in err and "offline?" in err
 
 
+def test_download_command(served, tmp_path, monkeypatch, capsys):
+    url, md5 = served
+    monkeypatch.setenv("CIFAR10_URL", url)
+    monkeypatch.setenv("CIFAR10_MD5", md5)
+    assert main(["download", "--data-dir", str(tmp_path / "d")]) == 0
+    assert "cifar-10-batches-py" in capsys.readouterr().out
+
+
 def test_cli_trains_on_a_downloaded_copy(served, tmp_path, monkeypatch):
     url, md5 = served
     monkeypatch.setenv("CIFAR10_URL", url)
