@@ -3,6 +3,12 @@
 Stage 1 runs on the whole batch; images whose exit confidence reaches their threshold leave,
 the rest go on to the next stage with their feature maps. Later stages never see an image that
 has left. The last stage answers for every image still there.
+
+Tensors are fed and read by the names the manifest gives. With the CUDA provider the stages run
+through IO binding: each stage's feature map and probabilities stay on the GPU, only confidence
+and class come back, and when no image leaves at an exit the feature map goes on to the next
+stage without a round trip through host memory (when some leave, the survivors are gathered on
+the host).
 """
 from __future__ import annotations
 
@@ -68,7 +74,8 @@ class StagedResult:
 
 
 class StagedModel:
-    def __init__(self, model_dir: Path, wanted_provider: str = "auto", intra_op_threads: int = 0):
+    def __init__(self, model_dir: Path, wanted_provider: str = "auto", intra_op_threads: int = 0,
+                 io_binding: bool | None = None):
         self.dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.dir)
         options = ort.SessionOptions()
@@ -85,6 +92,9 @@ class StagedModel:
                 raise ManifestError(f"{self.dir / stage.file}: ONNX Runtime cannot load it: {exc}") from None
             self.sessions.append(session)
         self.provider = self.sessions[0].get_providers()[0]
+        # IO binding pays where tensors live off the host; io_binding=True forces it (tests on a CPU).
+        self.io_binding = self.provider == CUDA if io_binding is None else io_binding
+        self.device = "cuda" if self.provider == CUDA else "cpu"
         self.wanted_provider = wanted_provider
         inp = self.manifest.input
         self._norm = (inp.mean, inp.std, inp.scale)
@@ -116,32 +126,66 @@ class StagedModel:
         last = len(self.sessions) - 1
         for k, session in enumerate(self.sessions):
             t0 = time.perf_counter()
-            outputs = session.run(None, {"input": features})
+            feats, conf, cls = self._run_stage(k, features)
             stats.append(StageStats(time.perf_counter() - t0, len(active)))
             if k == last:
-                _, conf, cls = outputs
                 leave = np.ones(len(active), dtype=bool)
             else:
-                feats, _, conf, cls = outputs
                 leave = conf >= thresholds[active, k]
             idx = active[leave]
             class_id[idx], confidence[idx], exits[idx] = cls[leave], conf[leave], k + 1
-            if shadow is not None and k != last:
-                kept = leave & shadow[active]
-                if kept.any():
-                    result_shadows.append(ShadowJob(k + 1, cls[kept], np.ascontiguousarray(feats[kept])))
             if k == last or leave.all():
+                if shadow is not None and k != last:
+                    self._keep_shadows(result_shadows, k, leave & shadow[active], cls, feats)
                 break
+            if not leave.any():
+                features = feats  # everyone goes on: a device-resident feature map stays there
+                continue
+            feats = self._host(feats)
+            if shadow is not None:
+                self._keep_shadows(result_shadows, k, leave & shadow[active], cls, feats)
             active, features = active[~leave], np.ascontiguousarray(feats[~leave])
         return StagedResult(class_id, confidence, exits, stats, result_shadows)
+
+    def _keep_shadows(self, jobs: list, k: int, kept: np.ndarray, cls: np.ndarray, feats) -> None:
+        if kept.any():
+            jobs.append(ShadowJob(k + 1, cls[kept], np.ascontiguousarray(self._host(feats)[kept])))
+
+    @staticmethod
+    def _host(feats) -> np.ndarray:
+        return feats.numpy() if isinstance(feats, ort.OrtValue) else feats
+
+    def _run_stage(self, k: int, features):
+        """(feature map or None, confidence, class) of stage k; the feature map is an OrtValue on
+        the device under IO binding, else a host array."""
+        spec, session = self.manifest.stages[k], self.sessions[k]
+        if not self.io_binding:
+            names = [t.name for t in (spec.features, spec.confidence, spec.class_id) if t is not None]
+            outputs = dict(zip(names, session.run(names, {spec.input.name: self._host(features)})))
+            feats = outputs.get(spec.features.name) if spec.features is not None else None
+            return feats, outputs[spec.confidence.name], outputs[spec.class_id.name]
+        binding = session.io_binding()
+        if isinstance(features, ort.OrtValue):
+            binding.bind_ortvalue_input(spec.input.name, features)
+        else:
+            binding.bind_cpu_input(spec.input.name, features)
+        # The probabilities stay where they are made (never read on the host); get_outputs()
+        # answers in this binding order.
+        bound = [(t.name, device) for t, device in ((spec.features, self.device), (spec.probabilities, self.device),
+                                                    (spec.confidence, "cpu"), (spec.class_id, "cpu")) if t is not None]
+        for name, device in bound:
+            binding.bind_output(name, device)
+        session.run_with_iobinding(binding)
+        outputs = dict(zip([name for name, _ in bound], binding.get_outputs()))
+        feats = outputs[spec.features.name] if spec.features is not None else None
+        return feats, outputs[spec.confidence.name].numpy(), outputs[spec.class_id.name].numpy()
 
     def finish(self, features: np.ndarray, after_exit: int) -> np.ndarray:
         """The final exit's class for feature maps taken after exit `after_exit` (1-based): the
         remaining stages, every image to the end."""
-        for session in self.sessions[after_exit:]:
-            outputs = session.run(None, {"input": features})
-            features = outputs[0]
-        return outputs[-1]
+        for k in range(after_exit, len(self.sessions)):
+            features, _, cls = self._run_stage(k, features)
+        return cls
 
     def warm_up(self) -> None:
         x = np.zeros((1, 3, 32, 32), dtype=np.float32)

@@ -77,3 +77,19 @@ def test_cgroup_cpu_limit(tmp_path):
     cpu_max.write_text("max 100000\n")
     assert cgroup_cpu_limit(cpu_max) is None
     assert cgroup_cpu_limit(tmp_path / "missing") is None
+
+
+def test_io_binding_path_gives_the_same_answers(model, x):
+    """The CUDA provider's IO-binding path, forced on the CPU provider: same classes, exits and
+    confidences as plain runs, also when nobody or everybody leaves at an exit, and in shadow runs."""
+    bound = StagedModel(MODELS / "default", "cpu", io_binding=True)
+    n = len(x)
+    for thresholds in (np.zeros(n, np.float32), np.full(n, 1.01, np.float32), np.full(n, 0.6, np.float32),
+                       np.tile(np.array([1.01, 0.0], np.float32), (n, 1))):
+        shadow = np.arange(n) % 3 == 0
+        a, b = model.run(x, thresholds, shadow), bound.run(x, thresholds, shadow)
+        assert a.exit.tolist() == b.exit.tolist() and a.class_id.tolist() == b.class_id.tolist()
+        np.testing.assert_allclose(a.confidence, b.confidence, rtol=1e-6)
+        assert [(j.exit, j.class_id.tolist()) for j in a.shadows] == [(j.exit, j.class_id.tolist()) for j in b.shadows]
+        for ja, jb in zip(a.shadows, b.shadows):
+            np.testing.assert_array_equal(bound.finish(jb.features, jb.exit), model.finish(ja.features, ja.exit))
