@@ -278,3 +278,11 @@ def test_overload_is_503_with_retry_after(cifar):
         assert httpx.get(server.url + "/classify", timeout=5).status_code == 405  # still up
     finally:
         server.stop()
+
+
+def test_unknown_routes_and_wrong_methods_answer_in_the_error_form(client):
+    for method, path, status in (("GET", "/nope", 404), ("GET", "/classify", 405), ("DELETE", "/models", 405)):
+        r = client.request(method, path)
+        assert r.status_code == status and r.json() == {"error": r.json()["error"], "status": status}
+        assert r.json()["error"]
+    assert "POST" in client.get("/classify").headers["allow"]
