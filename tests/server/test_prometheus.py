@@ -47,8 +47,14 @@ def test_prometheus_scrapes_exit_counts(tmp_path, cifar):
                 break
             time.sleep(0.5)
         assert got == want
-        up = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "up"}).json()
-        assert [r["value"][1] for r in up["data"]["result"]] == ["1", "1"]
+        up, deadline = [], time.monotonic() + 60
+        while time.monotonic() < deadline:  # both targets scraped at least once
+            result = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "up"}).json()
+            up = [r["value"][1] for r in result["data"]["result"]]
+            if up == ["1", "1"]:
+                break
+            time.sleep(0.5)
+        assert up == ["1", "1"]
         # Every dashboard query runs against two replicas without an error (e.g. many-to-many joins).
         for expr in dashboard_queries():
             q = expr.replace("$model", ".*").replace("$__rate_interval", "1m")
