@@ -15,9 +15,9 @@ import time
 import numpy as np
 import torch
 
-from training.augment import mixup, normalize_batch
+from training.augment import normalize_batch
 from training.data import build_datasets
-from training.losses import CrossEntropyLS, Targets, make_exit_losses
+from training.losses import CrossEntropyLS, batch_targets, make_exit_losses
 from training.network import EarlyExitResNet, build_model
 from training.routing import routed_loss, training_exits
 from training.variants import get_variant
@@ -35,11 +35,7 @@ def plain_step(model, optimizer, loss_fn):
 
 def hybrid_step(variant, model, optimizer, exit_losses, rng):
     def step(x, y):
-        if variant.augmentation == "mixup":
-            x, y_a, y_b, lam = mixup(x, y, rng)
-            targets = Targets(y_a, y_b, lam)
-        else:
-            targets = Targets.plain(y)
+        x, targets = batch_targets(x, y, variant.augmentation, rng)
         outputs = model(x)
         exits = training_exits(outputs, targets, variant.train_threshold)
         loss = routed_loss([f(o, targets) for f, o in zip(exit_losses, outputs)], exits, variant.routing)

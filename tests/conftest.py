@@ -1,13 +1,11 @@
-import os
 from pathlib import Path
 
 import pytest
 
+from training.data import default_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
-# $CIFAR10_DIR, else ../shared/datasets beside the checkout, else data/ (python -m training download).
-DATA_DIR = Path(os.environ.get("CIFAR10_DIR", REPO.parent / "shared" / "datasets"))
-if "CIFAR10_DIR" not in os.environ and not DATA_DIR.is_dir():
-    DATA_DIR = REPO / "data"
+DATA_DIR = default_data_dir()  # the training CLI's own default (no torch needed)
 
 
 @pytest.fixture(scope="session")

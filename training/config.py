@@ -53,6 +53,11 @@ class TrainConfig:
         return cls(**d)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Every random draw of an epoch derives from (seed, epoch), so a resumed epoch repeats."""
+    return seed * 100_003 + epoch
+
+
 def scaled_milestones(epochs: int) -> tuple[int, ...]:
     """The recipe's 160/180 of 200 epochs, kept at the same fractions for shorter runs."""
     return tuple(round(m * epochs / REFERENCE_EPOCHS) for m in REFERENCE_MILESTONES)

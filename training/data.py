@@ -1,6 +1,7 @@
 """CIFAR-10 reading (standard python layout) and the LDAM-DRW long-tailed training set."""
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,16 @@ class Split:
 
     def subset(self, indices: np.ndarray) -> "Split":
         return Split(self.images[indices], self.labels[indices])
+
+
+def default_data_dir() -> Path:
+    """$CIFAR10_DIR; else ../shared/datasets beside the checkout where it exists (this project's
+    developers and CI); else data/ in the checkout (where --download puts it)."""
+    if "CIFAR10_DIR" in os.environ:
+        return Path(os.environ["CIFAR10_DIR"])
+    repo = Path(__file__).resolve().parents[1]
+    shared = repo.parent / "shared" / "datasets"
+    return shared if shared.is_dir() else repo / "data"
 
 
 def resolve_batch_dir(data_dir: str | Path) -> Path:

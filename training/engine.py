@@ -14,14 +14,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import rundir, runinfo
-from .augment import ImageDataset, mixup, train_transform
+from .augment import ImageDataset, train_transform
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .compilation import COMPILE_ERRORS, compile_network, mark_step
-from .config import TrainConfig, lr_at
+from .config import TrainConfig, epoch_seed, lr_at
 from .data import build_datasets
 from .device_data import DeviceBatches
 from .evaluation import evaluate_model
-from .losses import Targets, make_exit_losses
+from .losses import Targets, batch_targets, make_exit_losses
 from .macs import exit_costs
 from .network import build_model
 from .routing import first_confident_exit, routed_loss, training_exits
@@ -80,8 +80,7 @@ class Run:
 
     # -- data ---------------------------------------------------------------------------------
     def epoch_seed(self, epoch: int) -> int:
-        """Every random draw of an epoch derives from (seed, epoch), so a resumed epoch repeats."""
-        return self.config.seed * 100_003 + epoch
+        return epoch_seed(self.config.seed, epoch)
 
     def batches(self, epoch: int):
         """(iterable of (x, y), number of batches) for one epoch, on the configured data path."""
@@ -123,11 +122,7 @@ class Run:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self.variant.augmentation == "mixup":
-                x, y_a, y_b, lam = mixup(x, y, rng)
-                targets = Targets(y_a, y_b, lam)
-            else:
-                targets = Targets.plain(y)
+            x, targets = batch_targets(x, y, self.variant.augmentation, rng)
             loss, outputs = self._eager_on_compile_failure(partial(self.forward_backward, x, targets))
             self.optimizer.step()
             with torch.no_grad():

@@ -34,12 +34,13 @@ from tqdm import tqdm
 
 from modelrepo.manifest import sha256_file
 from . import rundir, runinfo
-from .augment import mixup
+from .config import epoch_seed
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .data import build_datasets
 from .device_data import DeviceBatches
 from .evaluation import evaluate_model
-from .losses import SimulatedExitLoss, Targets, make_base_loss, make_exit_losses, split_weights
+from .losses import (SimulatedExitLoss, Targets, batch_targets, make_base_loss, make_exit_losses,
+                     split_weights)
 from .constants import NUM_CLASSES
 from .macs import exit_costs
 from .network import init_weights, make_head
@@ -186,7 +187,7 @@ class ExitFitter:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
         lr = self.optimizer.param_groups[-1]["lr"]  # the backbone's in mixed mode
-        seed = cfg.seed * 100_003 + epoch  # a resumed epoch repeats its draws
+        seed = epoch_seed(cfg.seed, epoch)
         torch.manual_seed(seed)
         rng = np.random.default_rng([cfg.seed, epoch])
         self.set_train_mode()
@@ -197,11 +198,7 @@ class ExitFitter:
         for step, (x, y) in enumerate(bar):
             if step >= total:
                 break
-            if self.variant.augmentation == "mixup":
-                x, y_a, y_b, lam = mixup(x, y, rng)
-                targets = Targets(y_a, y_b, lam)
-            else:
-                targets = Targets.plain(y)
+            x, targets = batch_targets(x, y, self.variant.augmentation, rng)
             outputs, teacher = self.forward(x)
             loss = self.loss(outputs, teacher, targets)
             if not torch.isfinite(loss):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .augment import mixup
 from .constants import NUM_CLASSES, SPLIT_OF_CLASS
 from .network import LDAM_SCALE, ExitOutput
 
@@ -40,6 +41,14 @@ class Targets:
         yield self.y_a, self.lam
         if self.lam < 1.0:
             yield self.y_b, 1.0 - self.lam
+
+
+def batch_targets(x: torch.Tensor, y: torch.Tensor, augmentation: str, rng) -> tuple[torch.Tensor, Targets]:
+    """A batch's (inputs, Targets): Mixup applied where the variant's augmentation is Mixup."""
+    if augmentation != "mixup":
+        return x, Targets.plain(y)
+    x, y_a, y_b, lam = mixup(x, y, rng)
+    return x, Targets(y_a, y_b, lam)
 
 
 class CrossEntropyLS:

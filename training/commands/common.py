@@ -2,22 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
 
-def _default_data_dir() -> Path:
-    """$CIFAR10_DIR; else ../shared/datasets beside the checkout where it exists (this project's
-    developers and CI); else data/ in the checkout (where --download puts it)."""
-    if "CIFAR10_DIR" in os.environ:
-        return Path(os.environ["CIFAR10_DIR"])
-    repo = Path(__file__).resolve().parents[2]
-    shared = repo.parent / "shared" / "datasets"
-    return shared if shared.is_dir() else repo / "data"
+from ..data import default_data_dir
 
-
-DEFAULT_DATA_DIR = _default_data_dir()
+DEFAULT_DATA_DIR = default_data_dir()
 
 
 def positive_int(text: str) -> int:
