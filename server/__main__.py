@@ -21,6 +21,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--shadow-rate", type=float, default=None,
                    help="share of early-leaving images also run to the final exit in idle time, for the "
                         "online exit-agreement metric (default 0.01, or $ELF_SHADOW_RATE; 0 turns it off)")
+    p.add_argument("--drain-seconds", type=float, default=None,
+                   help="after SIGTERM: seconds of /readyz 503 while still serving, before the listener "
+                        "closes and accepted requests finish (default 5, or $ELF_DRAIN_SECONDS)")
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help="admission bound: refuse new work with 503 when the admitted work would take longer "
+                        "(default 100, or $ELF_MAX_WAIT_MS)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
     return p
 
@@ -36,21 +42,18 @@ def main(argv=None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    import uvicorn  # noqa: PLC0415
-
     from modelrepo import ManifestError  # noqa: PLC0415
 
     from .app import create_app  # noqa: PLC0415
     from .engine import load_repository  # noqa: PLC0415
+    from .serving import serve  # noqa: PLC0415
     try:
         models = load_repository(settings.model_repository, settings.default_model, settings.provider,
                                  settings.intra_op_threads)
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, models)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=settings.log_level == "debug")
+    serve(create_app(settings, models), settings)
     return 0
 
 

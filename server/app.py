@@ -1,72 +1,75 @@
-"""FastAPI app factory: routes, error mapping, lifespan (batchers start, models warm up)."""
+"""FastAPI app factory: state, error handlers, the middleware, the routes, offline docs, and the
+lifespan (batchers start, models warm up, the decode pool stops last)."""
 from __future__ import annotations
 
 import logging
-import math
-import time
+import os
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+import swagger_ui_bundle
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelrepo import ManifestError
 
 from . import metrics as m
-from .batcher import Overloaded
+from .admission import Admission, Overloaded
 from .config import Settings
-from .engine import StagedModel, load_repository
-from .images import ImageError, decode_image
-from .schemas import BatchClassification, BatchItem, Classification, ErrorBody
+from .engine import StagedModel, cgroup_cpu_limit, load_repository
+from .images import DecodePool, ImageError
+from .middleware import ObserveMiddleware
+from .openapi import document_limits
+from .routes import ApiError, router
 from .service import ModelService
 
 log = logging.getLogger(__name__)
-ENDPOINTS = ("/classify", "/classify/batch", "/models", "/healthz", "/readyz", "/metrics")
-ERRORS = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 413: {"model": ErrorBody},
-          415: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
+DOCS_ASSETS = "/docs-assets"
 
 
 def error_response(status: int, message: str, headers=None) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
-def create_app(settings: Settings, models: dict[str, StagedModel] | None = None) -> FastAPI:
-    """Build the app. `models` may be loaded beforehand (so start-up errors surface before serving)."""
-    if models is None:
-        models = load_repository(settings.model_repository, settings.default_model, settings.provider,
-                                 settings.intra_op_threads)
-    services = {name: ModelService(model, settings) for name, model in models.items()}
-    state = {"warm": False}
+def decode_workers(settings: Settings) -> int:
+    return settings.decode_workers or cgroup_cpu_limit() or os.cpu_count() or 1
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        for service in services.values():
-            await run_in_threadpool(service.model.warm_up)
-            service.batcher.start()
-        state["warm"] = True
-        m.READY.set(1 if all(s.model.provider_ok for s in services.values()) else 0)
-        log.info("serving %s (default %s)", ", ".join(services), settings.default_model)
-        yield
-        m.READY.set(0)
-        for service in services.values():
-            await service.batcher.stop()
 
-    app = FastAPI(title="elf-reslt inference server", version="1.0", lifespan=lifespan,
-                  description="Early-exit classification of 32x32 images with staged ONNX models.")
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    state = app.state
+    for service in state.services.values():
+        await run_in_threadpool(service.model.warm_up)
+        service.batcher.start()
+    state.warm = True
+    m.READY.set(1 if all(s.model.provider_ok for s in state.services.values()) else 0)
+    log.info("serving %s (default %s)", ", ".join(state.services), state.settings.default_model)
+    yield
+    m.READY.set(0)
+    for service in state.services.values():
+        await service.batcher.stop()
+    state.decoder.shutdown()
 
-    # -- errors: every bad input is a 4xx JSON body, never a 500 ----------------------------------
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Every error is a JSON `{"error", "status"}` body; bad input is a 4xx, never a 500."""
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(ImageError)
+    async def _image_error(request: Request, exc: ImageError):
+        return error_response(exc.status, str(exc))
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded):
+        retry = request.app.state.admission.retry_after_s()
+        return error_response(503, str(exc), {"Retry-After": str(retry)})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):  # unknown route, 405...
@@ -85,117 +88,39 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None)
         log.exception("unexpected error on %s", request.url.path)
         return error_response(500, "internal server error")
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        t0 = time.perf_counter()
-        path = request.url.path if request.url.path in ENDPOINTS else "other"
-        limit = settings.max_upload_bytes * settings.max_batch_files + 1024 * 1024
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > limit:
-            response = error_response(413, f"request body too large: {length} bytes > limit of {limit}")
-        else:
-            response = await call_next(request)
-        m.REQUESTS.labels(path, str(response.status_code)).inc()
-        m.REQUEST_LATENCY.labels(path).observe(time.perf_counter() - t0)
-        return response
 
-    # -- helpers ----------------------------------------------------------------------------------
-    def get_service(name: str | None) -> ModelService:
-        name = name or settings.default_model
-        if name not in services:
-            raise ApiError(404, f"unknown model {name!r}; available: {', '.join(services)}")
-        return services[name]
+def add_offline_docs(app: FastAPI) -> None:
+    """/docs from Swagger UI files shipped in the package (no CDN: works air-gapped)."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
 
-    def parse_threshold(text: str | None, service: ModelService) -> float | list[float]:
-        if text is None or text == "":
-            return service.default_threshold
-        try:
-            value = float(text)
-        except ValueError:
-            raise ApiError(422, f"threshold must be a number in [0, 1], got {text!r}") from None
-        if not (0.0 <= value <= 1.0) or math.isnan(value):
-            raise ApiError(422, f"threshold must be in [0, 1], got {text}")
-        return value
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
-    async def read_image(upload: UploadFile):
-        data = await upload.read(settings.max_upload_bytes + 1)
-        return await run_in_threadpool(decode_image, data, settings.max_upload_bytes,
-                                       settings.max_image_pixels)
 
-    async def infer(service: ModelService, images, threshold):
-        try:
-            return await service.classify(images, threshold)
-        except Overloaded as exc:
-            raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
-
-    def answer(service: ModelService, r, t0: float) -> Classification:
-        return Classification(class_id=r.class_id, class_name=service.class_names[r.class_id],
-                              confidence=r.confidence, exit=r.exit, exits_total=service.exits_total,
-                              latency_ms=1000 * (time.perf_counter() - t0), model=service.name)
-
-    # -- routes -----------------------------------------------------------------------------------
-    @app.post("/classify", response_model=Classification, responses=ERRORS)
-    async def classify(file: UploadFile = File(..., description="the image (PNG, JPEG, BMP, WebP...)"),
-                       model: str | None = Form(None, description="model name (default: the server's)"),
-                       threshold: str | None = Form(None, description="exit threshold in [0, 1]")):
-        t0 = time.perf_counter()
-        service = get_service(model)
-        thr = parse_threshold(threshold, service)
-        try:
-            image = await read_image(file)
-        except ImageError as exc:
-            raise ApiError(exc.status, str(exc)) from None
-        (result,) = await infer(service, [image], thr)
-        return answer(service, result, t0)
-
-    @app.post("/classify/batch", response_model=BatchClassification, responses=ERRORS)
-    async def classify_batch(files: list[UploadFile] = File(..., description="several images"),
-                             model: str | None = Form(None), threshold: str | None = Form(None)):
-        t0 = time.perf_counter()
-        service = get_service(model)
-        thr = parse_threshold(threshold, service)
-        if len(files) > settings.max_batch_files:
-            raise ApiError(413, f"too many files: {len(files)} > limit of {settings.max_batch_files}")
-        items, images = [], []
-        for upload in files:
-            try:
-                images.append(await read_image(upload))
-                items.append(BatchItem(filename=upload.filename))
-            except ImageError as exc:
-                items.append(BatchItem(filename=upload.filename, error=str(exc), status=exc.status))
-        results = iter(await infer(service, images, thr) if images else [])
-        for item in items:
-            if item.error is None:
-                item.result = answer(service, next(results), t0)
-        return BatchClassification(model=service.name, latency_ms=1000 * (time.perf_counter() - t0),
-                                   results=items)
-
-    @app.get("/models")
-    async def list_models():
-        return {"default": settings.default_model,
-                "models": {name: {"provider": s.model.provider,
-                                  "manifest": s.model.manifest.model_dump(mode="json")}
-                           for name, s in services.items()}}
-
-    @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz():
-        problems = [] if state["warm"] else ["models are warming up"]
-        for name, s in services.items():
-            if not s.model.provider_ok:
-                problems.append(f"model {name}: provider {settings.provider} required, "
-                                f"but ONNX Runtime runs it on {s.model.provider}")
-        body = {"ready": not problems, "problems": problems,
-                "providers": {name: s.model.provider for name, s in services.items()}}
-        return JSONResponse(body, status_code=200 if not problems else 503)
-
-    @app.get("/metrics")
-    async def metrics():
-        return Response(generate_latest(m.REGISTRY), media_type=CONTENT_TYPE_LATEST)
-
+def create_app(settings: Settings, models: dict[str, StagedModel] | None = None) -> FastAPI:
+    """Build the app. `models` may be loaded beforehand (so start-up errors surface before serving)."""
+    if models is None:
+        models = load_repository(settings.model_repository, settings.default_model, settings.provider,
+                                 settings.intra_op_threads)
+    app = FastAPI(title="elf-reslt inference server", version="1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, description="Early-exit classification of images with staged ONNX models "
+                  "(every image is converted to RGB and resized to 32x32).")
+    admission = Admission(settings.max_wait_ms / 1000)
+    state = app.state
+    state.settings, state.admission, state.warm, state.draining = settings, admission, False, False
+    state.services = {name: ModelService(model, settings, on_batch=admission.observe_batch)
+                      for name, model in models.items()}
+    state.decoder = DecodePool(decode_workers(settings), settings.max_upload_bytes, settings.max_image_pixels,
+                               settings.decode_budget_pixels or settings.max_image_pixels)
+    register_error_handlers(app)
+    app.add_middleware(ObserveMiddleware, state=state)
+    app.include_router(router)
+    add_offline_docs(app)
+    document_limits(app, settings, list(models))
     return app
 
 

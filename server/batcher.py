@@ -4,7 +4,8 @@ Requests put single images on the model's queue and await their future. The loop
 waiting, up to `batch_size` images or until `wait_s` has passed since the first, runs the staged
 model once in a worker thread (the event loop never blocks) and resolves each future. A failed
 batch fails each of its requests; the loop keeps running. A full queue refuses at once
-(Overloaded -> 503) rather than growing without bound.
+(Overloaded -> 503) rather than growing without bound; admission by expected wait (admission.py)
+normally refuses long before that, using the batch timings reported through `on_batch`.
 
 Background work (`idle_work`, e.g. shadow runs) gets the worker thread only when no request is
 waiting, one small chunk at a time, so a request that arrives meanwhile waits at most one chunk.
@@ -19,11 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .admission import Overloaded
+
 log = logging.getLogger(__name__)
-
-
-class Overloaded(RuntimeError):
-    pass
 
 
 @dataclass
@@ -56,12 +55,13 @@ async def collect_batch(queue: asyncio.Queue, batch_size: int, wait_s: float, fi
 
 class Batcher:
     def __init__(self, run_batch, batch_size: int, wait_s: float, max_queue: int, on_depth=None,
-                 idle_work=None):
+                 idle_work=None, on_batch=None):
         self.run_batch = run_batch  # (x: N x 3 x 32 x 32, thresholds: N x exits-1) -> per-image results
         self.batch_size, self.wait_s = batch_size, wait_s
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.on_depth = on_depth or (lambda depth: None)
+        self.on_batch = on_batch or (lambda images, seconds: None)  # each request batch's size and run time
         self.task: asyncio.Task | None = None
         # () -> bool: run one chunk of background work in the worker thread; False when none is left.
         self.idle_work = idle_work
@@ -128,8 +128,10 @@ class Batcher:
             self.on_depth(self.queue.qsize())
             x = np.stack([item.x for item in batch])
             thresholds = np.array([item.threshold for item in batch], dtype=np.float32)
+            t0 = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self.executor, self.run_batch, x, thresholds)
+                self.on_batch(len(batch), time.perf_counter() - t0)
             except Exception as exc:
                 log.exception("inference batch of %d failed", len(batch))
                 for item in batch:

@@ -24,7 +24,19 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(64, gt=0, description="files per /classify/batch request")
     batch_size: int = Field(64, gt=0, description="images per inference batch across requests")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
-    max_queue: int = Field(1024, gt=0, description="queued images per model before 503")
+    max_queue: int = Field(1024, gt=0, description="queued images per model: the hard cap behind admission")
+    max_wait_ms: float = Field(100.0, gt=0, description="admission bound: refuse new work (503 + Retry-After, "
+                               "before reading its body) when the admitted work would take longer than this "
+                               "at the measured service rate")
+    decode_workers: int = Field(0, ge=0, description="image decoding threads (0: the CPU limit from the "
+                                "cgroup, else the machine's CPUs)")
+    decode_budget_pixels: int = Field(0, ge=0, description="pixels decoded at once across uploads, bounds "
+                                      "decoding memory (0: max_image_pixels, i.e. one largest image at a time)")
+    drain_seconds: float = Field(5.0, ge=0, description="after SIGTERM/SIGINT: /readyz answers 503 and responses "
+                                 "carry 'Connection: close' for this long while new requests are still served; "
+                                 "then the listener closes and accepted requests finish (a second signal skips it)")
+    shutdown_timeout_seconds: float = Field(20.0, gt=0, description="after the drain: how long accepted "
+                                            "requests may take to finish before they are cancelled")
     shadow_rate: float = Field(0.01, ge=0, le=1, description="share of early-leaving images that also run "
                                "the remaining stages in idle time (online exit agreement)")
     shadow_queue: int = Field(1024, gt=0, description="shadow images kept waiting for idle time before dropping")

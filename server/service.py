@@ -30,7 +30,7 @@ class ImageResult:
 
 
 class ModelService:
-    def __init__(self, model: StagedModel, settings: Settings):
+    def __init__(self, model: StagedModel, settings: Settings, on_batch=None):
         self.model = model
         man = model.manifest
         self.name = model.dir.name
@@ -40,7 +40,7 @@ class ModelService:
         self._cumulative = np.array([s.cumulative_macs for s in man.stages], dtype=np.float64)
         self.batcher = Batcher(self._run_batch, settings.batch_size, settings.batch_wait_ms / 1000,
                                settings.max_queue, on_depth=m.QUEUE_DEPTH.labels(self.name).set,
-                               idle_work=self._run_shadow_chunk)
+                               idle_work=self._run_shadow_chunk, on_batch=on_batch)
         self.shadow_rate, self.shadow_capacity = settings.shadow_rate, settings.shadow_queue
         self._rng = np.random.default_rng()
         self._shadows: collections.deque[ShadowJob] = collections.deque()

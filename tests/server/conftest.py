@@ -26,7 +26,9 @@ class RunningServer:
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{self.port}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", str(self.port), "--log-level", "warning", *args],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
+            stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=REPO,
+            # no drain period unless a test asks for one: stopping takes no 5 s then
+            env={**os.environ, "ELF_DRAIN_SECONDS": "0", **(env or {})})
         self.started = time.monotonic()
         deadline = self.started + 60
         while True:
@@ -40,12 +42,13 @@ class RunningServer:
             time.sleep(0.05)
         self.first_answer_s = time.monotonic() - self.started
 
-    def stop(self):
+    def stop(self) -> int:
         self.proc.terminate()
         try:
-            self.proc.wait(10)
+            return self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            return self.proc.wait()
 
 
 @pytest.fixture(scope="module")

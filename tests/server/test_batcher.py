@@ -3,7 +3,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from server.batcher import Batcher, Overloaded, collect_batch
+from server.admission import Overloaded
+from server.batcher import Batcher, collect_batch
 
 
 def run(coro):

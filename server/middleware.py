@@ -1,0 +1,83 @@
+"""The one HTTP middleware, in plain ASGI (Starlette's BaseHTTPMiddleware costs a task and a
+stream per request): request metrics, the body-size cap, admission and draining.
+
+Order for an inference request: an oversized Content-Length is refused (413) and a busy server
+refuses (503 + Retry-After) from the headers alone, before a byte of the body is read, parsed
+or decoded. Admitted requests hold one image of the admitted work until they are answered (the
+batch endpoint adds its other files once it has counted them). While the server drains, every
+response carries `Connection: close`, so clients move to other replicas instead of reusing a
+connection that is about to go.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from . import metrics as m
+from .admission import Overloaded
+
+ENDPOINTS = frozenset({"/classify", "/classify/batch", "/models", "/healthz", "/readyz", "/metrics"})
+INFERENCE = frozenset({"/classify", "/classify/batch"})
+
+
+def error_body(status: int, message: str) -> bytes:
+    return json.dumps({"error": message, "status": status}).encode()
+
+
+class ObserveMiddleware:
+    def __init__(self, app, state):
+        self.app, self.state = app, state  # state: the FastAPI app's state (settings, admission, draining)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        path = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        status = 500  # unless a response starts
+        reserved = scope.setdefault("state", {})
+
+        async def observed_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if self.state.draining:
+                    message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope, path)
+            if refusal is not None:
+                await self._send_error(observed_send, *refusal)
+                return
+            if path in INFERENCE and scope["method"] == "POST":
+                reserved["images"] = 1
+                self.state.admission.reserve(1)
+            await self.app(scope, receive, observed_send)
+        finally:
+            if reserved.get("images"):
+                self.state.admission.release(reserved["images"])
+            m.REQUESTS.labels(path, str(status)).inc()
+            m.REQUEST_LATENCY.labels(path).observe(time.perf_counter() - t0)
+
+    def _refusal(self, scope, path: str) -> tuple[int, str, list] | None:
+        """(status, message, extra headers) when the request is refused from its headers alone."""
+        if path not in INFERENCE or scope["method"] != "POST":
+            return None
+        settings = self.state.settings
+        limit = settings.max_upload_bytes * settings.max_batch_files + 1024 * 1024
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            return 413, f"request body too large: {int(length)} bytes > limit of {limit}", []
+        try:
+            self.state.admission.check()
+        except Overloaded as exc:
+            return 503, str(exc), [(b"retry-after", str(self.state.admission.retry_after_s()).encode())]
+        return None
+
+    @staticmethod
+    async def _send_error(send, status: int, message: str, headers: list) -> None:
+        body = error_body(status, message)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()), *headers]})
+        await send({"type": "http.response.body", "body": body})
