@@ -2,18 +2,20 @@
 would take longer than a bound to serve at the measured service rate.
 
 A deep queue only turns overload into latency: every waiting client times out late instead of
-being told early to retry elsewhere. Here a request is admitted only while
+being told early to retry elsewhere. Here a request is admitted only while the images admitted
+and not yet answered would be served within `max_wait_s`:
 
-    expected wait = images admitted and not yet answered x seconds per image  <=  max_wait
+    expected wait = ceil(k / batch_size) * a + k * b      (k images outstanding)
 
-where seconds per image is an exponential moving average over inference batches (so it follows
-batch size and the machine's load). The check runs before the request body is read, so a refused
-request costs neither parsing nor decoding. The batchers' queue cap stays as the hard limit.
-
-All models share the machine's cores, so one Admission serves them all.
+where a batch of n images takes a + b*n seconds: a and b are fitted by exponentially weighted
+least squares over recent inference batches, so the estimate follows batch size (a backlog of 16
+images is one batch, not 16) and the machine's load. The check runs before the request body is
+read, so a refused request costs neither parsing nor decoding. The batchers' queue cap stays as
+the hard limit. All models share the machine's cores, so one Admission serves them all.
 """
 from __future__ import annotations
 
+import math
 import threading
 
 
@@ -22,16 +24,18 @@ class Overloaded(RuntimeError):
 
 
 class Admission:
-    SMOOTHING = 0.2  # weight of the newest batch in the moving average
+    DECAY = 0.9  # weight left to the older batches at each new one (about the last 10 count)
 
-    def __init__(self, max_wait_s: float):
-        self.max_wait_s = max_wait_s
-        self.seconds_per_image = 0.0  # unknown until the first batch: admit
+    def __init__(self, max_wait_s: float, batch_size: int):
+        self.max_wait_s, self.batch_size = max_wait_s, batch_size
         self.outstanding = 0  # images admitted, not yet answered
+        self.per_batch = self.per_image = 0.0  # a, b: unknown until the first batch (admit)
+        self._sums = [0.0] * 5  # decayed sums of 1, n, n*n, t, n*t
         self._lock = threading.Lock()  # batches are timed in worker threads
 
     def expected_wait(self) -> float:
-        return self.outstanding * self.seconds_per_image
+        k = self.outstanding
+        return math.ceil(k / self.batch_size) * self.per_batch + k * self.per_image if k > 0 else 0.0
 
     def check(self) -> None:
         """Refuse (Overloaded) when the work already admitted would take longer than the bound."""
@@ -49,16 +53,21 @@ class Admission:
             self.outstanding -= images
 
     def observe_batch(self, images: int, seconds: float) -> None:
-        """An inference batch of `images` took `seconds` of wall time."""
+        """An inference batch of `images` took `seconds` of wall time: refit a and b."""
         if images <= 0:
             return
-        sample = seconds / images
         with self._lock:
-            if self.seconds_per_image == 0.0:
-                self.seconds_per_image = sample
-            else:
-                self.seconds_per_image += self.SMOOTHING * (sample - self.seconds_per_image)
+            s = [self.DECAY * v for v in self._sums]
+            for i, v in enumerate((1.0, images, images * images, seconds, images * seconds)):
+                s[i] += v
+            self._sums = w, sn, snn, st, snt = s
+            spread = w * snn - sn * sn
+            b = (w * snt - sn * st) / spread if spread > 1e-9 * w * snn else -1.0
+            a = (st - b * sn) / w
+            if b < 0 or a < 0:  # one batch size only, or noise: cost proportional to images
+                a, b = 0.0, st / sn
+            self.per_batch, self.per_image = a, b
 
     def retry_after_s(self) -> int:
         """Whole seconds a refused client should wait: about the time to serve what is admitted."""
-        return max(1, round(self.expected_wait()))
+        return max(1, math.ceil(self.expected_wait()))

@@ -109,9 +109,10 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None)
     app = FastAPI(title="elf-reslt inference server", version="1.0", lifespan=lifespan, docs_url=None,
                   redoc_url=None, description="Early-exit classification of images with staged ONNX models "
                   "(every image is converted to RGB and resized to 32x32).")
-    admission = Admission(settings.max_wait_ms / 1000)
+    admission = Admission(settings.max_wait_ms / 1000, settings.batch_size)
     state = app.state
-    state.settings, state.admission, state.warm, state.draining = settings, admission, False, False
+    state.settings, state.admission = settings, admission
+    state.warm = state.draining = state.closing = False
     state.services = {name: ModelService(model, settings, on_batch=admission.observe_batch)
                       for name, model in models.items()}
     state.decoder = DecodePool(decode_workers(settings), settings.max_upload_bytes, settings.max_image_pixels,

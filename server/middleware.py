@@ -1,12 +1,11 @@
 """The one HTTP middleware, in plain ASGI (Starlette's BaseHTTPMiddleware costs a task and a
-stream per request): request metrics, the body-size cap, admission and draining.
+stream per request): request metrics, the body-size cap, admission and closing.
 
 Order for an inference request: an oversized Content-Length is refused (413) and a busy server
 refuses (503 + Retry-After) from the headers alone, before a byte of the body is read, parsed
 or decoded. Admitted requests hold one image of the admitted work until they are answered (the
-batch endpoint adds its other files once it has counted them). While the server drains, every
-response carries `Connection: close`, so clients move to other replicas instead of reusing a
-connection that is about to go.
+batch endpoint adds its other files once it has counted them). Once the server is closing (after
+the drain, serving.py), every response carries `Connection: close`.
 """
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ def error_body(status: int, message: str) -> bytes:
 
 class ObserveMiddleware:
     def __init__(self, app, state):
-        self.app, self.state = app, state  # state: the FastAPI app's state (settings, admission, draining)
+        self.app, self.state = app, state  # state: the FastAPI app's state (settings, admission, closing)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -40,7 +39,7 @@ class ObserveMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if self.state.draining:
+                if self.state.closing:
                     message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
             await send(message)
 

@@ -40,7 +40,7 @@ class Readiness(BaseModel):
     ready: bool
     problems: list[str] = Field(description="why the server is not ready (empty when it is)")
     providers: dict[str, str] = Field(description="ONNX Runtime execution provider of each model")
-    draining: bool = Field(description="shutting down: finishing accepted requests, taking no new ones")
+    draining: bool = Field(description="shutting down: still serving, but new work belongs elsewhere")
 
 
 def errors(*statuses: int) -> dict:

@@ -1,11 +1,17 @@
 """Running the app under uvicorn with a graceful drain (SPEC §8), and process-wide memory setup.
 
-On SIGTERM (or Ctrl-C) the server does not stop at once: for `drain_seconds` `/readyz` answers
-503 and every response carries `Connection: close`, while new connections are still accepted and
-served, so load balancers and Kubernetes endpoints notice and clients move elsewhere. Then the
-listener closes, connections accepted in the last instant get a moment to deliver their
-request, every accepted request is answered (up to `shutdown_timeout_seconds`), the lifespan
-shuts the batchers down and the process exits 0. A second signal ends the drain early.
+On SIGTERM (or Ctrl-C) the server does not stop at once. For `drain_seconds` `/readyz` answers
+503 while everything is still served as before (keep-alive included), so load balancers and
+Kubernetes endpoints notice and send new work elsewhere. Then the listener closes and the
+closing phase begins: every response carries `Connection: close`, and the server waits (up to
+LAST_REQUEST_GRACE_S) until no connection is idle, i.e. each open connection has either sent its
+next request, which is answered, or gone. A connection idle for that whole time is closed, every
+accepted request is answered (up to `shutdown_timeout_seconds`), the lifespan shuts the batchers
+down and the process exits 0. A second signal ends the drain early.
+
+Why not `Connection: close` during the drain as well: every client would reconnect for each
+request, and connections still in the kernel's accept queue when the listener closes are reset
+after their request was sent.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import uvicorn
 
 log = logging.getLogger(__name__)
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-LAST_REQUEST_GRACE_S = 0.5
+LAST_REQUEST_GRACE_S = 1.0  # closing phase: how long an idle connection may take to send its next request
 
 
 def return_large_blocks_to_os(threshold: int = 1 << 20) -> bool:
@@ -35,14 +41,14 @@ def return_large_blocks_to_os(threshold: int = 1 << 20) -> bool:
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state, drain_seconds: float):
         super().__init__(config)
-        self.state, self.drain_seconds = state, drain_seconds  # state: the app's (its `draining` flag)
+        self.state, self.drain_seconds = state, drain_seconds  # state: the app's (`draining`, `closing` flags)
         self.drain_deadline: float | None = None
 
     def handle_exit(self, sig: int, frame) -> None:
         # Unlike uvicorn's, the signal is not re-raised after shutdown: a drained server exits 0.
         if self.drain_deadline is None and self.drain_seconds > 0 and self.started:
-            log.warning("signal %d: draining for %.1f s (readyz 503, Connection: close), then shutting "
-                        "down; signal again to skip", sig, self.drain_seconds)
+            log.warning("signal %d: draining for %.1f s (readyz 503, still serving), then closing; signal "
+                        "again to skip", sig, self.drain_seconds)
             self.state.draining = True
             self.drain_deadline = time.monotonic() + self.drain_seconds
         elif self.should_exit and sig == signal.SIGINT:
@@ -56,16 +62,19 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets=None) -> None:
-        self.state.draining = True
+        self.state.draining = self.state.closing = True
         for server in self.servers:
             server.close()
-        # A connection accepted just before the listener closed has not delivered its request yet;
-        # uvicorn would close it as idle. Give it a moment.
         deadline = time.monotonic() + LAST_REQUEST_GRACE_S
-        while time.monotonic() < deadline and any(getattr(c, "cycle", 0) is None
-                                                  for c in self.server_state.connections):
-            await asyncio.sleep(0.02)
-        await super().shutdown(sockets)
+        while time.monotonic() < deadline and any(idle(c) for c in self.server_state.connections):
+            await asyncio.sleep(0.01)
+        await super().shutdown(sockets)  # closes idle connections, waits for requests in flight
+
+
+def idle(connection) -> bool:
+    """No request in flight on this connection (uvicorn's protocols keep the current one as `cycle`)."""
+    cycle = getattr(connection, "cycle", None)
+    return cycle is None or cycle.response_complete
 
 
 def serve(app, settings) -> None:

@@ -69,7 +69,8 @@ def test_agreement_counters_equal_the_offline_computation(cifar):
 @pytest.mark.slow
 def test_saturated_server_drops_shadow_runs_and_answers_everyone(cifar):
     payloads = [png(im) for im in cifar[1].images[:64]]
-    server = RunningServer("--model-repository", str(MODELS), "--shadow-rate", "1")
+    # admission left wide open: every request must be answered for the accounting below
+    server = RunningServer("--model-repository", str(MODELS), "--shadow-rate", "1", "--max-wait-ms", "60000")
     try:
         def post(i):
             with httpx.Client(base_url=server.url, timeout=60) as c:
