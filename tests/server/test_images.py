@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from server.images import ImageError, decode_image, normalize
+from server.images import DRAFT_SIZE, SIZE, DecodePool, ImageError, PixelBudget, decode_image, normalize
 
 MAX_BYTES, MAX_PIXELS = 1 << 20, 4_000_000
 
@@ -89,6 +89,50 @@ def test_mutated_png_never_escapes(noise, offset):
         decode(bytes(data))
     except ImageError as exc:
         assert exc.status in (400, 413, 415)
+
+
+def test_large_jpeg_decodes_in_draft_mode_to_the_same_picture():
+    """A 2400x1600 photo-like JPEG: libjpeg's reduced-scale decode gives the 32x32 input within a
+    few grey levels of a full decode + resize."""
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 255, (12, 18, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize((2400, 1600), Image.Resampling.BICUBIC)
+    data = encode(image, "JPEG", quality=90)
+    drafted = Image.open(io.BytesIO(data))
+    drafted.draft("RGB", DRAFT_SIZE)
+    assert drafted.size == (300, 200)  # 1/8 scale, still >= DRAFT_SIZE on each side
+    full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize(SIZE, Image.Resampling.BILINEAR), np.int16)
+    out = decode(data, max_pixels=4_000_000).astype(np.int16)
+    assert np.abs(out - full).mean() < 3 and np.abs(out - full).max() < 24
+
+
+def test_pixel_budget_bounds_what_decodes_at_once():
+    """Eight 2000x2000 PNGs through four decode threads under a one-image budget: never more than
+    one image's pixels in flight, and every image decoded right."""
+    import asyncio
+    colours = [(i * 30, 255 - i * 30, 7) for i in range(8)]
+    files = [io.BytesIO(encode(Image.new("RGB", (2000, 2000), c), "PNG")) for c in colours]
+    pool = DecodePool(workers=4, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, budget_pixels=4_000_000)
+    lowest = [pool.budget.free]
+    original = pool.budget.acquire
+
+    def watched(pixels):
+        taken = original(pixels)
+        lowest.append(pool.budget.free)
+        return taken
+    pool.budget.acquire = watched
+
+    async def run():
+        return await asyncio.gather(*(pool.decode(f) for f in files))
+    try:
+        outs = asyncio.run(run())
+    finally:
+        pool.shutdown()
+    assert [tuple(o[0, 0]) for o in outs] == colours
+    assert min(lowest) == 0 and pool.budget.free == 4_000_000  # one whole image at a time, all returned
+    budget = PixelBudget(100)
+    assert budget.acquire(10_000) == 100 and budget.free == 0  # larger than the budget: waits for all of it
+    budget.release(100)
 
 
 def test_normalize_matches_training(cifar):

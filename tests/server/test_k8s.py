@@ -57,7 +57,11 @@ def test_threads_probes_and_shutdown_fit_the_pod():
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["timeoutSeconds"] < container[probe]["periodSeconds"] or probe == "startupProbe"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert pod["terminationGracePeriodSeconds"] > container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    from server.serving import LAST_REQUEST_GRACE_S
+    shutdown = (container["lifecycle"]["preStop"]["sleep"]["seconds"] + float(env["ELF_DRAIN_SECONDS"])
+                + LAST_REQUEST_GRACE_S + float(env["ELF_SHUTDOWN_TIMEOUT_SECONDS"]))
+    assert pod["terminationGracePeriodSeconds"] > shutdown
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
     assert container["imagePullPolicy"] == "IfNotPresent" and not container["image"].endswith(":latest")
 
