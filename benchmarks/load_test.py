@@ -1,0 +1,270 @@
+"""Load test of the inference server (issue 9): one run, side by side, on this machine.
+
+  decode-only   a FastAPI + uvicorn endpoint that only parses the multipart upload and decodes
+                the PNG (the HTTP + decode ceiling; same settings as the server)
+  thr 1.0       POST /classify, threshold 1.0: every image runs every stage
+  default       POST /classify at the model's calibrated thresholds (early exit)
+  bare ORT      the staged model in-process, batch 16, threshold 1.0, no HTTP
+  saturation    --saturation-clients (default 4x --clients) at the default, with /healthz probed
+                alongside: 200/503 split, 503 latency, /healthz latency
+  large upload  --large-uploads concurrent 4000x4000 PNGs: peak and settled RSS against idle
+
+Clients are asyncio coroutines speaking HTTP/1.1 keep-alive over raw sockets with prebuilt
+requests (a few microseconds each), so the client costs little of the shared CPU. RSS is the
+server process's, sampled every 20 ms.
+
+    python benchmarks/load_test.py [--clients 16] [--seconds 10] [--saturation-clients 64]
+                                   [--saturation-seconds 10] [--large-uploads 64]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import psutil
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from server.engine import StagedModel  # noqa: E402
+from tests.server.conftest import MODELS, RunningServer, free_port  # noqa: E402
+from training.data import default_data_dir, load_cifar10  # noqa: E402
+
+DECODE_ONLY_APP = """
+from fastapi import FastAPI, File, UploadFile
+from server.config import Settings
+from server.images import decode_image
+app = FastAPI()
+s = Settings()
+@app.post("/classify")
+def classify(file: UploadFile = File(...)):
+    image = decode_image(file.file.read(s.max_upload_bytes + 1), s.max_upload_bytes, s.max_image_pixels)
+    return {"mean": float(image.mean())}
+"""
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def multipart_request(path: str, port: int, data: bytes, fields: dict[str, str]) -> bytes:
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+                 f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+    return head + body
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; reconnects when the server closes it."""
+
+    def __init__(self, port: int):
+        self.port, self.reader, self.writer = port, None, None
+
+    async def send(self, request: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        await self.reader.readexactly(int(headers.get("content-length", 0)))
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def drive(port: int, requests: list[bytes], clients: int, seconds: float, probe: bytes | None = None,
+                once: bool = False):
+    """`clients` connections sending round-robin from `requests` for `seconds` (or one request each);
+    (statuses, latencies, wall, probe latencies)."""
+    statuses, latencies, probes = [], [], []
+    stop = time.monotonic() + seconds
+
+    async def client(i):
+        conn = Connection(port)
+        n = i
+        while time.monotonic() < stop or (once and n == i):
+            t0 = time.perf_counter()
+            status = await conn.send(requests[n % len(requests)])
+            latencies.append((status, time.perf_counter() - t0))
+            statuses.append(status)
+            n += clients
+        conn.close()
+
+    async def prober():
+        conn = Connection(port)
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            await conn.send(probe)
+            probes.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.02)
+        conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)), *([prober()] if probe else []))
+    return statuses, latencies, time.perf_counter() - t0, probes
+
+
+class RssWatch:
+    def __init__(self, pid: int):
+        self.proc, self.peak, self.running = psutil.Process(pid), 0, True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def now(self) -> int:
+        return self.proc.memory_info().rss
+
+    def _run(self):
+        while self.running:
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.02)
+
+    def reset(self):
+        self.peak = self.now()
+
+    def stop(self):
+        self.running = False
+
+
+def ms(values, q) -> str:
+    return f"{1000 * np.percentile(values, q):8.1f}" if len(values) else "       -"
+
+
+def report(name, statuses, latencies, wall, watch=None) -> float:
+    ok = [t for s, t in latencies if s == 200]
+    rps = len(ok) / wall
+    counts = " ".join(f"{k}:{v}" for k, v in sorted(Counter(statuses).items()))
+    rss = f"{watch.peak / 2**20:7.0f}" if watch else "      -"
+    print(f"{name:<22} {rps:8.1f} {ms(ok, 50)} {ms(ok, 95)} {ms(ok, 99)} {rss}   {counts}")
+    return rps
+
+
+def bare_ort(model_dir: Path, images: np.ndarray, seconds: float) -> float:
+    model = StagedModel(model_dir, "cpu", intra_op_threads=1)
+    x = model.preprocess(images)
+    thr = np.ones((16, model.manifest.num_exits - 1), np.float32)
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for i in range(0, len(x) - 15, 16):
+            model.run(x[i:i + 16], thr)
+            done += 16
+    return done / (time.perf_counter() - t0)
+
+
+def large_png(side: int) -> bytes:
+    """A smooth 4000x4000 picture: a few tens of kB as PNG, 64 MB once decoded."""
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    image = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (side, 1)), np.tile(ramp[:, None], (1, side))],
+                     axis=-1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-repository", type=Path, default=MODELS)
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--saturation-clients", type=int, default=None, help="default: 4 x --clients")
+    p.add_argument("--saturation-seconds", type=float, default=10)
+    p.add_argument("--large-uploads", type=int, default=64)
+    p.add_argument("--large-side", type=int, default=4000)
+    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra ELF_* settings for the server under test")
+    args = p.parse_args()
+    saturation = args.saturation_clients or 4 * args.clients
+    env = dict(kv.split("=", 1) for kv in args.server_env)
+
+    _, test = load_cifar10(default_data_dir())
+    images = test.images[:256]
+    payloads = [png(im) for im in images]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}); "
+          f"{args.clients} connections, {args.seconds:g} s per run; server settings {env or 'defaults'}")
+    print(f"{'run':<22} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'RSS MB':>7}   statuses")
+
+    port = free_port()
+    decode_only = subprocess.Popen([sys.executable, "-c", DECODE_ONLY_APP + f"\nimport uvicorn\nuvicorn.run(app, "
+                                    f"port={port}, log_level='warning')"], cwd=REPO)
+    try:
+        for _ in range(100):
+            try:
+                asyncio.run(drive(port, [b"GET /docs HTTP/1.1\r\nHost: x\r\n\r\n"], 1, 0, once=True))
+                break
+            except OSError:
+                time.sleep(0.1)
+        reqs = [multipart_request("/classify", port, d, {}) for d in payloads]
+        results = {"decode-only": report("decode-only", *asyncio.run(drive(port, reqs, args.clients, args.seconds))[:3])}
+    finally:
+        decode_only.terminate()
+        decode_only.wait()
+
+    server = RunningServer("--model-repository", str(args.model_repository), env=env)
+    watch = RssWatch(server.proc.pid)
+    try:
+        port = server.port
+        idle = watch.now()
+        for name, fields in (("server thr 1.0", {"threshold": "1"}), ("server default", {})):
+            reqs = [multipart_request("/classify", port, d, fields) for d in payloads]
+            watch.reset()
+            results[name] = report(name, *asyncio.run(drive(port, reqs, args.clients, args.seconds))[:3], watch)
+        results["bare ORT"] = bare_ort(args.model_repository / "default", images, args.seconds / 2)
+        print(f"{'bare ORT (batch 16)':<22} {results['bare ORT']:8.1f}   (img/s, 1 thread, in-process)")
+
+        reqs = [multipart_request("/classify", port, d, {}) for d in payloads]
+        probe = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        watch.reset()
+        statuses, lat, wall, probes = asyncio.run(drive(port, reqs, saturation, args.saturation_seconds, probe))
+        report(f"saturation x{saturation}", statuses, lat, wall, watch)
+        refused = [t for s, t in lat if s == 503]
+        print(f"{'':<22} 503 p50 {ms(refused, 50)} p99 {ms(refused, 99)} ms;  /healthz p50 {ms(probes, 50)} "
+              f"p99 {ms(probes, 99)} ms ({len(probes)} probes)")
+
+        time.sleep(1)
+        idle = watch.now()
+        big = large_png(args.large_side)
+        reqs = [multipart_request("/classify", port, big, {})]
+        watch.reset()
+        statuses, lat, wall, _ = asyncio.run(drive(port, reqs, args.large_uploads, 0, once=True))
+        peak = watch.peak
+        time.sleep(2)
+        settled = watch.now()
+        print(f"large upload x{args.large_uploads}: {args.large_side}x{args.large_side} PNG of {len(big) / 1024:.0f} kB, "
+              f"statuses {dict(Counter(statuses))}, {wall:.1f} s; RSS idle {idle / 2**20:.0f} MB, peak "
+              f"{peak / 2**20:.0f} MB, 2 s after {settled / 2**20:.0f} MB ({settled / idle:.2f}x idle)")
+    finally:
+        watch.stop()
+        server.stop()
+    ceiling = min(results["decode-only"], results["bare ORT"])
+    print(f"thr 1.0 / min(decode-only, bare ORT) = {results['server thr 1.0']:.1f} / {ceiling:.1f} = "
+          f"{results['server thr 1.0'] / ceiling:.2f} (goal >= 0.75); default / thr 1.0 = "
+          f"{results['server default'] / results['server thr 1.0']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
