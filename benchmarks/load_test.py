@@ -6,7 +6,8 @@
   default       POST /classify at the model's calibrated thresholds (early exit)
   bare ORT      the staged model in-process, batch 16, threshold 1.0, no HTTP
   saturation    --saturation-clients (default 4x --clients) at the default, with /healthz probed
-                alongside: 200/503 split, 503 latency, /healthz latency
+                alongside: 200/503 split, 503 latency, /healthz latency; twice: clients that resend
+                at once after a 503 (a retry storm), and clients that wait the Retry-After
   large upload  --large-uploads concurrent 4000x4000 PNGs: peak and settled RSS against idle
 
 Clients are asyncio coroutines speaking HTTP/1.1 keep-alive over raw sockets with prebuilt
@@ -79,7 +80,7 @@ class Connection:
     def __init__(self, port: int):
         self.port, self.reader, self.writer = port, None, None
 
-    async def send(self, request: bytes) -> int:
+    async def send(self, request: bytes) -> tuple[int, dict]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         self.writer.write(request)
@@ -90,7 +91,7 @@ class Connection:
         await self.reader.readexactly(int(headers.get("content-length", 0)))
         if headers.get("connection", "").lower() == "close":
             self.close()
-        return status
+        return status, headers
 
     def close(self):
         if self.writer is not None:
@@ -99,9 +100,10 @@ class Connection:
 
 
 async def drive(port: int, requests: list[bytes], clients: int, seconds: float, probe: bytes | None = None,
-                once: bool = False):
-    """`clients` connections sending round-robin from `requests` for `seconds` (or one request each);
-    (statuses, latencies, wall, probe latencies)."""
+                once: bool = False, honor_retry_after: bool = False):
+    """`clients` connections sending round-robin from `requests` for `seconds` (or one request each),
+    each resending at once or (honor_retry_after) after the Retry-After of a 503; (statuses,
+    latencies, wall, probe latencies)."""
     statuses, latencies, probes = [], [], []
     stop = time.monotonic() + seconds
 
@@ -110,10 +112,12 @@ async def drive(port: int, requests: list[bytes], clients: int, seconds: float, 
         n = i
         while time.monotonic() < stop or (once and n == i):
             t0 = time.perf_counter()
-            status = await conn.send(requests[n % len(requests)])
+            status, headers = await conn.send(requests[n % len(requests)])
             latencies.append((status, time.perf_counter() - t0))
             statuses.append(status)
             n += clients
+            if honor_retry_after and status == 503:
+                await asyncio.sleep(min(float(headers.get("retry-after", 1)), stop - time.monotonic()))
         conn.close()
 
     async def prober():
@@ -238,12 +242,14 @@ def main() -> None:
 
         reqs = [multipart_request("/classify", port, d, {}) for d in payloads]
         probe = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
-        watch.reset()
-        statuses, lat, wall, probes = asyncio.run(drive(port, reqs, saturation, args.saturation_seconds, probe))
-        report(f"saturation x{saturation}", statuses, lat, wall, watch)
-        refused = [t for s, t in lat if s == 503]
-        print(f"{'':<22} 503 p50 {ms(refused, 50)} p99 {ms(refused, 99)} ms;  /healthz p50 {ms(probes, 50)} "
-              f"p99 {ms(probes, 99)} ms ({len(probes)} probes)")
+        for honor in (False, True):
+            watch.reset()
+            statuses, lat, wall, probes = asyncio.run(drive(port, reqs, saturation, args.saturation_seconds,
+                                                            probe, honor_retry_after=honor))
+            report(f"x{saturation} {'Retry-After' if honor else 'resend at once'}", statuses, lat, wall, watch)
+            refused = [t for s, t in lat if s == 503]
+            print(f"{'':<22} 503 p50 {ms(refused, 50)} p99 {ms(refused, 99)} ms;  /healthz p50 {ms(probes, 50)} "
+                  f"p99 {ms(probes, 99)} ms ({len(probes)} probes)")
 
         time.sleep(1)
         idle = watch.now()

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from .serving import serve  # noqa: PLC0415
     try:
         models = load_repository(settings.model_repository, settings.default_model, settings.provider,
-                                 settings.intra_op_threads)
+                                 settings.intra_op_threads, settings.ort_spinning)
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -105,7 +105,7 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None)
     """Build the app. `models` may be loaded beforehand (so start-up errors surface before serving)."""
     if models is None:
         models = load_repository(settings.model_repository, settings.default_model, settings.provider,
-                                 settings.intra_op_threads)
+                                 settings.intra_op_threads, settings.ort_spinning)
     app = FastAPI(title="elf-reslt inference server", version="1.0", lifespan=lifespan, docs_url=None,
                   redoc_url=None, description="Early-exit classification of images with staged ONNX models "
                   "(every image is converted to RGB and resized to 32x32).")

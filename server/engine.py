@@ -75,7 +75,7 @@ class StagedResult:
 
 class StagedModel:
     def __init__(self, model_dir: Path, wanted_provider: str = "auto", intra_op_threads: int = 0,
-                 io_binding: bool | None = None):
+                 io_binding: bool | None = None, spinning: bool = False):
         self.dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.dir)
         options = ort.SessionOptions()
@@ -83,6 +83,8 @@ class StagedModel:
         intra_op_threads = intra_op_threads or cgroup_cpu_limit() or 0
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        if not spinning:  # idle ORT threads would spin on the cores the event loop and decoders need
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = choose_providers(wanted_provider)
         self.sessions = []
         for stage in self.manifest.stages:
@@ -193,7 +195,7 @@ class StagedModel:
 
 
 def load_repository(repository: Path, default_model: str, wanted_provider: str,
-                    intra_op_threads: int = 0) -> dict[str, StagedModel]:
+                    intra_op_threads: int = 0, spinning: bool = False) -> dict[str, StagedModel]:
     """Every model directory under the repository (one with a manifest.json); the default must be there."""
     repository = Path(repository)
     if not repository.is_dir():
@@ -201,7 +203,7 @@ def load_repository(repository: Path, default_model: str, wanted_provider: str,
     models = {}
     for child in sorted(p for p in repository.iterdir() if p.is_dir()):
         if (child / "manifest.json").exists() or child.name == default_model:
-            model = StagedModel(child, wanted_provider, intra_op_threads)
+            model = StagedModel(child, wanted_provider, intra_op_threads, spinning=spinning)
             models[child.name] = model
             log.info("loaded model %s (%s, %d stages) on %s", child.name, model.manifest.variant,
                      model.manifest.num_exits, model.provider)
