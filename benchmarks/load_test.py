@@ -199,11 +199,15 @@ def main() -> None:
     p.add_argument("--saturation-seconds", type=float, default=10)
     p.add_argument("--large-uploads", type=int, default=64)
     p.add_argument("--large-side", type=int, default=4000)
+    p.add_argument("--runs", default="throughput,saturation,large",
+                   help="comma-separated subset of: throughput (decode-only, thr 1.0, default, bare ORT), "
+                        "saturation, large")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra ELF_* settings for the server under test")
     args = p.parse_args()
     saturation = args.saturation_clients or 4 * args.clients
     env = dict(kv.split("=", 1) for kv in args.server_env)
+    runs = set(args.runs.split(","))
 
     _, test = load_cifar10(default_data_dir())
     images = test.images[:256]
@@ -212,6 +216,35 @@ def main() -> None:
           f"{args.clients} connections, {args.seconds:g} s per run; server settings {env or 'defaults'}")
     print(f"{'run':<22} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'RSS MB':>7}   statuses")
 
+    results = {}
+    if "throughput" in runs:
+        results["decode-only"] = decode_only_run(payloads, args)
+    server = RunningServer("--model-repository", str(args.model_repository), env=env)
+    watch = RssWatch(server.proc.pid)
+    try:
+        port = server.port
+        if "throughput" in runs:
+            for name, fields in (("server thr 1.0", {"threshold": "1"}), ("server default", {})):
+                reqs = [multipart_request("/classify", port, d, fields) for d in payloads]
+                watch.reset()
+                results[name] = report(name, *asyncio.run(drive(port, reqs, args.clients, args.seconds))[:3], watch)
+            results["bare ORT"] = bare_ort(args.model_repository / "default", images, args.seconds / 2)
+            print(f"{'bare ORT (batch 16)':<22} {results['bare ORT']:8.1f}   (img/s, 1 thread, in-process)")
+        if "saturation" in runs:
+            saturation_runs(port, payloads, saturation, args.saturation_seconds, watch)
+        if "large" in runs:
+            large_run(port, args, watch)
+    finally:
+        watch.stop()
+        server.stop()
+    if "throughput" in runs:
+        ceiling = min(results["decode-only"], results["bare ORT"])
+        print(f"thr 1.0 / min(decode-only, bare ORT) = {results['server thr 1.0']:.1f} / {ceiling:.1f} = "
+              f"{results['server thr 1.0'] / ceiling:.2f} (goal >= 0.75); default / thr 1.0 = "
+              f"{results['server default'] / results['server thr 1.0']:.2f}")
+
+
+def decode_only_run(payloads, args) -> float:
     port = free_port()
     decode_only = subprocess.Popen([sys.executable, "-c", DECODE_ONLY_APP + f"\nimport uvicorn\nuvicorn.run(app, "
                                     f"port={port}, log_level='warning')"], cwd=REPO)
@@ -223,53 +256,37 @@ def main() -> None:
             except OSError:
                 time.sleep(0.1)
         reqs = [multipart_request("/classify", port, d, {}) for d in payloads]
-        results = {"decode-only": report("decode-only", *asyncio.run(drive(port, reqs, args.clients, args.seconds))[:3])}
+        return report("decode-only", *asyncio.run(drive(port, reqs, args.clients, args.seconds))[:3])
     finally:
         decode_only.terminate()
         decode_only.wait()
 
-    server = RunningServer("--model-repository", str(args.model_repository), env=env)
-    watch = RssWatch(server.proc.pid)
-    try:
-        port = server.port
-        idle = watch.now()
-        for name, fields in (("server thr 1.0", {"threshold": "1"}), ("server default", {})):
-            reqs = [multipart_request("/classify", port, d, fields) for d in payloads]
-            watch.reset()
-            results[name] = report(name, *asyncio.run(drive(port, reqs, args.clients, args.seconds))[:3], watch)
-        results["bare ORT"] = bare_ort(args.model_repository / "default", images, args.seconds / 2)
-        print(f"{'bare ORT (batch 16)':<22} {results['bare ORT']:8.1f}   (img/s, 1 thread, in-process)")
 
-        reqs = [multipart_request("/classify", port, d, {}) for d in payloads]
-        probe = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
-        for honor in (False, True):
-            watch.reset()
-            statuses, lat, wall, probes = asyncio.run(drive(port, reqs, saturation, args.saturation_seconds,
-                                                            probe, honor_retry_after=honor))
-            report(f"x{saturation} {'Retry-After' if honor else 'resend at once'}", statuses, lat, wall, watch)
-            refused = [t for s, t in lat if s == 503]
-            print(f"{'':<22} 503 p50 {ms(refused, 50)} p99 {ms(refused, 99)} ms;  /healthz p50 {ms(probes, 50)} "
-                  f"p99 {ms(probes, 99)} ms ({len(probes)} probes)")
-
-        time.sleep(1)
-        idle = watch.now()
-        big = large_png(args.large_side)
-        reqs = [multipart_request("/classify", port, big, {})]
+def saturation_runs(port, payloads, clients, seconds, watch) -> None:
+    reqs = [multipart_request("/classify", port, d, {}) for d in payloads]
+    probe = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    for honor in (False, True):
         watch.reset()
-        statuses, lat, wall, _ = asyncio.run(drive(port, reqs, args.large_uploads, 0, once=True))
-        peak = watch.peak
-        time.sleep(2)
-        settled = watch.now()
-        print(f"large upload x{args.large_uploads}: {args.large_side}x{args.large_side} PNG of {len(big) / 1024:.0f} kB, "
-              f"statuses {dict(Counter(statuses))}, {wall:.1f} s; RSS idle {idle / 2**20:.0f} MB, peak "
-              f"{peak / 2**20:.0f} MB, 2 s after {settled / 2**20:.0f} MB ({settled / idle:.2f}x idle)")
-    finally:
-        watch.stop()
-        server.stop()
-    ceiling = min(results["decode-only"], results["bare ORT"])
-    print(f"thr 1.0 / min(decode-only, bare ORT) = {results['server thr 1.0']:.1f} / {ceiling:.1f} = "
-          f"{results['server thr 1.0'] / ceiling:.2f} (goal >= 0.75); default / thr 1.0 = "
-          f"{results['server default'] / results['server thr 1.0']:.2f}")
+        statuses, lat, wall, probes = asyncio.run(drive(port, reqs, clients, seconds, probe, honor_retry_after=honor))
+        report(f"x{clients} {'Retry-After' if honor else 'resend at once'}", statuses, lat, wall, watch)
+        refused = [t for s, t in lat if s == 503]
+        print(f"{'':<22} 503 p50 {ms(refused, 50)} p99 {ms(refused, 99)} ms;  /healthz p50 {ms(probes, 50)} "
+              f"p99 {ms(probes, 99)} ms ({len(probes)} probes)")
+
+
+def large_run(port, args, watch) -> None:
+    time.sleep(1)
+    idle = watch.now()
+    big = large_png(args.large_side)
+    reqs = [multipart_request("/classify", port, big, {})]
+    watch.reset()
+    statuses, lat, wall, _ = asyncio.run(drive(port, reqs, args.large_uploads, 0, once=True))
+    peak = watch.peak
+    time.sleep(2)
+    settled = watch.now()
+    print(f"large upload x{args.large_uploads}: {args.large_side}x{args.large_side} PNG of {len(big) / 1024:.0f} kB, "
+          f"statuses {dict(Counter(statuses))}, {wall:.1f} s; RSS idle {idle / 2**20:.0f} MB, peak "
+          f"{peak / 2**20:.0f} MB, 2 s after {settled / 2**20:.0f} MB ({settled / idle:.2f}x idle)")
 
 
 if __name__ == "__main__":

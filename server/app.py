@@ -2,6 +2,7 @@
 lifespan (batchers start, models warm up, the decode pool stops last)."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from contextlib import asynccontextmanager
@@ -46,6 +47,7 @@ async def lifespan(app: FastAPI):
         await run_in_threadpool(service.model.warm_up)
         service.batcher.start()
     state.warm = True
+    gc.freeze()  # what start-up made lives for good: keep it out of every later collection's scan
     m.READY.set(1 if all(s.model.provider_ok for s in state.services.values()) else 0)
     log.info("serving %s (default %s)", ", ".join(state.services), state.settings.default_model)
     yield
@@ -110,6 +112,8 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None)
                   redoc_url=None, description="Early-exit classification of images with staged ONNX models "
                   "(every image is converted to RGB and resized to 32x32).")
     admission = Admission(settings.max_wait_ms / 1000, settings.batch_size)
+    m.ADMISSION_WAIT.set_function(admission.expected_wait)
+    m.ADMISSION_OUTSTANDING.set_function(lambda: admission.outstanding)
     state = app.state
     state.settings, state.admission = settings, admission
     state.warm = state.draining = state.closing = False

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Item:
-    x: np.ndarray  # normalised 3 x 32 x 32
+    x: np.ndarray  # one image as the model takes it before preprocessing (32 x 32 x 3 uint8)
     threshold: tuple[float, ...]  # one per early exit
     future: asyncio.Future
 
@@ -56,7 +56,7 @@ async def collect_batch(queue: asyncio.Queue, batch_size: int, wait_s: float, fi
 class Batcher:
     def __init__(self, run_batch, batch_size: int, wait_s: float, max_queue: int, on_depth=None,
                  idle_work=None, on_batch=None):
-        self.run_batch = run_batch  # (x: N x 3 x 32 x 32, thresholds: N x exits-1) -> per-image results
+        self.run_batch = run_batch  # (x: N stacked images, thresholds: N x exits-1) -> per-image results
         self.batch_size, self.wait_s = batch_size, wait_s
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")

@@ -67,7 +67,9 @@ class ModelService:
         m.MODEL_INFO.labels(self.name, man.variant, man.format_version, str(man.imbalance),
                             str(self.exits_total), format_threshold(self.default_threshold)).set(1)
 
-    def _run_batch(self, x: np.ndarray, thresholds: np.ndarray) -> list[ImageResult]:
+    def _run_batch(self, images: np.ndarray, thresholds: np.ndarray) -> list[ImageResult]:
+        """Worker thread: normalise the batch (once, off the event loop) and run the stages."""
+        x = self.model.preprocess(images)
         shadow = self._rng.random(len(x)) < self.shadow_rate if self.shadow_rate > 0 else None
         result = self.model.run(x, thresholds, shadow)
         if result.shadows:
@@ -125,8 +127,7 @@ class ModelService:
         return tuple(threshold)
 
     async def classify(self, images: list[np.ndarray], threshold: float | list[float]) -> list[ImageResult]:
-        xs = list(self.model.preprocess(np.stack(images)))
-        return await self.batcher.submit(xs, self.per_exit(threshold))
+        return await self.batcher.submit(images, self.per_exit(threshold))
 
 
 def format_threshold(threshold: float | list[float]) -> str:
