@@ -113,6 +113,7 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None)
                   "(every image is converted to RGB and resized to 32x32).")
     admission = Admission(settings.max_wait_ms / 1000, settings.batch_size)
     m.ADMISSION_WAIT.set_function(admission.expected_wait)
+    m.ADMISSION_MAX_WAIT.set(admission.max_wait_s)
     m.ADMISSION_OUTSTANDING.set_function(lambda: admission.outstanding)
     state = app.state
     state.settings, state.admission = settings, admission

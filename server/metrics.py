@@ -53,5 +53,6 @@ READY = Gauge("elf_ready", "1 when every model is loaded, warmed up and on the e
 ADMISSION_WAIT = Gauge("elf_admission_expected_wait_seconds", "Expected wait of the work admitted and not yet "
                        "answered, at the measured service rate (new work is refused above ELF_MAX_WAIT_MS)",
                        registry=REGISTRY)
+ADMISSION_MAX_WAIT = Gauge("elf_admission_max_wait_seconds", "Admission bound (ELF_MAX_WAIT_MS)", registry=REGISTRY)
 ADMISSION_OUTSTANDING = Gauge("elf_admission_outstanding_images", "Images admitted and not yet answered",
                               registry=REGISTRY)
