@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Build models/default from a finished model8 training run, as README "The shipped model" does:
+# light2 early heads fitted on the frozen network (20 epochs), then mixed fine-tuning of backbone
+# and heads (10 epochs, lr 0.02), export with tau and the threshold calibrated on held-out training
+# images (at most 1 point below threshold 1.0), and the accuracy-vs-MACs curve. A fit that was cut
+# resumes from its checkpoint when the script is run again.
+#
+#   scripts/ship_default.sh results/runs/model8-if100-seed0
+#
+# Smoke run (plumbing only): FIT_FLAGS="--max-batches 2 --max-test-samples 200" MODEL_OUT=/tmp/m \
+#   FITS=/tmp/fits scripts/ship_default.sh RUN_DIR
+set -euo pipefail
+run=${1:?usage: scripts/ship_default.sh RUN_DIR}
+name=$(basename "$run")
+fits=${FITS:-results/fits}
+model_out=${MODEL_OUT:-models/default}
+read -r -a extra <<< "${FIT_FLAGS:-}"
+
+fit() {  # fit OUT ARGS...: a fresh fit, or the cut one in OUT resumed
+  local out=$1; shift
+  local resume=()
+  [ -f "$out/checkpoint.pt" ] && resume=(--resume)
+  python -m training fit-exits "$@" "${extra[@]}" --out "$out" "${resume[@]}"
+}
+
+frozen=$fits/$name-fit-frozen-light2
+mixed=$fits/$name-fit-light2-mixed
+fit "$frozen" --checkpoint "$run/checkpoint.pt" --early-heads light2 --epochs 20
+fit "$mixed" --checkpoint "$frozen/checkpoint.pt" --mode mixed --epochs 10 --lr 0.02 --head-lr 0.02
+# Export beside the shipped model, then swap, so a failed export leaves the old one serving.
+rm -rf "$model_out.new"
+python -m training export --checkpoint "$mixed/checkpoint.pt" --out "$model_out.new" --calibrate-drop 1
+if [ -e "$model_out" ]; then mv "$model_out" "$model_out.old"; fi
+mv "$model_out.new" "$model_out"
+rm -rf "$model_out.old"
+python -m training curve --model "$model_out" --out "${CURVE_OUT:-results/plots/default_accuracy_vs_macs.png}"
