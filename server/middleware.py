@@ -33,7 +33,7 @@ class ObserveMiddleware:
         t0 = time.perf_counter()
         path = scope["path"] if scope["path"] in ENDPOINTS else "other"
         status = 500  # unless a response starts
-        reserved = scope.setdefault("state", {})
+        request_state = scope.setdefault("state", {})  # request.state; "images": what this request holds
 
         async def observed_send(message):
             nonlocal status
@@ -49,12 +49,12 @@ class ObserveMiddleware:
                 await self._send_error(observed_send, *refusal)
                 return
             if path in INFERENCE and scope["method"] == "POST":
-                reserved["images"] = 1
+                request_state["images"] = 1
                 self.state.admission.reserve(1)
             await self.app(scope, receive, observed_send)
         finally:
-            if reserved.get("images"):
-                self.state.admission.release(reserved["images"])
+            if request_state.get("images"):
+                self.state.admission.release(request_state["images"])
             m.REQUESTS.labels(path, str(status)).inc()
             m.REQUEST_LATENCY.labels(path).observe(time.perf_counter() - t0)
 
