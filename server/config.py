@@ -35,9 +35,9 @@ class Settings(BaseSettings):
                                 "cgroup, else the machine's CPUs)")
     decode_budget_pixels: int = Field(0, ge=0, description="pixels decoded at once across uploads, bounds "
                                       "decoding memory (0: max_image_pixels, i.e. one largest image at a time)")
-    drain_seconds: float = Field(5.0, ge=0, description="after SIGTERM/SIGINT: /readyz answers 503 and responses "
-                                 "carry 'Connection: close' for this long while new requests are still served; "
-                                 "then the listener closes and accepted requests finish (a second signal skips it)")
+    drain_seconds: float = Field(5.0, ge=0, description="after SIGTERM/SIGINT: /readyz answers 503 for this long "
+                                 "while requests are still served as before; then the listener closes, responses "
+                                 "carry 'Connection: close' and accepted requests finish (a second signal skips it)")
     shutdown_timeout_seconds: float = Field(20.0, gt=0, description="after the drain: how long accepted "
                                             "requests may take to finish before they are cancelled")
     shadow_rate: float = Field(0.01, ge=0, le=1, description="share of early-leaving images that also run "
