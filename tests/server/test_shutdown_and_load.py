@@ -76,7 +76,7 @@ def test_sigterm_drains_without_losing_an_accepted_request(cifar):
     assert before > 0 and outcomes["ok"] > before  # served during the drain too
     assert outcomes["refused"] > 0  # and refused connections only after it
     seen = [s for s in readyz if s is not None]
-    assert seen[0] == 200 and 503 in seen and seen.index(503) < len(seen)  # unready while still up
+    assert seen[0] == 200 and 503 in seen  # ready, then unready while still answering
 
 
 def test_overload_is_refused_early_and_health_stays_quick(cifar):
