@@ -12,7 +12,6 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,17 +22,13 @@ from .admission import Admission, Overloaded
 from .config import Settings
 from .engine import StagedModel, cgroup_cpu_limit, load_repository
 from .images import DecodePool, ImageError
-from .middleware import ObserveMiddleware
+from .middleware import ObserveMiddleware, error_response
 from .openapi import document_limits
 from .routes import ApiError, router
 from .service import ModelService
 
 log = logging.getLogger(__name__)
 DOCS_ASSETS = "/docs-assets"
-
-
-def error_response(status: int, message: str, headers=None) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 def decode_workers(settings: Settings) -> int:

@@ -9,8 +9,9 @@ the drain, serving.py), every response carries `Connection: close`.
 """
 from __future__ import annotations
 
-import json
 import time
+
+from fastapi.responses import JSONResponse
 
 from . import metrics as m
 from .admission import Overloaded
@@ -19,8 +20,9 @@ ENDPOINTS = frozenset({"/classify", "/classify/batch", "/models", "/healthz", "/
 INFERENCE = frozenset({"/classify", "/classify/batch"})
 
 
-def error_body(status: int, message: str) -> bytes:
-    return json.dumps({"error": message, "status": status}).encode()
+def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """Every error the server answers: `{"error", "status"}` (also what app.py's handlers send)."""
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 class ObserveMiddleware:
@@ -46,7 +48,7 @@ class ObserveMiddleware:
         try:
             refusal = self._refusal(scope, path)
             if refusal is not None:
-                await self._send_error(observed_send, *refusal)
+                await refusal(scope, receive, observed_send)
                 return
             if path in INFERENCE and scope["method"] == "POST":
                 request_state["images"] = 1
@@ -58,25 +60,17 @@ class ObserveMiddleware:
             m.REQUESTS.labels(path, str(status)).inc()
             m.REQUEST_LATENCY.labels(path).observe(time.perf_counter() - t0)
 
-    def _refusal(self, scope, path: str) -> tuple[int, str, list] | None:
-        """(status, message, extra headers) when the request is refused from its headers alone."""
+    def _refusal(self, scope, path: str) -> JSONResponse | None:
+        """The answer when the request is refused from its headers alone."""
         if path not in INFERENCE or scope["method"] != "POST":
             return None
         settings = self.state.settings
         limit = settings.max_upload_bytes * settings.max_batch_files + 1024 * 1024
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
-            return 413, f"request body too large: {int(length)} bytes > limit of {limit}", []
+            return error_response(413, f"request body too large: {int(length)} bytes > limit of {limit}")
         try:
             self.state.admission.check()
         except Overloaded as exc:
-            return 503, str(exc), [(b"retry-after", str(self.state.admission.retry_after_s()).encode())]
+            return error_response(503, str(exc), {"Retry-After": str(self.state.admission.retry_after_s())})
         return None
-
-    @staticmethod
-    async def _send_error(send, status: int, message: str, headers: list) -> None:
-        body = error_body(status, message)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), *headers]})
-        await send({"type": "http.response.body", "body": body})
