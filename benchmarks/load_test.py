@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from server.engine import StagedModel  # noqa: E402
-from tests.server.conftest import MODELS, RunningServer, free_port  # noqa: E402
+from tests.server.conftest import MODELS, RunningServer, free_port, png  # noqa: E402
 from training.data import default_data_dir, load_cifar10  # noqa: E402
 
 DECODE_ONLY_APP = """
@@ -54,12 +54,6 @@ def classify(file: UploadFile = File(...)):
     image = decode_image(file.file.read(s.max_upload_bytes + 1), s.max_upload_bytes, s.max_image_pixels)
     return {"mean": float(image.mean())}
 """
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def multipart_request(path: str, port: int, data: bytes, fields: dict[str, str]) -> bytes:
@@ -168,16 +162,19 @@ def report(name, statuses, latencies, wall, watch=None) -> float:
     return rps
 
 
-def bare_ort(model_dir: Path, images: np.ndarray, seconds: float) -> float:
+def bare_ort(model_dir: Path, images: np.ndarray, seconds: float, threshold=1.0) -> tuple[float, np.ndarray]:
+    """The staged model in-process on one thread, batches of 16, no HTTP, at `threshold` (one
+    number, or one per early exit): (images/s, each image's exit, 1-based)."""
     model = StagedModel(model_dir, "cpu", intra_op_threads=1)
     x = model.preprocess(images)
-    thr = np.ones((16, model.manifest.num_exits - 1), np.float32)
+    thr = np.broadcast_to(np.asarray(threshold, np.float32), (16, model.manifest.num_exits - 1))
+    exits = np.zeros(len(x) - len(x) % 16, np.int64)
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        for i in range(0, len(x) - 15, 16):
-            model.run(x[i:i + 16], thr)
+        for i in range(0, len(exits), 16):
+            exits[i:i + 16] = model.run(x[i:i + 16], thr).exit
             done += 16
-    return done / (time.perf_counter() - t0)
+    return done / (time.perf_counter() - t0), exits
 
 
 def large_png(side: int) -> bytes:
@@ -228,7 +225,7 @@ def main() -> None:
                 reqs = [multipart_request("/classify", port, d, fields) for d in payloads]
                 watch.reset()
                 results[name] = report(name, *asyncio.run(drive(port, reqs, args.clients, args.seconds))[:3], watch)
-            results["bare ORT"] = bare_ort(args.model_repository / "default", images, args.seconds / 2)
+            results["bare ORT"] = bare_ort(args.model_repository / "default", images, args.seconds / 2)[0]
             print(f"{'bare ORT (batch 16)':<22} {results['bare ORT']:8.1f}   (img/s, 1 thread, in-process)")
         if "saturation" in runs:
             saturation_runs(port, payloads, saturation, args.saturation_seconds, watch)

@@ -1,3 +1,4 @@
+import io
 import os
 import socket
 import subprocess
@@ -6,11 +7,20 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from ..conftest import REPO
 
 MODELS = REPO / "models"
+
+
+def png(array: np.ndarray) -> bytes:
+    """A real image upload: one CIFAR-10 array (H x W x 3, uint8) as PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def free_port() -> int:

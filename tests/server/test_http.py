@@ -17,17 +17,11 @@ from modelrepo.manifest import FORMAT_VERSION
 from training.cli import main as training_main
 
 from ..conftest import REPO
-from .conftest import MODELS, RunningServer
+from .conftest import MODELS, RunningServer, png
 
 # The checkpoint models/default was exported from (its manifest's provenance.fit.parent_sha256 names
 # the training run it was fitted from).
 DEFAULT_CHECKPOINT = REPO / "results" / "fits" / "model8-if100-seed0-fit-light2-mixed" / "checkpoint.pt"
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def exits_counter(text: str) -> dict[str, float]:

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from .conftest import MODELS, RunningServer, free_port
-from .test_http import png
+from .conftest import png
 
 PROMETHEUS = shutil.which("prometheus")
 

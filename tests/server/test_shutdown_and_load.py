@@ -2,7 +2,6 @@
 no accepted request, overload is refused early with 503 + Retry-After while health stays quick
 to answer, the OpenAPI document survives schemathesis, and /docs works offline."""
 import asyncio
-import io
 import signal
 import subprocess
 import sys
@@ -10,17 +9,9 @@ import threading
 import time
 
 import httpx
-import numpy as np
-from PIL import Image
 
 from ..conftest import REPO
-from .conftest import MODELS, RunningServer
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
+from .conftest import MODELS, RunningServer, png
 
 
 def test_sigterm_drains_without_losing_an_accepted_request(cifar):
