@@ -55,7 +55,7 @@ async def classify(request: Request,
     t0 = time.perf_counter()
     service = get_service(request, model)
     image = await request.app.state.decoder.decode(file.file)
-    (result,) = await service.classify([image], service.default_threshold if threshold is None else threshold)
+    (result,) = await service.classify([image], threshold)
     return answer(service, result, t0)
 
 
@@ -88,8 +88,7 @@ async def classify_batch(request: Request,
         first = next(item for item in items if item.error)
         raise ApiError(first.status, f"no file of the batch could be classified; "
                                      f"{len(items)} failed, the first ({first.filename}): {first.error}")
-    thr = service.default_threshold if threshold is None else threshold
-    results = iter(await service.classify(images, thr))
+    results = iter(await service.classify(images, threshold))
     for item in items:
         if item.error is None:
             item.result = answer(service, next(results), t0)

@@ -120,13 +120,16 @@ class ModelService:
         with self._shadow_lock:
             return bool(self._shadows)
 
-    def per_exit(self, threshold: float | list[float]) -> tuple[float, ...]:
-        """The threshold at each early exit: a request's one number applies to every exit."""
+    def per_exit(self, threshold: float | list[float] | None) -> tuple[float, ...]:
+        """The threshold at each early exit: the manifest's default when the request names none; a
+        request's one number applies to every exit."""
+        if threshold is None:
+            threshold = self.default_threshold
         if isinstance(threshold, (int, float)):
             return (float(threshold),) * (self.exits_total - 1)
         return tuple(threshold)
 
-    async def classify(self, images: list[np.ndarray], threshold: float | list[float]) -> list[ImageResult]:
+    async def classify(self, images: list[np.ndarray], threshold: float | list[float] | None) -> list[ImageResult]:
         return await self.batcher.submit(images, self.per_exit(threshold))
 
 
