@@ -29,7 +29,8 @@ fit "$frozen" --checkpoint "$run/checkpoint.pt" --early-heads light2 --epochs 20
 fit "$mixed" --checkpoint "$frozen/checkpoint.pt" --mode mixed --epochs 10 --lr 0.02 --head-lr 0.02
 # Export beside the shipped model, then swap, so a failed export leaves the old one serving.
 rm -rf "$model_out.new"
-python -m training export --checkpoint "$mixed/checkpoint.pt" --out "$model_out.new" --calibrate-drop 1
+python -m training export --checkpoint "$mixed/checkpoint.pt" --out "$model_out.new" --calibrate-drop 1 \
+    --name "$(basename "$model_out")"
 if [ -e "$model_out" ]; then mv "$model_out" "$model_out.old"; fi
 mv "$model_out.new" "$model_out"
 rm -rf "$model_out.old"

@@ -102,10 +102,6 @@ class StagedModel:
         self._norm = (inp.mean, inp.std, inp.scale)
 
     @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
     def provider_ok(self) -> bool:
         return self.wanted_provider != "cuda" or self.provider == CUDA
 
