@@ -21,7 +21,7 @@ from .conftest import MODELS, RunningServer, png
 
 # The checkpoint models/default was exported from (its manifest's provenance.fit.parent_sha256 names
 # the training run it was fitted from).
-DEFAULT_CHECKPOINT = REPO / "results" / "fits" / "model8-if100-seed0-fit-light2-mixed" / "checkpoint.pt"
+DEFAULT_CHECKPOINT = REPO / "results" / "fits" / "model8-if100-seed0-fit-light2-mixed30" / "checkpoint.pt"
 
 
 def exits_counter(text: str) -> dict[str, float]:
