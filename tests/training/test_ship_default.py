@@ -1,0 +1,35 @@
+"""scripts/ship_default.sh end to end, on the committed corrected model8 run with tiny fits: the
+model it ships carries its final folder's name, replaces the one there, and leaves nothing behind."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from modelrepo.manifest import load_manifest
+
+from ..conftest import REPO
+
+RUN = REPO / "results" / "runs" / "model8-if100-seed0"
+
+
+def test_ship_default_replaces_the_model_and_names_it_after_its_folder(tmp_path, data_dir):
+    models = tmp_path / "models"
+    (models / "default").mkdir(parents=True)
+    (models / "default" / "manifest.json").write_text("{}")  # the model being replaced
+    env = {**os.environ, "CIFAR10_DIR": str(data_dir), "FITS": str(tmp_path / "fits"),
+           "MODEL_OUT": str(models / "default"), "CURVE_OUT": str(tmp_path / "curve.png"),
+           "FIT_FLAGS": "--max-batches 2 --max-test-samples 200",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "scripts/ship_default.sh", str(RUN)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    assert sorted(p.name for p in models.iterdir()) == ["default"]  # no default.new / default.old left
+    manifest = load_manifest(models / "default")  # verifies every stage file's sha256
+    assert manifest.name == "default" and manifest.num_exits == 3
+    assert manifest.provenance.loss_rule == "per_exit"
+    for fit, mode in (("fit-frozen-light2", "frozen"), ("fit-light2-mixed30", "mixed")):
+        metrics = json.loads((tmp_path / "fits" / f"{RUN.name}-{fit}" / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and metrics["mode"] == mode
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
