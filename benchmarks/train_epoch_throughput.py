@@ -1,13 +1,15 @@
-"""Training throughput of the trainer's configurations side by side: reference path, fast path, compiled.
+"""Seconds per epoch of the trainer's paths side by side, for each network family.
 
-Each configuration is a real `training.engine.Run` (model, loss, routing, optimizer, data path)
+Each (variant, path) is a real `training.engine.Run` (model, losses, routing, optimizer, data path)
 timed on whole training steps (`train_one_epoch` capped at --batches), rounds interleaved so that
-machine noise hits all alike; then one test-set evaluation each. The estimate of a 200-epoch run
-is 200 x (a full epoch's steps + one evaluation). Issue 4's goals: on the CPU the fast path is not
-slower than the reference path; on one H100, model8 IF 100 in under 3 minutes.
+machine noise hits every path alike; then one per-epoch test-set evaluation each (bf16 on paths
+with --amp, as `train` runs it), and the augmentation alone (batches drawn, no step), so that a data
+path that became the bottleneck shows. A full epoch is estimated as the epoch's batches x the
+median step + the median evaluation. Issue 16's goal: the CPU fast path >= 1.8x the fp32 reference
+path per epoch for the simulated family.
 
-    python benchmarks/train_epoch_throughput.py [--device cpu|cuda] [--variant model8] [--batches 24]
-        [--rounds 3] [--configs reference device device+compile] [--json out.json]
+    python benchmarks/train_epoch_throughput.py [--device cpu|cuda] [--variants model8 model7 model14 elf erm]
+        [--paths reference cpu-fast] [--batches 12] [--rounds 2] [--json out.json]
 
 A reference-path round includes starting its DataLoader workers, as every real epoch does (there
 amortised over 97 batches, here over --batches: raise it for a fairer reference figure).
@@ -25,55 +27,72 @@ from pathlib import Path
 import torch
 
 from training.commands.common import DEFAULT_DATA_DIR
-from training.config import TrainConfig
+from training.config import CPU_FAST_PATH, REFERENCE_PATH, TrainConfig
 from training.engine import Run
 
-# name -> TrainConfig fields; the fast path's pieces added one at a time.
-CONFIGS = {
-    "reference": {},
-    "device": {"data_path": "device"},
-    "device+compile": {"data_path": "device", "compile": "default"},
-    "device+amp+cl": {"data_path": "device", "amp": True, "channels_last": True},
-    "device+amp+cl+compile": {"data_path": "device", "amp": True, "channels_last": True, "compile": "default"},
-    "device+amp+cl+cudagraphs": {"data_path": "device", "amp": True, "channels_last": True,
-                                 "compile": "reduce-overhead"},
+# name -> TrainConfig path fields. One family per default variant: simulated with Mixup (model8)
+# and with AutoAugment (model7), full power (model14), ELF, the plain control (erm).
+PATHS = {
+    "reference": REFERENCE_PATH,
+    "cpu-fast": CPU_FAST_PATH,
+    "device": {**REFERENCE_PATH, "data_path": "device"},
+    "reference+amp+cl": {**REFERENCE_PATH, "amp": True, "channels_last": True},
+    "cpu-fast+compile": {**CPU_FAST_PATH, "compile": "default"},
+    "gpu-fast": {**CPU_FAST_PATH, "compile": "reduce-overhead"},
 }
-DEFAULTS = {"cpu": ["reference", "device", "device+compile"],
-            "cuda": ["reference", "device", "device+amp+cl", "device+amp+cl+compile", "device+amp+cl+cudagraphs"]}
+DEFAULT_PATHS = {"cpu": ["reference", "cpu-fast"], "cuda": ["reference", "cpu-fast", "gpu-fast"]}
+
+
+def augmentation_seconds(run: Run, batches: int) -> float:
+    """Seconds to draw `batches` augmented batches of an epoch, with no training step."""
+    it, _ = run.batches(0)
+    t0 = time.perf_counter()
+    for step, _batch in enumerate(it):
+        if step + 1 >= batches:
+            break
+    return time.perf_counter() - t0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--variant", default="model8")
+    parser.add_argument("--variants", nargs="+", default=["model8", "model7", "model14", "elf", "erm"])
     parser.add_argument("--imbalance", type=int, default=100)
-    parser.add_argument("--batches", type=int, default=24, help="training steps per round and configuration")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=None)
+    parser.add_argument("--batches", type=int, default=12, help="training steps per round and path")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=None)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="DataLoader workers of the reference path")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
-    names = args.configs or DEFAULTS[args.device]
+    names = args.paths or DEFAULT_PATHS[args.device]
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+          + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else "")
+          + f", torch {torch.__version__}, {torch.get_num_threads()} threads; IF {args.imbalance}, batch 128, "
+          f"{args.rounds} rounds x {args.batches} steps (median)")
+    print(f"  {'variant':<8} {'path':<18} {'ms/step':>8} {'train s':>8} {'eval s':>7} {'augment s':>9} "
+          f"{'epoch s':>8} {'train x':>8} {'epoch x':>8} {'200 ep min':>10}")
+    results = {}
+    for variant in args.variants:
+        results[variant] = measure_variant(variant, names, device, args)
+    if args.json:
+        args.json.write_text(json.dumps({"device": str(device), "results": results}, indent=1))
 
+
+def measure_variant(variant: str, names: list[str], device: torch.device, args) -> dict:
     runs, failed = {}, {}
     for name in names:
-        config = TrainConfig(variant=args.variant, imbalance=args.imbalance, max_batches=args.batches,
-                             **CONFIGS[name])
+        config = TrainConfig(variant=variant, imbalance=args.imbalance, max_batches=args.batches, **PATHS[name])
         run = Run(config, Path("unused"), device, args.data_dir, workers=args.workers)
-        t0 = time.perf_counter()
-        try:  # warm-up: allocator, cuDNN/oneDNN choice, compilation of both shapes and both modes
+        try:  # warm-up: allocator, oneDNN/cuDNN choice, compilation of both shapes and both modes
             run.train_one_epoch(0)
             run.evaluate()
-        except Exception as exc:  # a configuration this machine cannot run is reported, not fatal
+        except Exception as exc:  # a path this machine cannot run is reported, not fatal
             failed[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
             continue
         runs[name] = run
-        print(f"  warm-up {name}: {time.perf_counter() - t0:.1f}s"
-              + (f" (compile fell back to eager: {run.compile_fallback})" if run.compile_fallback else ""))
-
     steps = {name: [] for name in runs}
     evals = {name: [] for name in runs}
     for r in range(args.rounds):
@@ -84,27 +103,23 @@ def main() -> None:
             t0 = time.perf_counter()
             run.evaluate()
             evals[name].append(time.perf_counter() - t0)
-
-    print(f"machine: {platform.processor() or platform.machine()}"
-          + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else "")
-          + f", torch {torch.__version__}, {torch.get_num_threads()} threads; {args.variant} IF {args.imbalance}, "
-          f"batch 128, {args.rounds} rounds x {args.batches} steps (median)")
-    results = {}
-    base = None
+    out, base = {}, None
     for name, run in runs.items():
         step, evaluation = statistics.median(steps[name]), statistics.median(evals[name])
-        per_epoch = run.batches(0)[1] * step + evaluation
-        base = base or step
-        results[name] = {"ms_per_step": 1000 * step, "images_per_s": 128 / step, "eval_s": evaluation,
-                         "estimated_200_epochs_s": 200 * per_epoch, "speedup_vs_first": base / step,
-                         "compile_fallback": run.compile_fallback}
-        print(f"  {name:<26} {1000 * step:8.1f} ms/step {128 / step:9.0f} img/s  eval {evaluation:6.2f}s  "
-              f"200 epochs ~ {200 * per_epoch / 60:7.1f} min  x{base / step:.2f} vs {names[0]}")
+        n_batches = run.batches(0)[1]
+        augment = augmentation_seconds(run, args.batches) / args.batches * n_batches
+        train_s = n_batches * step
+        epoch_s = train_s + evaluation
+        base = base or (train_s, epoch_s)
+        out[name] = {"ms_per_step": 1000 * step, "train_s_per_epoch": train_s, "eval_s": evaluation,
+                     "augment_s_per_epoch": augment, "epoch_s": epoch_s, "train_speedup": base[0] / train_s,
+                     "epoch_speedup": base[1] / epoch_s, "compile_fallback": run.compile_fallback}
+        print(f"  {variant:<8} {name:<18} {1000 * step:8.1f} {train_s:8.1f} {evaluation:7.2f} {augment:9.2f} "
+              f"{epoch_s:8.1f} {base[0] / train_s:7.2f}x {base[1] / epoch_s:7.2f}x {200 * epoch_s / 60:10.1f}"
+              + (f"  (compile fell back to eager: {run.compile_fallback})" if run.compile_fallback else ""))
     for name, why in failed.items():
-        print(f"  {name:<26} failed: {why}")
-    if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "variant": args.variant, "results": results,
-                                         "failed": failed}, indent=1))
+        print(f"  {variant:<8} {name:<18} failed: {why}")
+    return {"paths": out, "failed": failed}
 
 
 if __name__ == "__main__":

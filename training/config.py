@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 REFERENCE_EPOCHS = 200
 REFERENCE_MILESTONES = (160, 180)
+# Data path and speed options (TrainConfig fields). The reference path is the plain fp32 one.
+REFERENCE_PATH = {"data_path": "reference", "amp": False, "channels_last": False, "compile": "off"}
+# The CPU fast path, `train`'s default on a CPU: batched augmentation in the training process, bf16
+# autocast, channels-last; eager, since torch.compile made the bf16 step slower on this project's
+# CPU (benchmarks/train_epoch_throughput.py).
+CPU_FAST_PATH = {"data_path": "device", "amp": True, "channels_last": True, "compile": "off"}
 # The GPU fast path's `train` flags: data on the device, bf16, channels-last, CUDA graphs.
 FAST_PATH_FLAGS = ("--data-path", "device", "--amp", "--channels-last", "--compile", "reduce-overhead")
+
+
+def default_path(device_type: str) -> dict:
+    """The path `train` takes when no path flag is given: the CPU fast path on a CPU, the
+    reference path elsewhere."""
+    return CPU_FAST_PATH if device_type == "cpu" else REFERENCE_PATH
 
 
 @dataclass(frozen=True)
@@ -34,16 +46,23 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast for forward and loss
     channels_last: bool = False
     compile: str = "off"  # torch.compile mode of the network (compilation.COMPILE_MODES)
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def path(self) -> dict:
+        return {k: getattr(self, k) for k in REFERENCE_PATH}
+
+    def path_name(self) -> str:
+        """'reference', 'cpu-fast', or the flags of any other combination."""
+        named = {"reference": REFERENCE_PATH, "cpu-fast": CPU_FAST_PATH}
+        return next((n for n, p in named.items() if p == self.path()), " ".join(self.path_flags()))
+
     def path_flags(self) -> list[str]:
-        """The `train` flags that select this run's data path and speed options (empty: reference)."""
-        flags = [] if self.data_path == "reference" else ["--data-path", self.data_path]
-        flags += ["--amp"] * self.amp + ["--channels-last"] * self.channels_last
-        return flags + ([] if self.compile == "off" else ["--compile", self.compile])
+        """The `train` flags that select this run's data path and speed options, spelled out in
+        full so that they mean the same on any device."""
+        return ["--data-path", self.data_path, "--amp" if self.amp else "--no-amp",
+                "--channels-last" if self.channels_last else "--no-channels-last", "--compile", self.compile]
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

@@ -167,10 +167,12 @@ class Run:
             self.net, self.compile_fallback = self.model, f"{type(exc).__name__}: {reason}"
             return fn()
 
-    def evaluate(self) -> dict:
+    def evaluate(self, final: bool = False) -> dict:
+        """Test-set metrics; in bf16 on the fast path (2.6x faster on the CPU) except the `final`
+        evaluation, which is fp32 like `evaluate` and the exported graphs."""
         _, metrics = self._eager_on_compile_failure(lambda: evaluate_model(
             self.net, self.test_set, self.threshold, self.config.eval_batch_size,
-            self.device, self.costs))
+            self.device, self.costs, amp=self.config.amp and not final))
         return metrics
 
     # -- state --------------------------------------------------------------------------------
@@ -230,7 +232,7 @@ def train(run: Run, emit=print) -> None:
             t0 = time.perf_counter()
             try:
                 train_stats = run.train_one_epoch(epoch)
-                test = run.evaluate()
+                test = run.evaluate(final=epoch + 1 == cfg.epochs)
                 check_collapse(cfg, epoch, test)
             except Diverged as exc:
                 say(f"DIVERGED at epoch {exc.epoch}: {exc.reason}")

@@ -12,23 +12,24 @@ from .routing import first_confident_exit
 
 
 @torch.no_grad()
-def exit_logits(model, split: Split, batch_size: int = 500, device="cpu") -> torch.Tensor:
-    """K x N x C logits of every exit (float32, on the CPU)."""
+def exit_logits(model, split: Split, batch_size: int = 500, device="cpu", amp: bool = False) -> torch.Tensor:
+    """K x N x C logits of every exit (float32, on the CPU); `amp`: forward in bf16 autocast."""
     was_training = model.training
     model.eval()
     chunks = []
     for start in range(0, len(split), batch_size):
         x = normalize_batch(split.images[start:start + batch_size]).to(device)
-        chunks.append(torch.stack([o.logits.float() for o in model(x)]).cpu())
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+            chunks.append(torch.stack([o.logits.float() for o in model(x)]).cpu())
     model.train(was_training)
     return torch.cat(chunks, dim=1)
 
 
 def exit_probabilities(model, split: Split, batch_size: int = 500, device="cpu",
-                       adjustment: torch.Tensor | None = None) -> torch.Tensor:
+                       adjustment: torch.Tensor | None = None, amp: bool = False) -> torch.Tensor:
     """K x N x C softmax probabilities of every exit, after subtracting `adjustment` (a C-vector,
     logit_adjust.py) from the logits when given."""
-    logits = exit_logits(model, split, batch_size, device)
+    logits = exit_logits(model, split, batch_size, device, amp)
     return (logits if adjustment is None else logits - adjustment).softmax(dim=2)
 
 
@@ -85,10 +86,10 @@ def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold,
 
 def evaluate_model(model, split: Split, threshold, batch_size: int = 500, device="cpu",
                    costs: list[dict] | None = None,
-                   adjustment: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                   adjustment: torch.Tensor | None = None, amp: bool = False) -> tuple[torch.Tensor, dict]:
     """(every exit's probabilities, early-exit metrics) of a model on a split; `threshold` is one
     number or one per exit."""
-    probs = exit_probabilities(model, split, batch_size, device, adjustment)
+    probs = exit_probabilities(model, split, batch_size, device, adjustment, amp)
     return probs, early_exit_metrics(probs, split.labels, threshold, costs or exit_costs(model))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import FAST_PATH_FLAGS, TrainConfig
+from .config import TrainConfig
 from .constants import SPLIT_OF_CLASS, SPLITS
 from . import rundir
 from .variants import LOSS_RULE, get_variant, loss_rule, study_runs
@@ -42,9 +42,13 @@ class RunResult:
         return self.config.get("provenance", {}).get("device", "?")
 
     @property
+    def train_config(self) -> TrainConfig | None:
+        return TrainConfig.from_dict(self.config["config"]) if "config" in self.config else None
+
+    @property
     def path_flags(self) -> list[str]:
-        """The `train` flags of this run's data path and speed options (empty: reference path)."""
-        return TrainConfig.from_dict(self.config["config"]).path_flags() if "config" in self.config else []
+        """The `train` flags of this run's data path and speed options."""
+        return self.train_config.path_flags() if self.train_config else []
 
     @property
     def rule(self) -> str:
@@ -53,8 +57,8 @@ class RunResult:
 
     @property
     def path(self) -> str:
-        """'reference', or the fast path's flags this run was trained with."""
-        return " ".join(self.path_flags) or "reference"
+        """'reference', 'cpu-fast', or the flags of the path this run was trained with."""
+        return self.train_config.path_name() if self.train_config else "?"
 
 
 def collect_runs(root: Path) -> list[RunResult]:
@@ -70,13 +74,13 @@ def collect_runs(root: Path) -> list[RunResult]:
     return runs
 
 
-def train_command(variant: str, imbalance: int, seed: int = 0, flags=FAST_PATH_FLAGS, resume: bool = False,
+def train_command(variant: str, imbalance: int, seed: int = 0, flags=(), resume: bool = False,
                   name: str | None = None) -> str:
-    """The command that produces (or, with resume, finishes) a run; new runs take the GPU fast path."""
+    """The command that produces (or, with resume, finishes) a run; without `flags`, on `train`'s
+    default path (the CPU fast path on a CPU)."""
     name = name or rundir.run_name(variant, imbalance, seed)
     return " ".join(["python -m training train --variant", variant, "--imbalance", str(imbalance), "--seed",
-                     str(seed), "--device cuda", *flags, "--out", f"results/runs/{name}",
-                     *(["--resume"] if resume else [])])
+                     str(seed), *flags, "--out", f"results/runs/{name}", *(["--resume"] if resume else [])])
 
 
 def _fmt(x) -> str:
@@ -92,29 +96,58 @@ def _reported(variant: str, imbalance: int) -> str:
     return f"{r.overall:.2f}" + (f" ({r.many:.2f} / {r.medium:.2f} / {r.few:.2f})" if r.many is not None else "")
 
 
-def results_table(runs: list[RunResult], planned=None) -> tuple[str, list[str]]:
+def jpeg_penalties(runs: list[RunResult]) -> dict[int, float]:
+    """The dataset copy's measured penalty at each IF where a completed `erm` control exists: the
+    published ERM accuracy (SPEC §6) minus ours, in points."""
+    out = {}
+    for r in runs:
+        published = get_variant(r.variant).reported.get(r.imbalance)
+        if (get_variant(r.variant).family == "control" and r.status == rundir.COMPLETED
+                and r.rule == LOSS_RULE and published is not None and published.overall is not None):
+            out[r.imbalance] = published.overall - r.last["overall"]
+    return out
+
+
+def penalty_at(penalties: dict[int, float], imbalance: int) -> tuple[float, str] | None:
+    """(penalty, where it comes from) at an IF: measured there, else interpolated in log(IF)
+    between the IF 1 and IF 100 controls, else the IF 100 control's."""
+    if imbalance in penalties:
+        return penalties[imbalance], f"erm IF {imbalance}"
+    if 1 in penalties and 100 in penalties:
+        w = np.log(imbalance) / np.log(100)
+        return (1 - w) * penalties[1] + w * penalties[100], "erm IF 1 / IF 100, interpolated"
+    if 100 in penalties:
+        return penalties[100], "erm IF 100"
+    return None
+
+
+def results_table(runs: list[RunResult], planned=None, penalties: dict[int, float] | None = None
+                  ) -> tuple[str, list[str]]:
     """Markdown table of the planned (variant, IF) runs (default: the study's) from runs of the
-    current loss rule, and the commands of those not yet measured."""
+    current loss rule, one row per run (runs of different paths apart), each against the report and
+    against the report less the measured JPEG penalty; and the commands of runs not yet measured."""
     by_key = {}
     for r in runs:
         if r.rule != LOSS_RULE:
             continue
         by_key.setdefault((r.variant, r.imbalance), []).append(r)
+    penalties = {} if penalties is None else penalties
     lines = ["| variant | IF | report: overall (many / medium / few) | ours: overall | many | medium | few "
-             "| exits (1/2/3 %) | mean MACs | seed | status | machine | path |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ours − report | ours + JPEG penalty − report | exits (1/2/3 %) | mean MACs | seed | status "
+             "| machine | path |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     missing = []
     for variant, imbalance in (study_runs() if planned is None else planned):
         found = by_key.get((variant, imbalance), [])
         if not found:
             lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured "
-                         "| | | | | | | | | |")
+                         "| | | | | | | | | | | |")
             missing.append(train_command(variant, imbalance))
         for r in found:
             e, total = r.last, r.config.get("config", {}).get("epochs", "?")
             if r.status not in rundir.FINISHED:
                 lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "
-                             f"stopped at epoch {e.get('epoch', 0)} of {total} | | | | | | {r.seed} "
+                             f"stopped at epoch {e.get('epoch', 0)} of {total} | | | | | | | | {r.seed} "
                              f"| resumable | {r.device} | {r.path} |")
                 missing.append(train_command(variant, imbalance, r.seed, r.path_flags, resume=True, name=r.name))
                 continue
@@ -123,9 +156,16 @@ def results_table(runs: list[RunResult], planned=None) -> tuple[str, list[str]]:
             exits = "/".join(f"{100 * d:.1f}" for d in e.get("exit_distribution", []))
             share = e.get("mean_macs_share")
             macs = f"{e['mean_macs'] / 1e6:.1f}M ({100 * share:.0f}%)" if share is not None else "–"
+            published = get_variant(variant).reported.get(imbalance)
+            diff = adjusted = "–"
+            if r.status == "completed" and published is not None and published.overall is not None:
+                diff = f"{e['overall'] - published.overall:+.2f}"
+                penalty = penalty_at(penalties, imbalance)
+                if penalty is not None:
+                    adjusted = f"{e['overall'] + penalty[0] - published.overall:+.2f} ({penalty[1]})"
             lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | {_fmt(e.get('overall'))} "
-                         f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} | {exits} "
-                         f"| {macs} | {r.seed} | {status} | {r.device} | {r.path} |")
+                         f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} | {diff} "
+                         f"| {adjusted} | {exits} | {macs} | {r.seed} | {status} | {r.device} | {r.path} |")
     return "\n".join(lines), missing
 
 
@@ -144,20 +184,20 @@ def retired_table(runs: list[RunResult]) -> str:
 
 
 def path_agreement(runs: list[RunResult], goal: float = 1.5) -> str:
-    """Markdown: last-epoch accuracy of each completed fast-path run beside the reference-path run of
-    the same variant, imbalance and seed (issue 4: within `goal` points)."""
-    done = [r for r in runs if r.status == "completed" and r.rule == LOSS_RULE]
-    reference = {(r.variant, r.imbalance, r.seed): r for r in done if r.path == "reference"}
-    lines = [f"| variant | IF | seed | reference path | fast path | difference | within {goal} points "
-             "| fast path flags |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Markdown: last-epoch accuracy of each completed bf16 (--amp) run beside the fp32 run of the
+    same variant, imbalance and seed (issue 16: within `goal` points, seed noise)."""
+    done = [r for r in runs if r.status == "completed" and r.rule == LOSS_RULE and r.train_config]
+    fp32 = {(r.variant, r.imbalance, r.seed): r for r in done if not r.train_config.amp}
+    lines = [f"| variant | IF | seed | fp32 run | bf16 run | difference | within {goal} points "
+             "| fp32 path | bf16 path |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in done:
-        ref = reference.get((r.variant, r.imbalance, r.seed))
-        if r.path == "reference" or ref is None:
+        ref = fp32.get((r.variant, r.imbalance, r.seed))
+        if not r.train_config.amp or ref is None:
             continue
         a, b = ref.last["overall"], r.last["overall"]
         lines.append(f"| {r.variant} | {r.imbalance} | {r.seed} | {a:.2f} | {b:.2f} | {b - a:+.2f} "
-                     f"| {'yes' if abs(b - a) <= goal else 'no'} | `{r.path}` |")
+                     f"| {'yes' if abs(b - a) <= goal else 'no'} | `{ref.path}` | `{r.path}` |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 

@@ -1,5 +1,6 @@
 """The fast (device-resident, batched) data path against the reference per-image transforms."""
 import numpy as np
+import pytest
 import torch
 from torchvision import transforms as T
 
@@ -78,15 +79,22 @@ def test_epoch_covers_every_image_once_and_is_seeded(cifar):
     assert sorted(labels.tolist()) == sorted(split.labels.tolist())
 
 
-def test_device_path_trains_on_the_cli(data_dir, tmp_path):
+@pytest.mark.parametrize("flags, path", [
+    ([], {"data_path": "device", "amp": True, "channels_last": True, "compile": "off"}),  # the CPU default
+    (["--no-amp", "--data-path", "reference"], {"data_path": "reference", "amp": False, "channels_last": True,
+                                                "compile": "off"}),  # each flag replaces its part
+])
+def test_the_cpu_fast_path_is_trains_default_on_a_cpu(data_dir, tmp_path, capsys, flags, path):
+    import json
+
     from training.cli import main
     out = tmp_path / "run"
     assert main(["train", "--variant", "model7", "--epochs", "1", "--batch-size", "32", "--max-train-samples", "200",
-                 "--max-batches", "2", "--max-test-samples", "100", "--data-path", "device", "--amp",
-                 "--channels-last", "--out", str(out), "--data-dir", str(data_dir)]) == 0
-    import json
+                 "--max-batches", "2", "--max-test-samples", "100", "--workers", "0", "--device", "cpu",
+                 "--out", str(out), "--data-dir", str(data_dir), *flags]) == 0
     config = json.loads((out / "config.json").read_text())["config"]
-    assert config["data_path"] == "device" and config["amp"] and config["channels_last"]
+    assert {k: config[k] for k in path} == path
+    assert ("path cpu-fast" in capsys.readouterr().out) == (flags == [])
 
 
 def test_batched_equalize_is_torchvisions(cifar):

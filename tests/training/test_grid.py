@@ -25,10 +25,10 @@ def test_grid_plans_the_whole_study(capsys):
 
 
 def test_grid_resumes_a_run_on_the_path_it_started_with(data_dir, tmp_path, capsys):
-    # A reference-path run cut off after epoch 1 of 2; the grid now asks for the fast path.
+    # A reference-path run cut off after epoch 1 of 2; the grid now asks for another path.
     run_dir = tmp_path / "elf-if100-seed0"
     assert main(["train", "--variant", "elf", "--out", str(run_dir), "--data-dir", str(data_dir),
-                 *smoke_flags(epochs=2), "--checkpoint-every", "1"]) == 0
+                 *smoke_flags(epochs=2), "--checkpoint-every", "1", "--data-path", "reference"]) == 0
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     state["epoch"], state["history"] = 1, state["history"][:1]
     torch.save(state, run_dir / "checkpoint.pt")
@@ -41,7 +41,9 @@ def test_grid_resumes_a_run_on_the_path_it_started_with(data_dir, tmp_path, caps
     capsys.readouterr()
     assert main([*args[:1], "--dry-run", *args[1:]]) == 0
     planned = capsys.readouterr().out
-    assert "--resume" in planned and "--data-path" not in planned and "--compile" not in planned
+    # Resumed on its own path, spelled out: the CPU default (amp, channels-last) and the other flags dropped.
+    assert "--resume" in planned and "--data-path reference --amp --channels-last --compile off" in planned
+    assert "--data-path device" not in planned and "--compile=default" not in planned
     assert main(args) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and len(metrics["epochs"]) == 2

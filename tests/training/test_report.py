@@ -17,6 +17,8 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     runs = tmp_path / "runs"
     assert main(["train", "--variant", "model1", "--out", str(runs / "model1-if100-seed0"),
                  "--data-dir", str(data_dir), *SMOKE]) == 0
+    assert main(["train", "--variant", "erm", "--out", str(runs / "erm-if100-seed0"),
+                 "--data-dir", str(data_dir), *SMOKE]) == 0
     stopped = runs / "model8-if100-seed0"
     assert main(["train", "--variant", "model8", "--out", str(stopped), "--data-dir", str(data_dir),
                  *smoke_flags(epochs=3), "--checkpoint-every", "1"]) == 0
@@ -35,23 +37,29 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     model1 = next(line for line in text.splitlines() if line.startswith("| model1 |"))
     overall = json.loads((runs / "model1-if100-seed0" / "metrics.json").read_text())["final"]["overall"]
     assert f"| {overall:.2f} |" in model1 and "completed" in model1
+    erm = json.loads((runs / "erm-if100-seed0" / "metrics.json").read_text())["final"]["overall"]
+    assert f"| {overall - 56.90:+.2f} | {overall + (70.36 - erm) - 56.90:+.2f} (erm IF 100) |" in model1
+    assert f"IF 100: {70.36 - erm:.2f} points" in text
     assert "not yet measured: stopped at epoch 1 of 3" in text
-    assert "--variant model8 --imbalance 100 --seed 0 --device cuda --out results/runs/model8-if100-seed0 --resume" in text
-    assert text.count("| not yet measured |") == 17 + 2  # the table's, and the two erm controls
+    assert ("--variant model8 --imbalance 100 --seed 0 --data-path device --amp --channels-last --compile off "
+            "--out results/runs/model8-if100-seed0 --resume") in text
+    assert text.count("| not yet measured |") == 17 + 1  # the table's, and the erm IF 1 control
     assert len([line for line in text.splitlines() if line.startswith("| model1 |")]) == 1
     retired = text.split("## Retired: runs of the old loss rule")[1]
     assert "| model1-if100-seed0-old-rule | model1 | 100 |" in retired
     assert "python -m training train --variant erm --imbalance 1 " in text
     assert "python -m training train --variant reslt --imbalance 50" in text
     assert "python -m training grid --device cuda --parallel 6 -- --data-path device --amp" in text
-    assert "## Fast path vs reference path" in text and "--out results/runs/model8-if100-seed0-fast" in text
+    assert "## bf16 fast path vs fp32" in text and "--out results/runs/model8-if100-seed0-cpufast" in text
+    assert "scripts/cpu_study.sh" in text
     for plot in ("training_curves", "per_class_accuracy", "exit_distribution_by_split", "accuracy_vs_macs"):
         assert (tmp_path / "plots" / f"{plot}.png").stat().st_size > 1000
 
 
 def test_report_sets_fast_path_runs_beside_reference_runs(data_dir, tmp_path):
     runs = tmp_path / "runs"
-    for name, flags in (("model1-if100-seed0", []), ("model1-if100-seed0-fast", ["--data-path", "device"])):
+    reference = ["--data-path", "reference", "--no-amp", "--no-channels-last"]
+    for name, flags in (("model1-if100-seed0", reference), ("model1-if100-seed0-fast", [])):
         assert main(["train", "--variant", "model1", "--out", str(runs / name), "--data-dir", str(data_dir),
                      *SMOKE, *flags]) == 0
     assert main(["report", "--runs", str(runs), "--out", str(tmp_path), "--data-dir", str(data_dir),
@@ -62,6 +70,6 @@ def test_report_sets_fast_path_runs_beside_reference_runs(data_dir, tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| model1 | 100 | 0 |"))
     reference, fast = acc["model1-if100-seed0"], acc["model1-if100-seed0-fast"]
     assert f"| {reference:.2f} | {fast:.2f} | {fast - reference:+.2f} |" in row
-    assert ("| yes |" in row) == (abs(fast - reference) <= 1.5) and "`--data-path device`" in row
+    assert ("| yes |" in row) == (abs(fast - reference) <= 1.5) and "| `reference` | `cpu-fast` |" in row
     table_rows = [line for line in text.splitlines() if line.startswith("| model1 | 100 | 56.90")]
-    assert [line.rsplit("|", 2)[1].strip() for line in table_rows] == ["reference", "--data-path device"]
+    assert [line.rsplit("|", 2)[1].strip() for line in table_rows] == ["reference", "cpu-fast"]

@@ -38,7 +38,8 @@ def add_arguments(parser) -> None:
                         help="flags passed on to every `train` (after --), e.g. -- --data-path device --amp")
 
 # `train` flags that choose the data path and speed options, with how many values each takes.
-PATH_FLAGS = {"--data-path": 1, "--amp": 0, "--channels-last": 0, "--compile": 1}
+PATH_FLAGS = {"--data-path": 1, "--amp": 0, "--no-amp": 0, "--channels-last": 0, "--no-channels-last": 0,
+              "--compile": 1}
 
 
 def shard(text: str) -> tuple[int, int]:

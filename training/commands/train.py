@@ -6,12 +6,13 @@ checkpoint.pt (written atomically every --checkpoint-every epochs and at the end
 """
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 from .. import rundir
 from ..compilation import COMPILE_MODES
-from ..config import REFERENCE_EPOCHS, TrainConfig, scaled_milestones
+from ..config import REFERENCE_EPOCHS, TrainConfig, default_path, scaled_milestones
 from ..engine import Run, prepare_run_dir, train
 from ..evaluation import format_report
 from ..variants import get_variant
@@ -19,7 +20,6 @@ from .common import add_data_args, positive_int, resolve_device, unit_interval
 
 
 def variant_name(text: str) -> str:
-    import argparse
     try:
         return get_variant(text).name
     except KeyError as exc:
@@ -49,20 +49,34 @@ def add_arguments(parser) -> None:
                         help="cap the test set (class shares kept), for smoke runs")
     parser.add_argument("--max-batches", type=positive_int, default=None,
                         help="stop each epoch after this many batches, for smoke runs")
-    parser.add_argument("--data-path", choices=("reference", "device"), default="reference",
-                        help="reference: DataLoader workers + PIL transforms; device: the training set "
-                             "on the device as uint8, augmented in batches (the GPU fast path)")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast (GPU fast path)")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    parser.add_argument("--compile", choices=COMPILE_MODES, default="off",
-                        help="torch.compile the network; reduce-overhead adds CUDA graphs on a GPU. "
-                             "A failed compilation falls back to eager and is noted in metrics.json")
+    path = parser.add_argument_group(
+        "data path and speed options", "default on a CPU: the CPU fast path (--data-path device --amp "
+        "--channels-last --compile off); elsewhere the reference path (--data-path reference --no-amp "
+        "--no-channels-last --compile off). Each flag given overrides its part")
+    path.add_argument("--data-path", choices=("reference", "device"), default=None,
+                      help="reference: DataLoader workers + PIL transforms; device: the training set "
+                           "on the device as uint8, augmented in batches")
+    path.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                      help="bf16 autocast for forward and loss (fp32 weights); per-epoch evaluation in "
+                           "bf16 too, the final one in fp32")
+    path.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                      help="channels-last memory format")
+    path.add_argument("--compile", choices=COMPILE_MODES, default=None,
+                      help="torch.compile the network; reduce-overhead adds CUDA graphs on a GPU. "
+                           "A failed compilation falls back to eager and is noted in metrics.json")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="data-loading worker processes (0: load in the main process)")
     add_data_args(parser)
 
 
-def config_from_args(args) -> TrainConfig:
+def path_from_args(args, device_type: str) -> dict:
+    """The device's default path, with each path flag given replacing its part."""
+    given = {"data_path": args.data_path, "amp": args.amp, "channels_last": args.channels_last,
+             "compile": args.compile}
+    return {**default_path(device_type), **{k: v for k, v in given.items() if v is not None}}
+
+
+def config_from_args(args, device_type: str) -> TrainConfig:
     variant = get_variant(args.variant)
     epochs = args.epochs
     return TrainConfig(
@@ -71,14 +85,13 @@ def config_from_args(args) -> TrainConfig:
         milestones=scaled_milestones(epochs), seed=args.seed,
         max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
         max_batches=args.max_batches, checkpoint_every=args.checkpoint_every, threshold=args.threshold,
-        data_path=args.data_path, amp=args.amp, channels_last=args.channels_last,
-        compile=args.compile)
+        **path_from_args(args, device_type))
 
 
 def run(args) -> int:
-    config = config_from_args(args)
-    out = args.out or Path("runs") / rundir.run_name(config.variant, config.imbalance, config.seed)
     device = resolve_device(args.device)
+    config = config_from_args(args, device.type)
+    out = args.out or Path("runs") / rundir.run_name(config.variant, config.imbalance, config.seed)
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     run_ = Run(config, out, device, args.data_dir, workers=args.workers)
@@ -86,7 +99,8 @@ def run(args) -> int:
     if run_.start_epoch:
         print(f"resuming {out} from epoch {run_.start_epoch}")
     print(f"{config.variant} IF {config.imbalance}: {len(run_.train_set)} training images "
-          f"{run_.class_counts}, {len(run_.test_set)} test images, device {device}, run dir {out}")
+          f"{run_.class_counts}, {len(run_.test_set)} test images, device {device}, "
+          f"path {config.path_name()}, run dir {out}")
     train(run_)
     final = rundir.read_json(out / rundir.METRICS)["final"]
     print(format_report(final))

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The study on this CPU, one run at a time (two torch threads), in issue 16's order: the erm control
+# at IF 100, model8's fast-path parity run, the report's baselines, the numbered models, the
+# baselines at IF 50/10, erm at IF 1. Every run takes `train`'s CPU default, the fast path.
+# Finished runs (completed or diverged) are skipped, checkpointed ones resumed, so the script is
+# simply started again in the next session. Run it in the background, niced:
+#   nohup nice -n 10 scripts/cpu_study.sh > runs/cpu_study.log 2>&1 &
+# Pause it while benchmarking: kill -STOP / -CONT the `training train` process (runs/study.pid).
+set -u
+cd "$(dirname "$0")/.."
+py=${PYTHON:-.venv/bin/python}
+root=${RUNS:-results/runs}
+# variant:IF[:run directory name]
+plan=(erm:100 model8:100:model8-if100-seed0-cpufast reslt:100 elf:100
+      model7:100 model14:100 model12:50 model13:10 model15:50 model16:10
+      model1:100 model2:100 model3:100 model4:100 model5:100 model6:100
+      reslt:50 reslt:10 elf:50 elf:10 erm:1)
+mkdir -p runs
+for entry in "${plan[@]}"; do
+  IFS=: read -r variant imbalance name <<<"$entry"
+  dir=$root/${name:-$variant-if$imbalance-seed0}
+  status=$($py -c "import sys; from training import rundir; print(rundir.status(sys.argv[1]))" "$dir")
+  case $status in completed|diverged) continue ;; esac
+  resume=()
+  [ -f "$dir/checkpoint.pt" ] && resume=(--resume)
+  echo "$(date -u +%FT%TZ) start $dir ${resume[*]}"
+  PYTHONUNBUFFERED=1 $py -m training train --variant "$variant" --imbalance "$imbalance" --seed 0 \
+    --out "$dir" "${resume[@]}" >>"runs/$(basename "$dir").out" 2>&1 &
+  echo $! >runs/study.pid
+  wait $!; rc=$?
+  echo "$(date -u +%FT%TZ) end $dir exit $rc status $($py -c "import sys; from training import rundir; print(rundir.status(sys.argv[1]))" "$dir")"
+done
