@@ -1,7 +1,7 @@
 """Seconds per epoch of the trainer's paths side by side, for each network family.
 
 Each (variant, path) is a real `training.engine.Run` (model, losses, routing, optimizer, data path)
-timed on whole training steps (`train_one_epoch` capped at --batches), rounds interleaved so that
+timed on whole training steps (`run_epoch` capped at --batches), rounds interleaved so that
 machine noise hits every path alike; then one per-epoch test-set evaluation each (bf16 on paths
 with --amp, as `train` runs it), and the augmentation alone (batches drawn, no step), so that a data
 path that became the bottleneck shows. A full epoch is estimated as the epoch's batches x the
@@ -87,7 +87,7 @@ def measure_variant(variant: str, names: list[str], device: torch.device, args) 
         config = TrainConfig(variant=variant, imbalance=args.imbalance, max_batches=args.batches, **PATHS[name])
         run = Run(config, Path("unused"), device, args.data_dir, workers=args.workers)
         try:  # warm-up: allocator, oneDNN/cuDNN choice, compilation of both shapes and both modes
-            run.train_one_epoch(0)
+            run.run_epoch(0)
             run.evaluate()
         except Exception as exc:  # a path this machine cannot run is reported, not fatal
             failed[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
@@ -98,7 +98,7 @@ def measure_variant(variant: str, names: list[str], device: torch.device, args) 
     for r in range(args.rounds):
         for name, run in runs.items():
             t0 = time.perf_counter()
-            run.train_one_epoch(1 + r)
+            run.run_epoch(1 + r)
             steps[name].append((time.perf_counter() - t0) / args.batches)
             t0 = time.perf_counter()
             run.evaluate()

@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.calibration import balanced_accuracy, calibrate, heldout_split  # noqa: E402
+from modelrepo.exit_rule import first_confident_exit  # noqa: E402
 from training.data import default_data_dir  # noqa: E402
 from training.evaluation import exit_logits  # noqa: E402
 from training.logit_adjust import log_prior  # noqa: E402
@@ -33,9 +34,8 @@ GRID = np.round(np.arange(0.30, 1.0001, 0.02), 2)
 
 def outcome(conf, pred, labels, share, thresholds) -> tuple[float, float]:
     """Balanced accuracy and mean MACs share; thresholds: (K - 1) x C, by predicted class."""
-    k, n = conf.shape
-    leave = np.vstack([conf[:-1] >= np.take_along_axis(thresholds, pred[:-1], axis=1), np.ones((1, n), bool)])
-    exits = leave.argmax(0)
+    n = conf.shape[1]
+    exits = first_confident_exit(conf, np.take_along_axis(thresholds, pred[:-1], axis=1))
     return balanced_accuracy(pred[exits, np.arange(n)], labels), float(share[exits].mean())
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from modelrepo import Manifest, ManifestError, load_manifest
+from modelrepo import Manifest, ManifestError, leaves, load_manifest
 
-from .images import normalize
+from .images import SIZE, normalize
 
 log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
@@ -47,6 +47,17 @@ def choose_providers(wanted: str) -> list[str]:
     if wanted in ("auto", "cuda") and CUDA in available:
         return [CUDA, CPU]
     return [CPU]
+
+
+def check_input(manifest: Manifest, model_dir: Path) -> None:
+    """Refuse a model whose input the server cannot make: uploads are decoded to SIZE RGB (images.py),
+    so a manifest asking for another size would validate and then fail inside ONNX Runtime."""
+    inp, wanted = manifest.input, [3, SIZE[1], SIZE[0]]
+    given = [inp.channels, inp.height, inp.width]
+    if given != wanted or manifest.stages[0].input.shape[1:] != wanted:
+        raise ManifestError(f"{model_dir / 'manifest.json'}: input {given[1]}x{given[2]} with {given[0]} "
+                            f"channels (stage 1 takes {manifest.stages[0].input.shape}); this server feeds "
+                            f"every model {SIZE[1]}x{SIZE[0]} RGB images")
 
 
 @dataclass
@@ -78,6 +89,7 @@ class StagedModel:
                  io_binding: bool | None = None, spinning: bool = False):
         self.dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.dir)
+        check_input(self.manifest, self.dir)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
         intra_op_threads = intra_op_threads or cgroup_cpu_limit() or 0
@@ -129,7 +141,7 @@ class StagedModel:
             if k == last:
                 leave = np.ones(len(active), dtype=bool)
             else:
-                leave = conf >= thresholds[active, k]
+                leave = leaves(conf, thresholds[active, k])
             idx = active[leave]
             class_id[idx], confidence[idx], exits[idx] = cls[leave], conf[leave], k + 1
             if k == last or leave.all():

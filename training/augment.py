@@ -9,9 +9,12 @@ from torchvision import transforms as T
 
 from .constants import MEAN, STD
 from .data import Split
-from .variants import AUGMENTATIONS
 
 MIXUP_ALPHA = 1.0
+# On top of crop 32 (padding 4) + flip: nothing ("basic", the erm control), torchvision's CIFAR10
+# AutoAugment policy per image, or Mixup per batch (losses.batch_targets). Both data paths
+# (this module's per-image transforms, device_data's batched ones) implement each.
+AUGMENTATIONS = ("autoaugment", "mixup", "basic")
 
 
 def normalize_tensor() -> T.Compose:

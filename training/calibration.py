@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from .data import Split, load_cifar10, longtail_indices
+from .errors import TrainingError
+from modelrepo.exit_rule import first_confident_exit
 from .evaluation import early_exit_metrics, exit_logits
 from .logit_adjust import TAU_GRID, log_prior
 from .macs import exit_costs
@@ -33,7 +35,7 @@ def heldout_split(data_dir, imbalance: int, per_class: int = 500, seed: int = 0)
     train, _ = load_cifar10(data_dir)
     unused = np.setdiff1d(np.arange(len(train)), longtail_indices(train.labels, imbalance))
     if len(unused) == 0:
-        raise ValueError(f"IF {imbalance} trains on every CIFAR-10 training image: no held-out images to calibrate on")
+        raise TrainingError(f"IF {imbalance} trains on every CIFAR-10 training image: no held-out images to calibrate on")
     rng = np.random.default_rng(seed)
     keep = np.concatenate([rng.permutation(unused[train.labels[unused] == c])[:per_class] for c in range(10)])
     return train.subset(np.sort(keep))
@@ -62,8 +64,7 @@ def _per_exit_search(probs: torch.Tensor, labels: np.ndarray, cumulative: np.nda
     class_size = np.bincount(class_index)
     best = None
     for thresholds in itertools.product(PER_EXIT_GRID, repeat=k - 1):
-        ok = conf[:-1] >= np.asarray(thresholds)[:, None]
-        exits = np.where(ok.any(0), ok.argmax(0), k - 1)
+        exits = first_confident_exit(conf, thresholds)
         correct = pred[exits, np.arange(n)] == labels
         acc = 100.0 * float(np.mean(np.bincount(class_index, weights=correct, minlength=len(classes)) / class_size))
         macs = float(cumulative[exits].mean())
@@ -85,9 +86,8 @@ def calibrate(model, heldout: Split, max_drop: float, class_counts, threshold_mo
     costs = exit_costs(model)
     cumulative = np.array([c["cumulative_macs"] for c in costs], dtype=np.float64)
     final = balanced_accuracy(probs[-1].argmax(1).numpy(), heldout.labels)
-    sweep = [{"threshold": m["threshold"], "mean_macs": m["mean_macs"],
-              "exit_distribution": m["exit_distribution"],
-              "accuracy": balanced_accuracy(np.asarray(m["predictions"]), heldout.labels)}
+    sweep = [{"threshold": m.threshold, "mean_macs": m.mean_macs, "exit_distribution": m.exit_distribution,
+              "accuracy": balanced_accuracy(m.predictions, heldout.labels)}
              for m in (early_exit_metrics(probs, heldout.labels, float(t), costs) for t in GRID)]
     ok = [row for row in sweep if row["accuracy"] >= final - max_drop]
     # Threshold 1 always qualifies; among equal costs prefer accuracy, then the safer higher threshold.

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import TrainingError
+
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
@@ -32,11 +34,11 @@ def save_checkpoint(state: dict, path: Path) -> None:
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise TrainingError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # torch.load's many ways to fail on a damaged or foreign file
+        raise TrainingError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
 
 def write_json(data, path: Path) -> None:

@@ -5,7 +5,10 @@ import argparse
 import logging
 import sys
 
+from modelrepo import ManifestError
+
 from .commands import calibrate, curve, download, evaluate, export, fit_exits, grid, report, train, variants
+from .errors import TrainingError
 
 COMMANDS = {
     "download": (download, "download CIFAR-10 (official archive, MD5-checked) into --data-dir"),
@@ -19,16 +22,16 @@ COMMANDS = {
     "curve": (curve, "a model directory's accuracy-vs-MACs curve (plot and table) from its manifest"),
     "export": (export, "export a checkpoint as staged ONNX graphs + manifest.json into a model directory"),
 }
-
-
-class CliError(Exception):
-    """A user-facing problem: printed as one line, exit code 2."""
+# Known failures, reported as one line: the project's own, a model directory that cannot be read,
+# and the operating system's (a file that is not there, a disk that is full).
+KNOWN_ERRORS = (TrainingError, ManifestError, OSError)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training", description=__doc__,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of known failures too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CliError, OSError, ValueError, KeyError, RuntimeError) as exc:
-        # Known failure modes (missing data, bad checkpoint, unknown variant...) are one line.
+    except KNOWN_ERRORS as exc:
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)
+        return getattr(exc, "exit_code", TrainingError.exit_code)

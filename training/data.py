@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .constants import NUM_CLASSES
+from .errors import TrainingError
 
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -19,7 +20,7 @@ EXPECTED_LAYOUT = (
 )
 
 
-class DatasetError(RuntimeError):
+class DatasetError(TrainingError):
     """The dataset is missing or malformed; the message names the file and the expected layout."""
 
 
@@ -85,7 +86,7 @@ def longtail_counts(imbalance: float, max_per_class: int = 5000,
                     num_classes: int = NUM_CLASSES) -> list[int]:
     """Images kept per class: int(max * (1/IF) ** (i / (C - 1))), as LDAM-DRW."""
     if imbalance < 1:
-        raise ValueError(f"imbalance factor must be >= 1, got {imbalance}")
+        raise TrainingError(f"imbalance factor must be >= 1, got {imbalance}")
     factor = 1.0 / imbalance
     return [int(max_per_class * factor ** (i / (num_classes - 1.0))) for i in range(num_classes)]
 

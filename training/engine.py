@@ -1,9 +1,9 @@
-"""The training loop: one epoch, per-epoch evaluation, divergence checks, checkpoints, resume."""
+"""`train`'s job for the epoch loop (loop.py): one training epoch, its evaluation, collapse
+detection, and what a checkpoint holds."""
 from __future__ import annotations
 
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -13,47 +13,40 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import rundir, runinfo
+from . import runinfo
 from .augment import ImageDataset, train_transform
-from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .compilation import COMPILE_ERRORS, compile_network, mark_step
 from .config import TrainConfig, epoch_seed, lr_at
 from .data import build_datasets
 from .device_data import DeviceBatches
-from .evaluation import evaluate_model
+from .errors import Diverged, TrainingError
+from .evaluation import EarlyExitMetrics, evaluate_model
+from .loop import require_same_config
 from .losses import Targets, batch_targets, make_exit_losses
 from .macs import exit_costs
 from .network import build_model
 from .routing import first_confident_exit, routed_loss, training_exits
-from .variants import LOSS_RULE, get_variant, loss_rule
+from .variants import LOSS_RULE, Variant, get_variant, loss_rule
 
 log = logging.getLogger(__name__)
-CHECKPOINT, METRICS, CONFIG, LOG = rundir.CHECKPOINT, rundir.METRICS, rundir.CONFIG, rundir.LOG
-# Per-sample predictions are kept for the final evaluation only.
-BULKY_KEYS = ("predictions", "exits")
-
-
-class Diverged(RuntimeError):
-    exit_code = rundir.EXIT_DIVERGED  # distinct from usage errors: a diverged run is a result
-
-    def __init__(self, epoch: int, reason: str):
-        super().__init__(f"training diverged at epoch {epoch}: {reason}")
-        self.epoch = epoch
-        self.reason = reason
 
 
 @dataclass
 class Run:
-    """Everything a training run holds; built once, then driven epoch by epoch."""
+    """Everything a training run holds; built once, then driven epoch by epoch by loop.run."""
 
     config: TrainConfig
     out: Path
     device: torch.device
     data_dir: Path
     workers: int = 0
+    variant: Variant | None = None  # default: the registry's variant of config.variant
+
+    kind = "train"
 
     def __post_init__(self):
-        self.variant = get_variant(self.config.variant)
+        if self.variant is None:
+            self.variant = get_variant(self.config.variant)
         self.train_set, self.test_set = build_datasets(
             self.data_dir, self.config.imbalance, self.config.max_train_samples,
             self.config.max_test_samples)
@@ -64,6 +57,7 @@ class Run:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net = compile_network(self.model, self.config.compile)  # what forward passes call
         self.compile_fallback: str | None = None  # why compilation failed, when it did
+        self._fallback_noted = False
         self.device_batches = (DeviceBatches(self.train_set, self.device, self.config.batch_size,
                                              self.variant.augmentation)
                                if self.config.data_path == "device" else None)
@@ -96,8 +90,16 @@ class Run:
                           num_workers=self.workers, drop_last=False,
                           persistent_workers=False, pin_memory=self.device.type == "cuda")
 
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.config.checkpoint_every
+
     # -- one epoch ----------------------------------------------------------------------------
-    def train_one_epoch(self, epoch: int) -> dict:
+    def run_epoch(self, epoch: int) -> dict:
         """One pass over the training set. Running sums stay on the device, so a GPU step never
         waits for the host; a non-finite loss is remembered on the device and raised at the end."""
         cfg = self.config
@@ -167,7 +169,7 @@ class Run:
             self.net, self.compile_fallback = self.model, f"{type(exc).__name__}: {reason}"
             return fn()
 
-    def evaluate(self, final: bool = False) -> dict:
+    def evaluate(self, final: bool = False) -> EarlyExitMetrics:
         """Test-set metrics; in bf16 on the fast path (2.6x faster on the CPU) except the `final`
         evaluation, which is fp32 like `evaluate` and the exported graphs."""
         _, metrics = self._eager_on_compile_failure(lambda: evaluate_model(
@@ -175,7 +177,33 @@ class Run:
             self.device, self.costs, amp=self.config.amp and not final))
         return metrics
 
+    def check(self, epoch: int, test: EarlyExitMetrics) -> None:
+        check_collapse(self.config, epoch, test)
+
+    def notes(self) -> list[str]:
+        if self.compile_fallback and not self._fallback_noted:
+            self._fallback_noted = True
+            return [f"# torch.compile failed in epoch {len(self.history)}, eager from there: {self.compile_fallback}"]
+        return []
+
+    @staticmethod
+    def epoch_line(record: dict) -> str:
+        """The report's log format, plus the exit distribution."""
+        exits = "/".join(f"{100 * d:.1f}" for d in record["exit_distribution"])
+        return (f"Epoch {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
+                f"Loss: {record['loss']:.4f}\tTrain Acc: {record['train_acc']:.2f}%\t"
+                f"Test Acc: {record['overall']:.2f}%\t(Many: {record['many']:.2f}%, "
+                f"Medium: {record['medium']:.2f}%, Few: {record['few']:.2f}%)\tExits: {exits}%")
+
     # -- state --------------------------------------------------------------------------------
+    def config_record(self) -> dict:
+        return {"config": self.config.to_dict(), "variant": self.variant.to_dict(), "provenance": self.provenance}
+
+    def metrics_header(self) -> dict:
+        return {"variant": self.variant.name, "imbalance": self.config.imbalance, "seed": self.config.seed,
+                "threshold": self.threshold, "exit_costs": self.costs,
+                "compile": {"mode": self.config.compile, "fallback": self.compile_fallback}}
+
     def state(self, epoch: int) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": epoch, "config": self.config.to_dict(), "variant": self.variant.to_dict(),
@@ -183,105 +211,20 @@ class Run:
                 "provenance": self.provenance}
 
     def restore(self, state: dict) -> None:
+        if loss_rule(state.get("variant", {})) != LOSS_RULE:
+            raise TrainingError(f"{self.out} was trained under the old loss rule (simulated loss at every "
+                                "exit, SPEC §4 before 2026-11-28); it cannot be resumed under the corrected "
+                                "one: start a new run in another --out")
+        require_same_config(TrainConfig.from_dict(state["config"]).to_dict(), self.config.to_dict(), self.out)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"])
 
 
-def check_collapse(config: TrainConfig, epoch: int, metrics: dict) -> None:
+def check_collapse(config: TrainConfig, epoch: int, test: EarlyExitMetrics) -> None:
     """Raise Diverged when nearly every test prediction is one class (Model 4 at epoch 111).
-
-    Early epochs may legitimately predict few classes, so only judge after the warm-up.
-    """
-    share = metrics["predicted_class_share_max"]
+    Early epochs may legitimately predict few classes, so only judge after the warm-up."""
+    share = test.predicted_class_share_max
     if epoch >= config.warmup_epochs and share >= config.collapse_share:
-        raise Diverged(epoch + 1, f"predictions collapsed: {100 * share:.1f}% of test images "
-                                  "get one class")
-
-
-def epoch_line(epoch: int, seconds: float, train: dict, test: dict) -> str:
-    """The report's log format, plus the exit distribution."""
-    exits = "/".join(f"{100 * d:.1f}" for d in test["exit_distribution"])
-    return (f"Epoch {epoch}\tTime: {seconds:.1f}s\tLR: {train['lr']:.5f}\tLoss: {train['loss']:.4f}\t"
-            f"Train Acc: {train['train_acc']:.2f}%\tTest Acc: {test['overall']:.2f}%\t"
-            f"(Many: {test['many']:.2f}%, Medium: {test['medium']:.2f}%, Few: {test['few']:.2f}%)\t"
-            f"Exits: {exits}%")
-
-
-def _metrics_document(run: Run, status: str, final: dict | None = None, **extra) -> dict:
-    return {"variant": run.variant.name, "imbalance": run.config.imbalance, "seed": run.config.seed,
-            "status": status, "threshold": run.threshold, "exit_costs": run.costs,
-            "compile": {"mode": run.config.compile, "fallback": run.compile_fallback},
-            "epochs": run.history, "final": final, **extra}
-
-
-def train(run: Run, emit=print) -> None:
-    """Train from run.start_epoch to the end; metrics.json holds the results (Diverged on divergence)."""
-    cfg, out = run.config, run.out
-    log_file = (out / LOG).open("a")
-
-    def say(line: str) -> None:
-        emit(line)
-        log_file.write(line + "\n")
-        log_file.flush()
-
-    fallback_noted = False
-    try:
-        for epoch in range(run.start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            try:
-                train_stats = run.train_one_epoch(epoch)
-                test = run.evaluate(final=epoch + 1 == cfg.epochs)
-                check_collapse(cfg, epoch, test)
-            except Diverged as exc:
-                say(f"DIVERGED at epoch {exc.epoch}: {exc.reason}")
-                doc = _metrics_document(run, rundir.DIVERGED, diverged_at=exc.epoch, reason=exc.reason)
-                write_json(doc, out / METRICS)
-                raise
-            seconds = time.perf_counter() - t0
-            record = {"epoch": epoch + 1, "seconds": seconds, **train_stats,
-                      **{k: v for k, v in test.items() if k not in BULKY_KEYS}}
-            run.history.append(record)
-            if run.compile_fallback and not fallback_noted:
-                say(f"# torch.compile failed in epoch {epoch + 1}, eager from there: {run.compile_fallback}")
-                fallback_noted = True
-            say(epoch_line(epoch + 1, seconds, train_stats, test))
-            last = epoch + 1 == cfg.epochs
-            if last or (epoch + 1) % cfg.checkpoint_every == 0:
-                save_checkpoint(run.state(epoch + 1), out / CHECKPOINT)
-            write_json(_metrics_document(run, rundir.COMPLETED if last else rundir.RUNNING,
-                                         final=test if last else None), out / METRICS)
-    finally:
-        log_file.close()
-
-
-def prepare_run_dir(run: Run, resume: bool) -> None:
-    """Write config.json for a new run, or restore the checkpoint of the run being resumed."""
-    out = run.out
-    ckpt = out / CHECKPOINT
-    if ckpt.exists():
-        if not resume:
-            raise FileExistsError(
-                f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
-        state = load_checkpoint(ckpt, map_location=run.device)
-        if loss_rule(state.get("variant", {})) != LOSS_RULE:
-            raise ValueError(f"{out} was trained under the old loss rule (simulated loss at every exit, "
-                             "SPEC §4 before 2026-11-28); it cannot be resumed under the corrected one: "
-                             "start a new run in another --out")
-        saved = TrainConfig.from_dict(state["config"])
-        if saved != run.config:
-            diffs = [f"{k}: run has {v!r}, flags give {getattr(run.config, k)!r}"
-                     for k, v in saved.to_dict().items() if v != run.config.to_dict()[k]]
-            raise ValueError(f"--resume with a different config than {out}: " + "; ".join(diffs))
-        run.restore(state)
-        # Epochs after the checkpoint will run again: keep the log to what the checkpoint holds.
-        lines = [epoch_line(r["epoch"], r["seconds"], r, r) for r in run.history]
-        lines.append(f"# resumed from epoch {run.start_epoch}")
-        (out / LOG).write_text("".join(line + "\n" for line in lines))
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / LOG).unlink(missing_ok=True)
-    write_json({"config": run.config.to_dict(), "variant": run.variant.to_dict(),
-                "provenance": run.provenance}, out / CONFIG)
-
+        raise Diverged(epoch + 1, f"predictions collapsed: {100 * share:.1f}% of test images get one class")

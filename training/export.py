@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelrepo.manifest import MANIFEST, Manifest, sha256_file
+from modelrepo.manifest import MANIFEST, Manifest, TestMetrics, sha256_file
 from . import runinfo
 from .augment import normalize_batch
 from .checkpoint import write_json
 from .constants import CLASS_NAMES, MEAN, SPLITS, STD
 from .data import Split
+from .errors import TrainingError
 from . import logit_adjust
 from .evaluation import early_exit_metrics, evaluate_model
 from .macs import exit_costs
@@ -33,8 +34,8 @@ BATCH = "N"
 SWEEP = np.round(np.linspace(0, 1, 21), 2)  # the manifest's accuracy-vs-MACs curve
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(TrainingError):
+    """The model cannot be exported (target in the way, ONNX Runtime disagreeing with PyTorch)."""
 
 
 class Stage(nn.Module):
@@ -93,11 +94,6 @@ def onnx_exit_probabilities(paths: list[Path], x: np.ndarray) -> list[np.ndarray
     return probs
 
 
-def _summary(metrics: dict) -> dict:
-    return {k: metrics[k] for k in ("threshold", "overall", "many", "medium", "few", "exit_distribution",
-                                    "mean_macs_share", "agreement")}
-
-
 def _tensor(name, shape, dtype="float32") -> dict:
     return {"name": name, "shape": [BATCH, *shape], "dtype": dtype}
 
@@ -151,8 +147,6 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
             raise ExportError(f"ONNX Runtime and PyTorch disagree on {n} test images: max abs "
                               f"probability difference {diff:.2e} > {PARITY_TOLERANCE:.0e}; nothing written")
 
-        per_exit = [{k: row[k] for k in ("exit", "overall", "many", "medium", "few", "cumulative_macs")}
-                    for row in metrics["per_exit"]]
         manifest = Manifest.model_validate({
             "name": name, "variant": variant.name, "variant_config": variant.to_dict(),
             "training_config": config.to_dict(), "imbalance": config.imbalance,
@@ -163,12 +157,10 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
             "logit_adjustment": None if not tau else {
                 "tau": tau, "class_counts": list(counts), "subtracted": adjustment.tolist()},
             "stages": stages, "full_macs": costs[-1]["cumulative_macs"],
-            "metrics": {
-                **{k: metrics[k] for k in ("threshold", "overall", "many", "medium", "few",
-                                           "exit_distribution", "mean_macs", "mean_macs_share", "agreement")},
-                "images": len(test), "per_exit": per_exit,
-                "at_report_threshold": _summary(at_report),
-                "sweep": [_summary(m) for m in sweep]},
+            "metrics": TestMetrics(
+                **metrics.operating_point().model_dump(), images=metrics.images, mean_macs=metrics.mean_macs,
+                per_exit=metrics.per_exit, at_report_threshold=at_report.operating_point(),
+                sweep=[m.operating_point() for m in sweep]),
             "provenance": {
                 "seed": config.seed, "epochs": config.epochs, "trained_epochs": int(state.get("epoch", 0)),
                 "trained_on": state.get("provenance", {}).get("device", "unknown"),

@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +32,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from modelrepo.manifest import sha256_file
-from . import rundir, runinfo
+from . import runinfo
 from .config import epoch_seed
-from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .data import build_datasets
 from .device_data import DeviceBatches
-from .evaluation import evaluate_model
+from .errors import Diverged, TrainingError
+from .evaluation import EarlyExitMetrics, evaluate_model
+from .loop import require_same_config
 from .losses import (SimulatedExitLoss, Targets, batch_targets, make_base_loss, make_exit_losses,
                      split_weights)
 from .constants import NUM_CLASSES
@@ -71,11 +71,11 @@ class FitConfig:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"unknown fit mode {self.mode!r}; expected one of {MODES}")
+            raise TrainingError(f"unknown fit mode {self.mode!r}; expected one of {MODES}")
         if not 0.0 <= self.distill_weight <= 1.0:
-            raise ValueError(f"distill_weight must lie in [0, 1], got {self.distill_weight}")
+            raise TrainingError(f"distill_weight must lie in [0, 1], got {self.distill_weight}")
         if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise TrainingError(f"temperature must be > 0, got {self.temperature}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -94,14 +94,16 @@ def cosine_factor(config: FitConfig, epoch: int) -> float:
 
 
 class ExitFitter:
-    """Fits a parent checkpoint's early exits; driven epoch by epoch like engine.Run."""
+    """Fits a parent checkpoint's early exits; `fit-exits`' job for the epoch loop (loop.py)."""
+
+    kind = "fit-exits"
 
     def __init__(self, parent: Path, config: FitConfig, out: Path, data_dir: Path,
                  device: torch.device = torch.device("cpu")):
         self.parent, self.config, self.out, self.device = Path(parent), config, Path(out), device
         self.model, self.variant, self.train_config, self.parent_state = checkpoint_model(self.parent, device)
         if self.variant.num_exits < 2:
-            raise ValueError(f"{parent}: variant {self.variant.name} has a single exit; nothing to fit")
+            raise TrainingError(f"{parent}: variant {self.variant.name} has a single exit; nothing to fit")
         if config.early_heads is not None:
             self.replace_early_heads(config.early_heads)
         self.parent_sha256 = sha256_file(self.parent)
@@ -143,6 +145,14 @@ class ExitFitter:
             self.model.exits[k] = head.to(self.device)
 
     @property
+    def epochs(self) -> int:
+        return self.config.epochs
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.config.checkpoint_every
+
+    @property
     def early_heads(self) -> list[torch.nn.Module]:
         return list(self.model.exits[:-1])
 
@@ -181,7 +191,7 @@ class ExitFitter:
                 + beta * distillation(outputs[-1].logits, teacher, t)
         return total.mean()
 
-    def fit_one_epoch(self, epoch: int) -> dict:
+    def run_epoch(self, epoch: int) -> dict:
         cfg = self.config
         factor = cosine_factor(cfg, epoch)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
@@ -202,7 +212,7 @@ class ExitFitter:
             outputs, teacher = self.forward(x)
             loss = self.loss(outputs, teacher, targets)
             if not torch.isfinite(loss):
-                raise RuntimeError(f"fit-exits diverged at epoch {epoch + 1}, batch {step + 1}: loss {loss.item()}")
+                raise Diverged(epoch + 1, f"loss is {loss.item()} at batch {step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -210,10 +220,35 @@ class ExitFitter:
             seen += x.size(0)
         return {"lr": lr, "loss": loss_sum / max(seen, 1)}
 
-    def evaluate(self) -> dict:
+    def evaluate(self, final: bool = False) -> EarlyExitMetrics:
         _, metrics = evaluate_model(self.model, self.test_set, self.variant.infer_threshold,
                                     self.config.eval_batch_size, self.device, self.costs)
         return metrics
+
+    def check(self, epoch: int, test: EarlyExitMetrics) -> None:
+        """Nothing beyond the loss: the final exit (frozen) or the teacher (mixed) anchors a fit."""
+
+    def notes(self) -> list[str]:
+        return []
+
+    @staticmethod
+    def epoch_line(record: dict) -> str:
+        alone = "/".join(f"{row['overall']:.2f}" for row in record["per_exit"])
+        exits = "/".join(f"{100 * d:.1f}" for d in record["exit_distribution"])
+        return (f"Fit {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
+                f"Loss: {record['loss']:.4f}\tEach exit alone: {alone}%\tTest Acc: {record['overall']:.2f}% "
+                f"at threshold {record['threshold']:g}\tExits: {exits}%")
+
+    def config_record(self) -> dict:
+        return {"kind": self.kind, "fit_config": self.config.to_dict(),
+                "parent": {"path": str(self.parent), "sha256": self.parent_sha256},
+                "config": self.train_config.to_dict(), "variant": self.parent_state.get("variant"),
+                "provenance": runinfo.provenance(self.device)}
+
+    def metrics_header(self) -> dict:
+        return {"variant": self.variant.name, "imbalance": self.train_config.imbalance,
+                "seed": self.config.seed, "mode": self.config.mode,
+                "parent": {"path": str(self.parent), "sha256": self.parent_sha256}, "exit_costs": self.costs}
 
     def state(self, epoch: int) -> dict:
         """A checkpoint `evaluate`, `calibrate` and `export` read like a training one: the parent's
@@ -230,72 +265,10 @@ class ExitFitter:
     def restore(self, state: dict) -> None:
         fit = state["fit"]
         if fit["parent"]["sha256"] != self.parent_sha256:
-            raise ValueError(f"--resume: {self.out} was fitted from a parent with sha256 "
-                             f"{fit['parent']['sha256'][:12]}…, but {self.parent} has {self.parent_sha256[:12]}…")
-        saved = FitConfig(**fit["config"])
-        if saved != self.config:
-            diffs = [f"{k}: run has {v!r}, flags give {getattr(self.config, k)!r}"
-                     for k, v in saved.to_dict().items() if v != self.config.to_dict()[k]]
-            raise ValueError(f"--resume with a different config than {self.out}: " + "; ".join(diffs))
+            raise TrainingError(f"--resume: {self.out} was fitted from a parent with sha256 "
+                                f"{fit['parent']['sha256'][:12]}…, but {self.parent} has {self.parent_sha256[:12]}…")
+        require_same_config(fit["config"], self.config.to_dict(), self.out)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(fit["optimizer"])
         self.history = list(fit["history"])
         self.start_epoch = int(fit["epoch"])
-
-
-def epoch_line(record: dict) -> str:
-    alone = "/".join(f"{row['overall']:.2f}" for row in record["per_exit"])
-    exits = "/".join(f"{100 * d:.1f}" for d in record["exit_distribution"])
-    return (f"Fit {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
-            f"Loss: {record['loss']:.4f}\tEach exit alone: {alone}%\tTest Acc: {record['overall']:.2f}% "
-            f"at threshold {record['threshold']:g}\tExits: {exits}%")
-
-
-def _document(fitter: ExitFitter, status: str, final: dict | None = None) -> dict:
-    return {"kind": "fit-exits", "variant": fitter.variant.name, "imbalance": fitter.train_config.imbalance,
-            "seed": fitter.config.seed, "status": status, "mode": fitter.config.mode,
-            "parent": {"path": str(fitter.parent), "sha256": fitter.parent_sha256},
-            "exit_costs": fitter.costs, "epochs": fitter.history, "final": final}
-
-
-def prepare(fitter: ExitFitter, resume: bool) -> None:
-    out = fitter.out
-    ckpt = out / rundir.CHECKPOINT
-    if ckpt.exists():
-        if not resume:
-            raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it "
-                                  "or choose another --out")
-        fitter.restore(load_checkpoint(ckpt, map_location=fitter.device))
-        (out / rundir.LOG).write_text("".join(epoch_line(r) + "\n" for r in fitter.history)
-                                      + f"# resumed from epoch {fitter.start_epoch}\n")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / rundir.LOG).unlink(missing_ok=True)
-    write_json({"kind": "fit-exits", "fit_config": fitter.config.to_dict(),
-                "parent": {"path": str(fitter.parent), "sha256": fitter.parent_sha256},
-                "config": fitter.train_config.to_dict(), "variant": fitter.parent_state.get("variant"),
-                "provenance": runinfo.provenance(fitter.device)}, out / rundir.CONFIG)
-
-
-def fit(fitter: ExitFitter, emit=print) -> dict:
-    """Fit from fitter.start_epoch to the end; returns the last epoch's full test metrics."""
-    cfg, out = fitter.config, fitter.out
-    test = None
-    with (out / rundir.LOG).open("a") as log_file:
-        for epoch in range(fitter.start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            stats = fitter.fit_one_epoch(epoch)
-            test = fitter.evaluate()
-            record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0, **stats,
-                      **{k: v for k, v in test.items() if k not in ("predictions", "exits", "per_class")}}
-            fitter.history.append(record)
-            line = epoch_line(record)
-            emit(line)
-            log_file.write(line + "\n")
-            log_file.flush()
-            last = epoch + 1 == cfg.epochs
-            if last or (epoch + 1) % cfg.checkpoint_every == 0:
-                save_checkpoint(fitter.state(epoch + 1), out / rundir.CHECKPOINT)
-            write_json(_document(fitter, rundir.COMPLETED if last else rundir.RUNNING,
-                                 final=test if last else None), out / rundir.METRICS)
-    return test if test is not None else fitter.evaluate()

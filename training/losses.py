@@ -1,6 +1,7 @@
 """Per-sample losses (SPEC §4): base losses (CE with label smoothing, LDAM) and per-exit losses
 (plain, simulated ResLT, full ResLT). Every function returns one loss per sample so that
 accumulative and routed assignment (routing.py) can pick which exits count for which sample.
+Each registers itself by the name variants use (BASE_LOSSES, EXIT_LOSSES).
 """
 from __future__ import annotations
 
@@ -12,12 +13,19 @@ import torch.nn.functional as F
 from .augment import mixup
 from .constants import NUM_CLASSES, SPLIT_OF_CLASS
 from .network import LDAM_SCALE, ExitOutput
+from .registry import Registry
 
 LABEL_SMOOTHING = 0.1
 LDAM_MAX_MARGIN = 0.5
 RESLT_ALPHA = 0.95
 # Simulated ResLT weight / full ResLT branch-mask count per split: many 1, medium 2, few 3.
 SPLIT_WEIGHT = {"many": 1.0, "medium": 2.0, "few": 3.0}
+# The official ResLT code's branch masks on CIFAR-10-LT (an ablation, not SPEC §4's): M sees
+# classes 2-9, T classes 4-9, by class index rather than by split.
+OFFICIAL_RESLT_FIRST_CLASS = {"medium": 2, "tail": 4}
+
+BASE_LOSSES = Registry("base loss")  # factory(class_counts) -> per-sample loss(logits, y)
+EXIT_LOSSES = Registry("exit loss")  # factory(base loss) -> per-sample loss(ExitOutput, Targets)
 
 
 @dataclass(frozen=True)
@@ -79,14 +87,13 @@ class LDAMLoss:
         return F.cross_entropy(adjusted, y, reduction="none")
 
 
+BASE_LOSSES.register("ce")(lambda class_counts: CrossEntropyLS())  # label smoothing 0.1
+BASE_LOSSES.register("ce_plain")(lambda class_counts: CrossEntropyLS(smoothing=0.0))  # the erm control
+BASE_LOSSES.register("ldam")(LDAMLoss)
+
+
 def make_base_loss(name: str, class_counts):
-    if name == "ce":
-        return CrossEntropyLS()
-    if name == "ce_plain":
-        return CrossEntropyLS(smoothing=0.0)
-    if name == "ldam":
-        return LDAMLoss(class_counts)
-    raise ValueError(f"unknown loss {name!r}; expected 'ce', 'ce_plain' or 'ldam'")
+    return BASE_LOSSES.get(name)(class_counts)
 
 
 def split_weights(num_classes: int = NUM_CLASSES) -> torch.Tensor:
@@ -100,6 +107,14 @@ def branch_masks(num_classes: int = NUM_CLASSES) -> torch.Tensor:
                         dtype=torch.float32).T
 
 
+def official_branch_masks(num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """3 x C as the official ResLT code masks CIFAR-10-LT: H every class, M classes 2-9, T 4-9."""
+    c = torch.arange(num_classes)
+    return torch.stack([torch.ones(num_classes), (c >= OFFICIAL_RESLT_FIRST_CLASS["medium"]).float(),
+                        (c >= OFFICIAL_RESLT_FIRST_CLASS["tail"]).float()])
+
+
+@EXIT_LOSSES.register("plain")
 class PlainExitLoss:
     def __init__(self, base):
         self.base = base
@@ -108,6 +123,7 @@ class PlainExitLoss:
         return sum(w * self.base(out.logits, y) for y, w in t.terms())
 
 
+@EXIT_LOSSES.register("simulated")
 class SimulatedExitLoss:
     """The same output's loss counted once (many), twice (medium) or three times (few)."""
 
@@ -120,18 +136,20 @@ class SimulatedExitLoss:
         return sum(w * weights[y] * self.base(out.logits, y) for y, w in t.terms())
 
 
+@EXIT_LOSSES.register("reslt")
 class ResLTExitLoss:
     """alpha * branch + (1 - alpha) * fusion, decomposed per sample.
 
-    ResLT's branch term is sum(mask * branch CE) / sum(mask) over the batch. Per sample that is
-    sum_b(mask_b * CE_b) / mean_mask_count, with the mean taken over the whole batch, so that the
-    batch mean of the per-sample losses equals ResLT's loss when every sample counts at the exit.
+    ResLT's branch term is sum(mask * branch CE) / sum(mask) over the batch, one normaliser for the
+    three branches. Per sample that is sum_b(mask_b * CE_b) / mean_mask_count, with the mean taken
+    over the whole batch, so that the batch mean of the per-sample losses equals ResLT's loss when
+    every sample counts at the exit. The fusion term is the loss of the three branches' summed logits.
     """
 
-    def __init__(self, base, alpha: float = RESLT_ALPHA):
+    def __init__(self, base, alpha: float = RESLT_ALPHA, masks: torch.Tensor | None = None):
         self.base = base
         self.alpha = alpha
-        self.masks = branch_masks()
+        self.masks = branch_masks() if masks is None else masks
 
     def __call__(self, out: ExitOutput, t: Targets) -> torch.Tensor:
         if out.branches is None:
@@ -148,11 +166,19 @@ class ResLTExitLoss:
         return self.alpha * branch / mask_count.mean() + (1 - self.alpha) * fusion
 
 
-_EXIT_LOSSES = {"plain": PlainExitLoss, "simulated": SimulatedExitLoss, "reslt": ResLTExitLoss}
+@EXIT_LOSSES.register("reslt_official")
+def official_reslt_loss(base) -> ResLTExitLoss:
+    """The full ResLT loss with the official code's class-index masks (the model8-reslt-official
+    ablation)."""
+    return ResLTExitLoss(base, masks=official_branch_masks())
+
+
+# Exit losses that read the three branches of a ResLT head.
+BRANCH_LOSSES = ("reslt", "reslt_official")
 
 
 def make_exit_losses(variant, class_counts) -> list:
     """One per-sample loss per exit, as the variant's exit_losses say (SPEC §4): in the simulated
     family the light exits' simulated loss and the final ResLT head's full ResLT loss."""
     base = make_base_loss(variant.loss, class_counts)
-    return [_EXIT_LOSSES[kind](base) for kind in variant.exit_losses]
+    return [EXIT_LOSSES.get(kind)(base) for kind in variant.exit_losses]

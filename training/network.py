@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .constants import NUM_CLASSES
-from .variants import HEAD_KINDS
+from .registry import Registry
+
+HEADS = Registry("exit head")
 
 BLOCKS_PER_STAGE = 5
 LDAM_SCALE = 30.0
@@ -79,6 +81,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+@HEADS.register("light")
 class LightHead(nn.Module):
     def __init__(self, channels: int, classifier: str, num_classes: int):
         super().__init__()
@@ -91,6 +94,7 @@ class LightHead(nn.Module):
         return ExitOutput(self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
 
 
+@HEADS.register("light2")
 class DeepLightHead(nn.Module):
     def __init__(self, channels: int, classifier: str, num_classes: int):
         super().__init__()
@@ -103,6 +107,7 @@ class DeepLightHead(nn.Module):
         return ExitOutput(self.fc(torch.flatten(F.adaptive_avg_pool2d(self.convs(x), 1), 1)))
 
 
+@HEADS.register("linear")
 class LinearHead(nn.Module):
     def __init__(self, channels: int, classifier: str, num_classes: int):
         super().__init__()
@@ -112,6 +117,7 @@ class LinearHead(nn.Module):
         return ExitOutput(self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
 
 
+@HEADS.register("reslt")
 class ResLTHead(nn.Module):
     def __init__(self, channels: int, classifier: str, num_classes: int):
         super().__init__()
@@ -130,15 +136,8 @@ class ResLTHead(nn.Module):
         return ExitOutput(branches.sum(0), branches)
 
 
-_HEADS = {"light": LightHead, "light2": DeepLightHead, "linear": LinearHead, "reslt": ResLTHead}
-
-
 def make_head(kind: str, channels: int, classifier: str, num_classes: int) -> nn.Module:
-    try:
-        head = _HEADS[kind]
-    except KeyError:
-        raise ValueError(f"unknown exit head {kind!r}; expected one of {HEAD_KINDS}") from None
-    return head(channels, classifier, num_classes)
+    return HEADS.get(kind)(channels, classifier, num_classes)
 
 
 class EarlyExitResNet(nn.Module):

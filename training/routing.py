@@ -1,27 +1,31 @@
-"""Exit assignment in training and loss routing (SPEC §4), and the inference exit rule."""
+"""Exit assignment in training and loss routing (SPEC §4)."""
 from __future__ import annotations
 
 import torch
 
+from modelrepo.exit_rule import FULL_DEPTH, early_exit_thresholds
 from .losses import Targets
 from .network import ExitOutput
+from .registry import Registry
 
-ROUTINGS = ("accumulative", "routed")
+ROUTINGS = Registry("routing")
 
 
 @torch.no_grad()
-def first_confident_exit(probs: list[torch.Tensor] | torch.Tensor, threshold: float,
+def first_confident_exit(probs: list[torch.Tensor] | torch.Tensor, threshold,
                          labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Index of the first exit whose max softmax >= threshold (and, when labels are given,
-    whose prediction is correct); the last exit when none qualifies. probs: K x N x C."""
+    """The exit rule (modelrepo.exit_rule) on tensors, for training batches where they are: index
+    of the first exit whose max softmax reaches its threshold (and, when labels are given, whose
+    prediction is correct: the training criterion); the last exit when none qualifies.
+    probs: K x N x C; threshold: one number or one per early exit."""
     probs = torch.stack(list(probs)) if isinstance(probs, (list, tuple)) else probs
     conf, pred = probs.max(dim=2)  # K x N
-    if not isinstance(threshold, (int, float)):  # one per early exit (the last exit takes all)
-        threshold = torch.tensor([*threshold, 0.0], dtype=conf.dtype, device=conf.device)[:, None]
-    ok = conf >= threshold
+    t = torch.tensor(early_exit_thresholds(threshold, conf.size(0)), dtype=conf.dtype, device=conf.device)
+    ok = torch.ones_like(conf, dtype=torch.bool)
+    ok[:-1] = (conf[:-1] >= t) & (t < FULL_DEPTH)
     if labels is not None:
         ok &= pred == labels.unsqueeze(0)
-    ok[-1] = True
+        ok[-1] = True
     return ok.to(torch.int8).argmax(dim=0)  # argmax returns the first maximal index
 
 
@@ -32,14 +36,22 @@ def training_exits(outputs: list[ExitOutput], targets: Targets, threshold: float
     return first_confident_exit(probs, threshold, targets.dominant)
 
 
+@ROUTINGS.register("accumulative")
+def accumulative(k: torch.Tensor, exits: torch.Tensor) -> torch.Tensor:
+    """The losses of exits 1..e count."""
+    return k <= exits
+
+
+@ROUTINGS.register("routed")
+def routed(k: torch.Tensor, exits: torch.Tensor) -> torch.Tensor:
+    """Only exit e's loss counts."""
+    return k == exits
+
+
 def exit_weights(exits: torch.Tensor, num_exits: int, routing: str) -> torch.Tensor:
     """K x N 0/1 matrix: which exits' losses count for each sample."""
     k = torch.arange(num_exits, device=exits.device).unsqueeze(1)
-    if routing == "accumulative":
-        return (k <= exits.unsqueeze(0)).float()
-    if routing == "routed":
-        return (k == exits.unsqueeze(0)).float()
-    raise ValueError(f"unknown routing {routing!r}; expected one of {ROUTINGS}")
+    return ROUTINGS.get(routing)(k, exits.unsqueeze(0)).float()
 
 
 def routed_loss(per_exit: list[torch.Tensor], exits: torch.Tensor, routing: str) -> torch.Tensor:

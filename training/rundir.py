@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
+from .errors import TrainingError
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -20,8 +21,6 @@ LOG = "train.log"
 # metrics.json "status"; "new" is a directory without metrics yet.
 NEW, RUNNING, COMPLETED, DIVERGED = "new", "running", "completed", "diverged"
 FINISHED = (COMPLETED, DIVERGED)
-# Process exit codes of `train`: 0 completed, 2 usage error, 3 diverged (itself a result).
-EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3
 
 
 def run_name(variant: str, imbalance: int, seed: int) -> str:
@@ -52,7 +51,7 @@ def checkpoint_model(path: Path, device="cpu"):
 
     state = load_checkpoint(path, map_location=device)
     if "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a training checkpoint of this project")
+        raise TrainingError(f"{path} is not a training checkpoint of this project")
     config = TrainConfig.from_dict(state["config"])
     variant = get_variant(config.variant)
     if state.get("fit", {}).get("exit_heads"):  # fit-exits may have replaced the early heads

@@ -4,13 +4,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-# Allowed values of the Variant fields, checked once when a variant is built.
-FAMILIES = ("simulated", "full_power", "elf", "reslt", "control")
-BASE_LOSSES = ("ce", "ce_plain", "ldam")  # ce: label smoothing 0.1; ce_plain: none (the erm control)
-EXIT_LOSSES = ("simulated", "reslt", "plain")
-ROUTINGS = ("accumulative", "routed")
-AUGMENTATIONS = ("autoaugment", "mixup", "basic")  # basic: crop + flip only
-HEAD_KINDS = ("light", "light2", "linear", "reslt")
+from .augment import AUGMENTATIONS
+from .losses import BASE_LOSSES, BRANCH_LOSSES, EXIT_LOSSES
+from .network import HEADS
+from .errors import TrainingError
+from .registry import UnknownNameError
+from .routing import ROUTINGS
+
+# Families of the report, and the variants that are not of its table: the dataset-copy controls
+# (erm) and the ablations that explain a row (run apart from the study).
+FAMILIES = ("simulated", "full_power", "elf", "reslt", "control", "ablation")
 # The loss rule a run was trained under (SPEC §4). "per_exit" is the corrected rule of 2026-11-28;
 # runs written before it (no exit_losses in their variant record) are "simulated_everywhere".
 LOSS_RULE = "per_exit"
@@ -35,12 +38,12 @@ class Reported:
 @dataclass(frozen=True)
 class Variant:
     name: str
-    family: str  # "simulated" | "full_power" | "elf" | "reslt"
-    loss: str  # base loss L, one of BASE_LOSSES
-    exit_losses: tuple[str, ...]  # per-exit loss (EXIT_LOSSES), one per exit
-    routing: str  # one of ROUTINGS
+    family: str  # one of FAMILIES
+    loss: str  # base loss L (losses.BASE_LOSSES)
+    exit_losses: tuple[str, ...]  # per-exit loss (losses.EXIT_LOSSES), one per exit
+    routing: str  # routing.ROUTINGS
     augmentation: str  # one of AUGMENTATIONS
-    exit_heads: tuple[str, ...]  # head kind per exit (HEAD_KINDS)
+    exit_heads: tuple[str, ...]  # head kind per exit (network.HEADS)
     widths: tuple[int, int, int]
     train_threshold: float
     infer_threshold: float
@@ -49,19 +52,20 @@ class Variant:
     description: str = ""
 
     def __post_init__(self):
-        for name, allowed in (("family", FAMILIES), ("loss", BASE_LOSSES), ("routing", ROUTINGS),
+        # Validated against the registries of the modules that implement each name.
+        for name, allowed in (("family", FAMILIES), ("loss", BASE_LOSSES.names()), ("routing", ROUTINGS.names()),
                               ("augmentation", AUGMENTATIONS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"variant {self.name!r}: {name} {getattr(self, name)!r} is not one of {allowed}")
-        for name, allowed in (("exit_heads", HEAD_KINDS), ("exit_losses", EXIT_LOSSES)):
+                raise UnknownNameError(f"variant {self.name!r}: {name} {getattr(self, name)!r} is not one of {allowed}")
+        for name, allowed in (("exit_heads", HEADS.names()), ("exit_losses", EXIT_LOSSES.names())):
             bad = [v for v in getattr(self, name) if v not in allowed]
             if bad:
-                raise ValueError(f"variant {self.name!r}: {name} {bad} not in {allowed}")
+                raise UnknownNameError(f"variant {self.name!r}: {name} {bad} not in {allowed}")
         if not 1 <= len(self.exit_heads) <= 3 or len(self.exit_losses) != len(self.exit_heads):
             raise ValueError(f"variant {self.name!r}: 1-3 exits with one loss each expected, got heads "
                              f"{self.exit_heads} and losses {self.exit_losses}")
         for head, loss in zip(self.exit_heads, self.exit_losses):
-            if loss == "reslt" and head != "reslt":
+            if loss in BRANCH_LOSSES and head != "reslt":
                 raise ValueError(f"variant {self.name!r}: the full ResLT loss needs a ResLT head, got {head!r}")
         if len(self.widths) != 3:
             raise ValueError(f"variant {self.name!r}: ResNet-32 has 3 stages, got widths {self.widths}")
@@ -156,8 +160,20 @@ for _base, _alias, _if in (("model8", "model12", 50), ("model8", "model13", 10),
     _b = _REGISTRY[_base]
     register(dataclasses.replace(_b, name=_alias, imbalance=_if, description=f"{_base} at IF {_if}"))
 
+# Ablations of model8 (issue 16): run at IF 100 beside it to explain its row, not rows of the table.
+register(dataclasses.replace(
+    _REGISTRY["model8"], name="model8-linear", family="ablation", exit_heads=("light", "light", "linear"),
+    exit_losses=("simulated", "simulated", "plain"), reported={},
+    description="ablation: model8 with a plain linear final head and plain CE (label smoothing) instead "
+                "of the ResLT head and loss: what the ResLT head adds on our copy"))
+register(dataclasses.replace(
+    _REGISTRY["model8"], name="model8-reslt-official", family="ablation",
+    exit_losses=("simulated", "simulated", "reslt_official"), reported={},
+    description="ablation: model8 with the ResLT loss as the official ResLT code writes it (branch masks "
+                "classes 2-9 and 4-9, alpha 0.95)"))
 
-class UnknownVariantError(KeyError):
+
+class UnknownVariantError(TrainingError, KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]
 
@@ -174,13 +190,14 @@ def all_variants() -> list[Variant]:
     return list(_REGISTRY.values())
 
 
-def reported_accuracy(variant: Variant, imbalance: int) -> Reported | None:
-    return variant.reported.get(imbalance)
-
-
 def loss_rule(variant_record: dict) -> str:
     """The SPEC §4 loss rule a saved variant record (config.json, checkpoint) was trained under."""
     return LOSS_RULE if "exit_losses" in variant_record else OLD_LOSS_RULE
+
+
+def ablation_runs() -> list[tuple[str, int]]:
+    """The ablations, each at its own IF."""
+    return [(v.name, v.imbalance) for v in all_variants() if v.family == "ablation"]
 
 
 def control_runs() -> list[tuple[str, int]]:
@@ -193,7 +210,7 @@ def study_runs() -> list[tuple[str, int]]:
     baselines at IF 100, 50 and 10 - 19 runs."""
     runs = []
     for v in all_variants():
-        if v.family == "control":
+        if v.family in ("control", "ablation"):
             continue
         ifs = sorted(v.reported, reverse=True) if v.family in ("elf", "reslt") else [v.imbalance]
         runs += [(v.name, f) for f in ifs]

@@ -1,10 +1,11 @@
-"""Staged ONNX Runtime inference against the PyTorch model of the same checkpoint."""
+"""Staged ONNX Runtime inference: which stages run for which images, each exit against the PyTorch
+model of the checkpoint it was exported from, thresholds per image and per exit, IO binding."""
 import numpy as np
 import pytest
 
 from server.engine import StagedModel, choose_providers, load_repository
 
-from .conftest import MODELS
+from .conftest import DEFAULT_CHECKPOINT, MODELS
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +22,54 @@ def test_stages_after_the_exit_are_never_run(model, x):
     n = len(x)
     everyone_early = model.run(x, np.zeros(n, np.float32))
     assert (everyone_early.exit == 1).all() and len(everyone_early.stages) == 1
-    nobody_early = model.run(x, np.ones(n, np.float32) * 1.01)
+    nobody_early = model.run(x, np.ones(n, np.float32))
     assert (nobody_early.exit == 3).all()
     assert [s.batch_size for s in nobody_early.stages] == [n, n, n]
 
 
+def test_threshold_one_runs_every_stage_even_at_confidence_one(model, x):
+    """Inputs scaled up until exit 1 is certain (confidence exactly 1.0 in float32): at threshold
+    1 they still run every stage; just below 1 they leave at exit 1."""
+    loud = x[:64] * 1000
+    _, confidence, _ = model._run_stage(0, loud)
+    certain = confidence == 1.0
+    assert certain.sum() > 32
+    assert (model.run(loud, np.ones(64, np.float32)).exit == 3).all()
+    below = model.run(loud, np.full(64, np.nextafter(np.float32(1), np.float32(0))))
+    assert (below.exit[certain] == 1).all()
+
+
+def test_every_exit_matches_the_pytorch_model_of_its_checkpoint(model, x, cifar):
+    """Each exit answering alone (threshold 1 before it, 0 at it): confidences within export's
+    1e-4 of PyTorch's (logit adjustment included), the same class wherever the top two PyTorch
+    probabilities are further apart than that."""
+    pytest.importorskip("torch")
+    from training.data import Split
+    from training.evaluation import exit_probabilities
+    from training.logit_adjust import adjustment
+    from training.rundir import checkpoint_model
+
+    net, *_ = checkpoint_model(DEFAULT_CHECKPOINT)
+    shift = model.manifest.logit_adjustment
+    probs = exit_probabilities(net, Split(cifar[1].images[:len(x)], cifar[1].labels[:len(x)]),
+                               adjustment=adjustment(shift.class_counts, shift.tau))
+    top2 = probs.topk(2, dim=2).values.numpy()
+    k_exits, n = probs.size(0), len(x)
+    for k in range(k_exits):
+        thresholds = np.ones((n, k_exits - 1), np.float32)
+        if k < k_exits - 1:
+            thresholds[:, k] = 0.0
+        result = model.run(x, thresholds)
+        assert (result.exit == k + 1).all()
+        np.testing.assert_allclose(result.confidence, top2[k, :, 0], atol=1e-4)
+        clear = top2[k, :, 0] - top2[k, :, 1] > 1e-4
+        assert clear.mean() > 0.95
+        np.testing.assert_array_equal(result.class_id[clear], probs[k].argmax(1).numpy()[clear])
+
+
 def test_mixed_thresholds_route_each_image(model, x):
     n = len(x)
-    thresholds = np.where(np.arange(n) % 2 == 0, 0.0, 1.01).astype(np.float32)
+    thresholds = np.where(np.arange(n) % 2 == 0, 0.0, 1.0).astype(np.float32)
     result = model.run(x, thresholds)
     assert (result.exit[::2] == 1).all() and (result.exit[1::2] == 3).all()
     assert [s.batch_size for s in result.stages] == [n, n // 2, n // 2]
@@ -36,7 +77,7 @@ def test_mixed_thresholds_route_each_image(model, x):
 
 def test_staged_answers_equal_full_run(model, x):
     """Whatever the exit, an image's answer is that exit's own prediction."""
-    full = [model.run(x, np.full(len(x), t, np.float32)) for t in (0.0, 1.01)]
+    full = [model.run(x, np.full(len(x), t, np.float32)) for t in (0.0, 1.0)]
     mid = model.run(x, np.full(len(x), 0.3, np.float32))
     for e in (1, 3):
         sel = mid.exit == e
@@ -59,7 +100,7 @@ def test_repository_loads_default(tmp_path):
 def test_per_exit_thresholds(model, x):
     """A threshold per early exit: 0 at exit 2 alone sends everyone not leaving at exit 1 out there."""
     n = len(x)
-    only_exit2 = model.run(x, np.tile(np.array([1.01, 0.0], np.float32), (n, 1)))
+    only_exit2 = model.run(x, np.tile(np.array([1.0, 0.0], np.float32), (n, 1)))
     assert set(only_exit2.exit.tolist()) == {2} and [s.batch_size for s in only_exit2.stages] == [n, n]
     same = model.run(x, np.full((n, 2), 0.3, np.float32))
     broadcast = model.run(x, np.full(n, 0.3, np.float32))
@@ -84,8 +125,8 @@ def test_io_binding_path_gives_the_same_answers(model, x):
     confidences as plain runs, also when nobody or everybody leaves at an exit, and in shadow runs."""
     bound = StagedModel(MODELS / "default", "cpu", io_binding=True)
     n = len(x)
-    for thresholds in (np.zeros(n, np.float32), np.full(n, 1.01, np.float32), np.full(n, 0.6, np.float32),
-                       np.tile(np.array([1.01, 0.0], np.float32), (n, 1))):
+    for thresholds in (np.zeros(n, np.float32), np.full(n, 1.0, np.float32), np.full(n, 0.6, np.float32),
+                       np.tile(np.array([1.0, 0.0], np.float32), (n, 1))):
         shadow = np.arange(n) % 3 == 0
         a, b = model.run(x, thresholds, shadow), bound.run(x, thresholds, shadow)
         assert a.exit.tolist() == b.exit.tolist() and a.class_id.tolist() == b.class_id.tolist()

@@ -17,11 +17,10 @@ from modelrepo.manifest import FORMAT_VERSION
 from training.cli import main as training_main
 
 from ..conftest import REPO
-from .conftest import MODELS, RunningServer, png
+from .conftest import DEFAULT_CHECKPOINT, MODELS, RunningServer, png
 
 # The checkpoint models/default was exported from (its manifest's provenance.fit.parent_sha256 names
 # the training run it was fitted from).
-DEFAULT_CHECKPOINT = REPO / "results" / "fits" / "model8-if100-seed0-fit-light2-mixed30" / "checkpoint.pt"
 
 
 def exits_counter(text: str) -> dict[str, float]:
@@ -249,6 +248,17 @@ def test_corrupt_model_directory_at_start(tmp_path):
     (tmp_path / "default" / "manifest.json").write_text("{}")
     r = start_and_fail("--model-repository", tmp_path)
     assert r.returncode != 0 and "manifest.json: invalid manifest" in r.stderr
+
+
+def test_a_manifest_asking_for_another_input_size_is_refused_at_start(tmp_path):
+    import shutil
+    shutil.copytree(MODELS / "default", tmp_path / "default")
+    manifest = json.loads((tmp_path / "default" / "manifest.json").read_text())
+    manifest["input"]["height"] = manifest["input"]["width"] = 64
+    (tmp_path / "default" / "manifest.json").write_text(json.dumps(manifest))
+    r = start_and_fail("--model-repository", tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "input 64x64 with 3 channels" in r.stderr and "feeds every model 32x32 RGB images" in r.stderr
 
 
 def test_readyz_fails_when_gpu_required_but_absent():

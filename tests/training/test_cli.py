@@ -122,4 +122,22 @@ def test_variants_lists_the_table():
     for name in ["model1", "model8", "model12", "model16", "elf", "reslt", "erm"]:
         assert f"\n{name} " in result.stdout
     table = json.loads(cli("variants", "--json").stdout)
-    assert len(table) == 16
+    assert len(table) == 16 + 2  # the report's, the erm control, two model8 ablations
+    assert {v["name"] for v in table if v["family"] == "ablation"} == {"model8-linear", "model8-reslt-official"}
+
+
+def test_unexpected_errors_keep_their_traceback_known_ones_are_one_line(monkeypatch, tmp_path, capsys):
+    from training.cli import main
+    from training.commands import variants
+
+    def broken(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(variants, "run", broken)
+    with pytest.raises(ZeroDivisionError):  # not turned into "error: a bug"
+        main(["variants"])
+    missing = ["evaluate", "--checkpoint", str(tmp_path / "none.pt")]
+    assert main(missing) == 2 and capsys.readouterr().err == f"error: no checkpoint at {tmp_path / 'none.pt'}\n"
+    from training.errors import TrainingError
+    with pytest.raises(TrainingError, match="no checkpoint at"):
+        main(["--debug", *missing])

@@ -108,3 +108,18 @@ def test_fit_with_deeper_early_heads_reads_back_with_them(data_dir, tmp_path):
     deeper, light = exit_costs(model), exit_costs(parent_model)
     assert deeper[0]["head_macs"] > light[0]["head_macs"]  # the bigger head's MACs are counted
     assert deeper[0]["backbone_macs"] == light[0]["backbone_macs"]
+
+
+def test_a_fit_whose_loss_is_not_finite_ends_as_diverged(data_dir, tmp_path):
+    # A temperature of 1e-40 sends logits / T to infinity: the distillation term is NaN at once.
+    out = tmp_path / "fit"
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "fit-exits", "--checkpoint", str(PARENT), "--out", str(out),
+         "--epochs", "2", "--temperature", "1e-40", *TINY, "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr
+    assert "training diverged at epoch 1: loss is nan at batch 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "fit-exits" and metrics["status"] == "diverged" and metrics["diverged_at"] == 1
+    assert "DIVERGED at epoch 1" in (out / "train.log").read_text()

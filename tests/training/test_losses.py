@@ -247,3 +247,4 @@ def test_exit_rule_with_one_threshold_per_early_exit():
     ])
     assert first_confident_exit(probs, [0.75, 0.66]).tolist() == [1, 0, 2]
     assert first_confident_exit(probs, [0.5, 1.0]).tolist() == [0, 0, 0]
+    assert first_confident_exit(probs, [1.0, 0.5]).tolist() == [1, 1, 1]  # threshold 1: nobody leaves there

@@ -43,7 +43,7 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     assert "not yet measured: stopped at epoch 1 of 3" in text
     assert ("--variant model8 --imbalance 100 --seed 0 --data-path device --amp --channels-last --compile off "
             "--out results/runs/model8-if100-seed0 --resume") in text
-    assert text.count("| not yet measured |") == 17 + 1  # the table's, and the erm IF 1 control
+    assert text.count("| not yet measured |") == 17 + 1 + 2  # the table's, the erm IF 1 control, the ablations
     assert len([line for line in text.splitlines() if line.startswith("| model1 |")]) == 1
     retired = text.split("## Retired: runs of the old loss rule")[1]
     assert "| model1-if100-seed0-old-rule | model1 | 100 |" in retired

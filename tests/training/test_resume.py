@@ -3,11 +3,14 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from training.config import TrainConfig
-from training.engine import Diverged, check_collapse
+from training.engine import check_collapse
+from training.errors import Diverged
+from training.evaluation import early_exit_metrics
 
 from .smoke import kill_at_first_checkpoint
 
@@ -69,10 +72,19 @@ def test_nan_loss_is_reported_as_divergence_with_epoch(data_dir, tmp_path):
 
 def test_collapsed_predictions_are_divergence():
     cfg = TrainConfig(variant="model4", imbalance=100)
-    check_collapse(cfg, 110, {"predicted_class_share_max": 0.4})
-    check_collapse(cfg, 2, {"predicted_class_share_max": 1.0})  # warm-up: not judged yet
+    labels = np.arange(10).repeat(10)
+
+    def metrics(predicted: np.ndarray):
+        probs = torch.nn.functional.one_hot(torch.from_numpy(predicted), 10).float()[None]  # one exit
+        return early_exit_metrics(probs, labels, 0.5, [{"cumulative_macs": 1}])
+
+    varied = metrics(np.where(labels < 6, 0, labels))  # 60% of the predictions are class 0
+    collapsed = metrics(np.zeros(100, dtype=np.int64))
+    assert varied.predicted_class_share_max == 0.6 and collapsed.predicted_class_share_max == 1.0
+    check_collapse(cfg, 110, varied)
+    check_collapse(cfg, 2, collapsed)  # warm-up: not judged yet
     with pytest.raises(Diverged, match="epoch 111: predictions collapsed: 100.0%"):
-        check_collapse(cfg, 110, {"predicted_class_share_max": 1.0})
+        check_collapse(cfg, 110, collapsed)
 
 
 def test_old_rule_run_is_not_resumed_under_the_corrected_rule(data_dir, tmp_path, capsys):

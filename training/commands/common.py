@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..data import default_data_dir
+from ..errors import TrainingError
 
 DEFAULT_DATA_DIR = default_data_dir()
 
@@ -59,5 +60,5 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no usable CUDA GPU")
+        raise TrainingError("--device cuda was asked for, but torch sees no usable CUDA GPU")
     return torch.device(name)

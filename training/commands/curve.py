@@ -8,6 +8,7 @@ from pathlib import Path
 from modelrepo.manifest import load_manifest
 
 from ..evaluation import format_threshold
+from ..errors import TrainingError
 
 
 def add_arguments(parser) -> None:
@@ -69,7 +70,7 @@ def plot(manifest, out: Path) -> None:
 def run(args) -> int:
     manifest = load_manifest(args.model)
     if not manifest.metrics.sweep:
-        raise ValueError(f"{args.model}: the manifest holds no threshold sweep (exported before format 1.1)")
+        raise TrainingError(f"{args.model}: the manifest holds no threshold sweep (exported before format 1.1)")
     print(table(manifest))
     if args.out:
         plot(manifest, args.out)

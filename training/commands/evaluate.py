@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..checkpoint import write_json
 from ..data import load_cifar10
+from ..errors import TrainingError
 from ..evaluation import evaluate_model, format_report
 from ..logit_adjust import adjustment
 from ..rundir import checkpoint_model
@@ -35,7 +36,7 @@ def run(args) -> int:
     _, test = load_cifar10(args.data_dir)
     threshold = args.threshold if args.threshold is not None else variant.infer_threshold
     if isinstance(threshold, list) and len(threshold) != variant.num_exits - 1:
-        raise ValueError(f"--threshold: {variant.name} has {variant.num_exits - 1} early exits, "
+        raise TrainingError(f"--threshold: {variant.name} has {variant.num_exits - 1} early exits, "
                                          f"got {len(threshold)} thresholds")
     shift = adjustment(state["class_counts"], args.tau) if args.tau else None  # logits come back on the CPU
     _, metrics = evaluate_model(model, test, threshold, config.eval_batch_size, device, adjustment=shift)
@@ -43,5 +44,6 @@ def run(args) -> int:
           + (f", logit adjustment tau {args.tau:g}" if args.tau else ""))
     print(format_report(metrics))
     if args.json:
-        write_json({"variant": variant.name, "imbalance": config.imbalance, "tau": args.tau, **metrics}, args.json)
+        write_json({"variant": variant.name, "imbalance": config.imbalance, "tau": args.tau, **metrics.to_dict()},
+                   args.json)
     return 0

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from ..data import load_cifar10
+from ..errors import TrainingError
 from ..rundir import checkpoint_model
 from ..export import export_model
 from ..calibration import calibrate, heldout_split
@@ -39,7 +40,7 @@ def run(args) -> int:
     if args.trained_on:
         state.setdefault("provenance", {})["device"] = args.trained_on
     if args.calibrate_drop is not None and args.threshold is not None:
-        raise ValueError("give --threshold or --calibrate-drop, not both")
+        raise TrainingError("give --threshold or --calibrate-drop, not both")
     calibration = None
     if args.calibrate_drop is not None:
         calibration = calibrate(model, heldout_split(args.data_dir, config.imbalance), args.calibrate_drop,

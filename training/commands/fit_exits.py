@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import loop
 from ..evaluation import format_report
-from ..fit_exits import MODES, ExitFitter, FitConfig, fit, prepare
-from ..variants import HEAD_KINDS
+from ..fit_exits import MODES, ExitFitter, FitConfig
+from ..network import HEADS
 from .common import add_data_args, non_negative, positive_int, resolve_device, unit_interval
 
 
@@ -27,7 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature T")
     parser.add_argument("--distill-weight", type=unit_interval, default=0.5,
                         help="share of the distillation term; the label loss gets the rest")
-    parser.add_argument("--early-heads", choices=HEAD_KINDS, default=None,
+    parser.add_argument("--early-heads", choices=HEADS.names(), default=None,
                         help="replace the early heads with fresh ones of this kind (light2: two convs, "
                              "about 2.4M MACs); default: fit the parent's own")
     parser.add_argument("--seed", type=int, default=0)
@@ -51,10 +52,10 @@ def run(args) -> int:
         max_batches=args.max_batches, checkpoint_every=args.checkpoint_every)
     out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-fit-{args.mode}"
     fitter = ExitFitter(args.checkpoint, config, out, args.data_dir, resolve_device(args.device))
-    prepare(fitter, args.resume)
+    loop.prepare(fitter, args.resume)
     if fitter.start_epoch:
         print(f"resuming {out} from epoch {fitter.start_epoch}")
     print(f"fit-exits ({config.mode}) of {args.checkpoint} ({fitter.variant.name}, sha256 "
           f"{fitter.parent_sha256[:12]}…): {len(fitter.train_set)} training images, run dir {out}")
-    print(format_report(fit(fitter)))
+    print(format_report(loop.run(fitter)))
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import rundir
+from ..errors import EXIT_DIVERGED, EXIT_OK
 from ..config import TrainConfig
 from ..variants import control_runs, get_variant, study_runs
 from .common import DEFAULT_DATA_DIR, positive_int
@@ -117,7 +118,7 @@ def run(args) -> int:
                 log.close()
                 del active[run_dir]
                 bar.update(1)
-                if proc.returncode not in (rundir.EXIT_OK, rundir.EXIT_DIVERGED):
+                if proc.returncode not in (EXIT_OK, EXIT_DIVERGED):
                     failed.append(run_dir.name)
                 bar.write(f"{run_dir.name}: {rundir.status(run_dir)} (exit code {proc.returncode})")
         bar.set_postfix_str(" | ".join(f"{d.name}: {_last_epoch(d)}" for d in active))

@@ -7,7 +7,7 @@ from ..data import load_cifar10
 from ..config import FAST_PATH_FLAGS
 from ..report import (SWEEP, collect_runs, jpeg_penalties, path_agreement, plot_all, results_table,
                       retired_table, train_command)
-from ..variants import control_runs
+from ..variants import ablation_runs, control_runs, get_variant
 from .common import DEFAULT_DATA_DIR
 
 CAVEAT = ("Last-epoch accuracy on the full 10,000-image CIFAR-10 test set of the JPEG-quality copy "
@@ -39,8 +39,8 @@ def run(args) -> int:
                 model, _, config, _ = checkpoint_model(r.dir / CHECKPOINT)
                 probs = exit_probabilities(model, test, config.eval_batch_size)
                 rows = threshold_sweep(probs, test.labels, exit_costs(model), SWEEP)
-                sweeps[r.name] = {"sweep": [{k: m[k] for k in ("threshold", "overall", "mean_macs")}
-                                            for m in rows],
+                sweeps[r.name] = {"sweep": [{"threshold": m.threshold, "overall": m.overall,
+                                             "mean_macs": m.mean_macs} for m in rows],
                                   "per_exit": r.metrics["final"]["per_exit"]}
     penalties = jpeg_penalties(runs)
     table, missing = results_table(runs, penalties=penalties)
@@ -62,6 +62,12 @@ def run(args) -> int:
               + (", ".join(f"IF {f}: {p:.2f} points" for f, p in sorted(penalties.items()))
                  or "not yet measured") + ".", "", controls, ""]
     missing += control_missing
+    ablations, ablation_missing = results_table(runs, [("model8", 100), *ablation_runs()], penalties)
+    lines += ["## Ablations of model8 (IF 100)", "",
+              "What the ResLT head and our reading of its loss contribute on this copy; run beside model8, "
+              "not rows of the report's table.", "",
+              *[f"- `{name}`: {get_variant(name).description}" for name, _ in ablation_runs()], "", ablations, ""]
+    missing += [m for m in ablation_missing if m not in missing]
     retired = retired_table(runs + (collect_runs(args.retired) if args.retired.is_dir() else []))
     if retired:
         lines += ["## Retired: runs of the old loss rule", "",

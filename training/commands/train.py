@@ -10,24 +10,25 @@ import argparse
 import os
 from pathlib import Path
 
-from .. import rundir
+from .. import loop, rundir
 from ..compilation import COMPILE_MODES
 from ..config import REFERENCE_EPOCHS, TrainConfig, default_path, scaled_milestones
-from ..engine import Run, prepare_run_dir, train
+from ..engine import Run
+from ..errors import TrainingError
 from ..evaluation import format_report
-from ..variants import get_variant
+from ..variants import Variant, get_variant
 from .common import add_data_args, positive_int, resolve_device, unit_interval
 
 
-def variant_name(text: str) -> str:
+def variant_arg(text: str) -> Variant:
     try:
-        return get_variant(text).name
+        return get_variant(text)
     except KeyError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--variant", required=True, type=variant_name,
+    parser.add_argument("--variant", required=True, type=variant_arg,
                         help="variant name (see `python -m training variants`)")
     parser.add_argument("--imbalance", type=int, choices=(100, 50, 10, 1), default=None,
                         help="imbalance factor (default: the variant's)")
@@ -77,8 +78,7 @@ def path_from_args(args, device_type: str) -> dict:
 
 
 def config_from_args(args, device_type: str) -> TrainConfig:
-    variant = get_variant(args.variant)
-    epochs = args.epochs
+    variant, epochs = args.variant, args.epochs
     return TrainConfig(
         variant=variant.name, imbalance=args.imbalance or variant.imbalance, epochs=epochs,
         batch_size=args.batch_size, lr=args.lr, warmup_epochs=min(5, epochs),
@@ -93,15 +93,13 @@ def run(args) -> int:
     config = config_from_args(args, device.type)
     out = args.out or Path("runs") / rundir.run_name(config.variant, config.imbalance, config.seed)
     if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    run_ = Run(config, out, device, args.data_dir, workers=args.workers)
-    prepare_run_dir(run_, args.resume)
+        raise TrainingError(f"--workers must be >= 0, got {args.workers}")
+    run_ = Run(config, out, device, args.data_dir, workers=args.workers, variant=args.variant)
+    loop.prepare(run_, args.resume)
     if run_.start_epoch:
         print(f"resuming {out} from epoch {run_.start_epoch}")
     print(f"{config.variant} IF {config.imbalance}: {len(run_.train_set)} training images "
           f"{run_.class_counts}, {len(run_.test_set)} test images, device {device}, "
           f"path {config.path_name()}, run dir {out}")
-    train(run_)
-    final = rundir.read_json(out / rundir.METRICS)["final"]
-    print(format_report(final))
+    print(format_report(loop.run(run_)))
     return 0

@@ -1,0 +1,125 @@
+"""The epoch loop of `train` and `fit-exits`: run directory, resume, divergence, checkpoints,
+status, log. Each command supplies a `Job` (what one epoch does, how it is evaluated, what is
+saved); everything else happens here, once.
+
+A run directory (rundir.py) holds config.json (written when the run starts), train.log (one line
+per epoch), metrics.json (status "running" / "completed" / "diverged", every epoch's record, the
+final evaluation) and checkpoint.pt (atomically, every `checkpoint_every` epochs and at the end).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+from . import rundir
+from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .errors import Diverged, TrainingError
+from .evaluation import EarlyExitMetrics
+
+
+class Job(Protocol):
+    kind: str  # metrics.json "kind": "train" or "fit-exits"
+    out: Path
+    epochs: int
+    checkpoint_every: int
+    history: list[dict]  # one record per finished epoch (restored on resume)
+    start_epoch: int
+
+    def run_epoch(self, epoch: int) -> dict:
+        """One pass over the training data (0-based epoch); raises Diverged on a non-finite loss."""
+
+    def evaluate(self, final: bool) -> EarlyExitMetrics:
+        """Test-set metrics after an epoch; `final` after the last one."""
+
+    def check(self, epoch: int, test: EarlyExitMetrics) -> None:
+        """Raise Diverged when the evaluation shows the run has failed."""
+
+    def notes(self) -> list[str]:
+        """Lines for the log besides the epoch's (each said once)."""
+
+    def epoch_line(self, record: dict) -> str:
+        """An epoch's log line from its record."""
+
+    def config_record(self) -> dict:
+        """config.json of a new run."""
+
+    def metrics_header(self) -> dict:
+        """metrics.json's fields besides kind, status, epochs and final."""
+
+    def state(self, epoch: int) -> dict:
+        """The checkpoint after `epoch` epochs."""
+
+    def restore(self, state: dict) -> None:
+        """Load a checkpoint (TrainingError when it belongs to another run); sets history and
+        start_epoch."""
+
+
+def config_diff(saved: dict, given: dict) -> list[str]:
+    """'field: run has X, flags give Y' for each field that differs (resume checks)."""
+    return [f"{k}: run has {v!r}, flags give {given.get(k)!r}" for k, v in saved.items() if v != given.get(k)]
+
+
+def require_same_config(saved: dict, given: dict, out: Path) -> None:
+    diffs = config_diff(saved, given)
+    if diffs:
+        raise TrainingError(f"--resume with a different config than {out}: " + "; ".join(diffs))
+
+
+def prepare(job: Job, resume: bool) -> None:
+    """Start a new run directory, or restore the checkpoint of the run being resumed."""
+    out = job.out
+    ckpt = out / rundir.CHECKPOINT
+    if ckpt.exists():
+        if not resume:
+            raise TrainingError(f"{out} already holds a checkpoint; pass --resume to continue it "
+                                "or choose another --out")
+        job.restore(load_checkpoint(ckpt))
+        # Epochs after the checkpoint will run again: keep the log to what the checkpoint holds.
+        (out / rundir.LOG).write_text("".join(job.epoch_line(r) + "\n" for r in job.history)
+                                      + f"# resumed from epoch {job.start_epoch}\n")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / rundir.LOG).unlink(missing_ok=True)
+    write_json(job.config_record(), out / rundir.CONFIG)
+
+
+def metrics_document(job: Job, status: str, final: EarlyExitMetrics | None = None, **extra) -> dict:
+    return {"kind": job.kind, **job.metrics_header(), "status": status, "epochs": job.history,
+            "final": None if final is None else final.to_dict(), **extra}
+
+
+def run(job: Job, emit=print) -> EarlyExitMetrics:
+    """Epochs start_epoch..epochs-1; returns the final evaluation. On divergence metrics.json says
+    `diverged` with the epoch and reason, and Diverged propagates (exit code 3)."""
+    out = job.out
+    final = None
+    with (out / rundir.LOG).open("a") as log_file:
+        def say(line: str) -> None:
+            emit(line)
+            log_file.write(line + "\n")
+            log_file.flush()
+
+        for epoch in range(job.start_epoch, job.epochs):
+            t0 = time.perf_counter()
+            last = epoch + 1 == job.epochs
+            try:
+                stats = job.run_epoch(epoch)
+                test = job.evaluate(final=last)
+                job.check(epoch, test)
+            except Diverged as exc:
+                say(f"DIVERGED at epoch {exc.epoch}: {exc.reason}")
+                write_json(metrics_document(job, rundir.DIVERGED, diverged_at=exc.epoch, reason=exc.reason),
+                           out / rundir.METRICS)
+                raise
+            record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0, **stats, **test.summary()}
+            job.history.append(record)
+            for note in job.notes():
+                say(note)
+            say(job.epoch_line(record))
+            if last or (epoch + 1) % job.checkpoint_every == 0:
+                save_checkpoint(job.state(epoch + 1), out / rundir.CHECKPOINT)
+            write_json(metrics_document(job, rundir.COMPLETED if last else rundir.RUNNING,
+                                        final=test if last else None), out / rundir.METRICS)
+            final = test if last else None
+    return final if final is not None else job.evaluate(final=True)
