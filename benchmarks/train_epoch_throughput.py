@@ -36,6 +36,7 @@ PATHS = {
     "reference": REFERENCE_PATH,
     "cpu-fast": CPU_FAST_PATH,
     "device": {**REFERENCE_PATH, "data_path": "device"},
+    "device+compile": {**REFERENCE_PATH, "data_path": "device", "compile": "default"},
     "reference+amp+cl": {**REFERENCE_PATH, "amp": True, "channels_last": True},
     "cpu-fast+compile": {**CPU_FAST_PATH, "compile": "default"},
     "gpu-fast": {**CPU_FAST_PATH, "compile": "reduce-overhead"},

@@ -107,8 +107,7 @@ class TestMetrics(SplitAccuracy):
     agreement: list[float | None] = []
     per_exit: list[ExitMetrics]  # each exit alone
     at_report_threshold: OperatingPoint | None = None
-    # The accuracy-vs-MACs curve, thresholds 0, 0.05, ..., 1 (at 1.0 only images whose confidence is
-    # exactly 1.0 in float32 leave early).
+    # The accuracy-vs-MACs curve, thresholds 0, 0.05, ..., 1 (1: full depth, see exit_rule.py).
     sweep: list[OperatingPoint] = []
 
 

@@ -21,7 +21,7 @@ class Settings(BaseSettings):
                                   "CPU limit from its cgroup, else ONNX Runtime's default)")
     ort_spinning: bool = Field(False, description="let ONNX Runtime's idle intra-op threads spin-wait (its own "
                                "default); off, they sleep and leave the cores to HTTP and decoding: 1.2-1.5x req/s "
-                               "at threshold 1.0 on a 2-core CPU (README, benchmarks/load_test.py)")
+                               "at threshold 1.0 on a 2-core CPU (results/BENCHMARKS.md, benchmarks/load_test.py)")
     max_upload_bytes: int = Field(8 * 1024 * 1024, gt=0, description="byte cap per uploaded file")
     max_image_pixels: int = Field(16_000_000, gt=0, description="pixel cap (decompression bombs)")
     max_batch_files: int = Field(64, gt=0, description="files per /classify/batch request")

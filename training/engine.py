@@ -90,14 +90,6 @@ class Run:
                           num_workers=self.workers, drop_last=False,
                           persistent_workers=False, pin_memory=self.device.type == "cuda")
 
-    @property
-    def epochs(self) -> int:
-        return self.config.epochs
-
-    @property
-    def checkpoint_every(self) -> int:
-        return self.config.checkpoint_every
-
     # -- one epoch ----------------------------------------------------------------------------
     def run_epoch(self, epoch: int) -> dict:
         """One pass over the training set. Running sums stay on the device, so a GPU step never

@@ -145,14 +145,6 @@ class ExitFitter:
             self.model.exits[k] = head.to(self.device)
 
     @property
-    def epochs(self) -> int:
-        return self.config.epochs
-
-    @property
-    def checkpoint_every(self) -> int:
-        return self.config.checkpoint_every
-
-    @property
     def early_heads(self) -> list[torch.nn.Module]:
         return list(self.model.exits[:-1])
 

@@ -18,11 +18,15 @@ from .errors import Diverged, TrainingError
 from .evaluation import EarlyExitMetrics
 
 
+class LoopConfig(Protocol):
+    epochs: int
+    checkpoint_every: int
+
+
 class Job(Protocol):
     kind: str  # metrics.json "kind": "train" or "fit-exits"
     out: Path
-    epochs: int
-    checkpoint_every: int
+    config: LoopConfig  # TrainConfig or FitConfig
     history: list[dict]  # one record per finished epoch (restored on resume)
     start_epoch: int
 
@@ -100,9 +104,10 @@ def run(job: Job, emit=print) -> EarlyExitMetrics:
             log_file.write(line + "\n")
             log_file.flush()
 
-        for epoch in range(job.start_epoch, job.epochs):
+        epochs, every = job.config.epochs, job.config.checkpoint_every
+        for epoch in range(job.start_epoch, epochs):
             t0 = time.perf_counter()
-            last = epoch + 1 == job.epochs
+            last = epoch + 1 == epochs
             try:
                 stats = job.run_epoch(epoch)
                 test = job.evaluate(final=last)
@@ -117,7 +122,7 @@ def run(job: Job, emit=print) -> EarlyExitMetrics:
             for note in job.notes():
                 say(note)
             say(job.epoch_line(record))
-            if last or (epoch + 1) % job.checkpoint_every == 0:
+            if last or (epoch + 1) % every == 0:
                 save_checkpoint(job.state(epoch + 1), out / rundir.CHECKPOINT)
             write_json(metrics_document(job, rundir.COMPLETED if last else rundir.RUNNING,
                                         final=test if last else None), out / rundir.METRICS)
