@@ -27,17 +27,21 @@ from pathlib import Path
 import torch
 
 from training.commands.common import DEFAULT_DATA_DIR
-from training.config import CPU_FAST_PATH, REFERENCE_PATH, TrainConfig
+from training.config import CPU_FAST_PATH, REFERENCE_PATH, TrainConfig, default_path
 from training.engine import Run
+from training.variants import get_variant
 
-# name -> TrainConfig path fields. One family per default variant: simulated with Mixup (model8)
-# and with AutoAugment (model7), full power (model14), ELF, the plain control (erm).
+# name -> TrainConfig path fields; "cpu-fast" is `train`'s CPU default for the variant (channels-last
+# or not by its widths). One family per default variant: simulated with Mixup (model8) and with
+# AutoAugment (model7), full power (model14), ELF, the plain control (erm).
 PATHS = {
     "reference": REFERENCE_PATH,
-    "cpu-fast": CPU_FAST_PATH,
+    "cpu-fast": None,
+    "cpu-fast+cl": CPU_FAST_PATH,
     "device": {**REFERENCE_PATH, "data_path": "device"},
     "device+compile": {**REFERENCE_PATH, "data_path": "device", "compile": "default"},
     "reference+amp+cl": {**REFERENCE_PATH, "amp": True, "channels_last": True},
+    "device+amp": {**CPU_FAST_PATH, "channels_last": False},
     "cpu-fast+compile": {**CPU_FAST_PATH, "compile": "default"},
     "gpu-fast": {**CPU_FAST_PATH, "compile": "reduce-overhead"},
 }
@@ -85,7 +89,8 @@ def main() -> None:
 def measure_variant(variant: str, names: list[str], device: torch.device, args) -> dict:
     runs, failed = {}, {}
     for name in names:
-        config = TrainConfig(variant=variant, imbalance=args.imbalance, max_batches=args.batches, **PATHS[name])
+        path = PATHS[name] or default_path("cpu", get_variant(variant).widths)
+        config = TrainConfig(variant=variant, imbalance=args.imbalance, max_batches=args.batches, **path)
         run = Run(config, Path("unused"), device, args.data_dir, workers=args.workers)
         try:  # warm-up: allocator, oneDNN/cuDNN choice, compilation of both shapes and both modes
             run.run_epoch(0)

@@ -10,16 +10,21 @@ REFERENCE_MILESTONES = (160, 180)
 REFERENCE_PATH = {"data_path": "reference", "amp": False, "channels_last": False, "compile": "off"}
 # The CPU fast path, `train`'s default on a CPU: batched augmentation in the training process, bf16
 # autocast, channels-last; eager, since torch.compile made the bf16 step slower on this project's
-# CPU (benchmarks/train_epoch_throughput.py).
+# CPU (benchmarks/train_epoch_throughput.py). Channels-last only where every stage width is a
+# multiple of CHANNELS_LAST_MULTIPLE: on the 15/30/63 networks it made BatchNorm 2-4x slower and
+# the step 1.4-1.85x slower than bf16 in NCHW (results/BENCHMARKS.md).
 CPU_FAST_PATH = {"data_path": "device", "amp": True, "channels_last": True, "compile": "off"}
+CHANNELS_LAST_MULTIPLE = 16
 # The GPU fast path's `train` flags: data on the device, bf16, channels-last, CUDA graphs.
 FAST_PATH_FLAGS = ("--data-path", "device", "--amp", "--channels-last", "--compile", "reduce-overhead")
 
 
-def default_path(device_type: str) -> dict:
-    """The path `train` takes when no path flag is given: the CPU fast path on a CPU, the
-    reference path elsewhere."""
-    return CPU_FAST_PATH if device_type == "cpu" else REFERENCE_PATH
+def default_path(device_type: str, widths) -> dict:
+    """The path `train` takes when no path flag is given: the CPU fast path on a CPU (channels-last
+    for networks whose widths suit it), the reference path elsewhere."""
+    if device_type != "cpu":
+        return REFERENCE_PATH
+    return {**CPU_FAST_PATH, "channels_last": all(w % CHANNELS_LAST_MULTIPLE == 0 for w in widths)}
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ class TrainConfig:
 
     def path_name(self) -> str:
         """'reference', 'cpu-fast', or the flags of any other combination."""
-        named = {"reference": REFERENCE_PATH, "cpu-fast": CPU_FAST_PATH}
+        named = {"reference": REFERENCE_PATH, "cpu-fast": CPU_FAST_PATH,
+                 "cpu-fast (NCHW)": {**CPU_FAST_PATH, "channels_last": False}}
         return next((n for n, p in named.items() if p == self.path()), " ".join(self.path_flags()))
 
     def path_flags(self) -> list[str]:

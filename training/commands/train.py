@@ -52,8 +52,9 @@ def add_arguments(parser) -> None:
                         help="stop each epoch after this many batches, for smoke runs")
     path = parser.add_argument_group(
         "data path and speed options", "default on a CPU: the CPU fast path (--data-path device --amp "
-        "--channels-last --compile off); elsewhere the reference path (--data-path reference --no-amp "
-        "--no-channels-last --compile off). Each flag given overrides its part")
+        "--channels-last --compile off; --no-channels-last for networks whose widths are not multiples of "
+        "16); elsewhere the reference path (--data-path reference --no-amp --no-channels-last --compile "
+        "off). Each flag given overrides its part")
     path.add_argument("--data-path", choices=("reference", "device"), default=None,
                       help="reference: DataLoader workers + PIL transforms; device: the training set "
                            "on the device as uint8, augmented in batches")
@@ -71,10 +72,10 @@ def add_arguments(parser) -> None:
 
 
 def path_from_args(args, device_type: str) -> dict:
-    """The device's default path, with each path flag given replacing its part."""
+    """The device's default path for the variant, with each path flag given replacing its part."""
     given = {"data_path": args.data_path, "amp": args.amp, "channels_last": args.channels_last,
              "compile": args.compile}
-    return {**default_path(device_type), **{k: v for k, v in given.items() if v is not None}}
+    return {**default_path(device_type, args.variant.widths), **{k: v for k, v in given.items() if v is not None}}
 
 
 def config_from_args(args, device_type: str) -> TrainConfig:
