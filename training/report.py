@@ -83,6 +83,12 @@ def train_command(variant: str, imbalance: int, seed: int = 0, flags=(), resume:
                      str(seed), *flags, "--out", f"results/runs/{name}", *(["--resume"] if resume else [])])
 
 
+def measured_commands(runs: list[RunResult]) -> list[str]:
+    """The `train` command of each finished run of the current loss rule, on its own path."""
+    return [train_command(r.variant, r.imbalance, r.seed, r.path_flags, name=r.name) for r in runs
+            if r.status in rundir.FINISHED and r.rule == LOSS_RULE]
+
+
 def _fmt(x) -> str:
     return "–" if x is None else f"{x:.2f}"
 

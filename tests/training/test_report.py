@@ -52,6 +52,9 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     assert "python -m training grid --device cuda --parallel 6 -- --data-path device --amp" in text
     assert "## bf16 fast path vs fp32" in text and "--out results/runs/model8-if100-seed0-cpufast" in text
     assert "scripts/cpu_study.sh" in text
+    made = text.split("## How each measured run was made")[1]
+    assert ("python -m training train --variant model1 --imbalance 100 --seed 0 --data-path device --amp "
+            "--channels-last --compile off --out results/runs/model1-if100-seed0\n") in made
     for plot in ("training_curves", "per_class_accuracy", "exit_distribution_by_split", "accuracy_vs_macs"):
         assert (tmp_path / "plots" / f"{plot}.png").stat().st_size > 1000
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from ..data import load_cifar10
 from ..config import FAST_PATH_FLAGS
-from ..report import (SWEEP, collect_runs, jpeg_penalties, path_agreement, plot_all, results_table,
-                      retired_table, train_command)
+from ..report import (SWEEP, collect_runs, jpeg_penalties, measured_commands, path_agreement, plot_all,
+                      results_table, retired_table, train_command)
 from ..variants import ablation_runs, control_runs, get_variant
 from .common import DEFAULT_DATA_DIR
 
@@ -74,6 +74,11 @@ def run(args) -> int:
                   "Trained when SPEC §4 applied the simulated loss at every exit (corrected 2026-11-28: the "
                   "final ResLT head takes the full ResLT loss). Kept for their checkpoints and logs; not "
                   "results of the table above.", "", retired, ""]
+    made = measured_commands(runs)
+    if made:
+        lines += ["## How each measured run was made", "",
+                  "The command that reproduces it (its config.json holds the rest; the machine is in the tables).",
+                  "", "```bash", *made, "```", ""]
     if missing:
         lines += ["## Not yet measured", "",
                   "Each of these runs still has to be done (or finished). On this project's CPU, one at a "
