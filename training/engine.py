@@ -142,7 +142,7 @@ class Run:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
             outputs = self.net(x)
             exits = training_exits(outputs, targets, self.variant.train_threshold)
-            per_exit = [loss(o, targets) for loss, o in zip(self.exit_losses, outputs)]
+            per_exit = [loss(o, targets, teacher=outputs[-1]) for loss, o in zip(self.exit_losses, outputs)]
             loss = routed_loss(per_exit, exits, self.variant.routing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from modelrepo.manifest import sha256_file
@@ -39,8 +38,8 @@ from .device_data import DeviceBatches
 from .errors import Diverged, TrainingError
 from .evaluation import EarlyExitMetrics, evaluate_model
 from .loop import require_same_config
-from .losses import (SimulatedExitLoss, Targets, batch_targets, make_base_loss, make_exit_losses,
-                     split_weights)
+from .losses import (DISTILL_TEMPERATURE, DISTILL_WEIGHT, SimulatedExitLoss, Targets, batch_targets,
+                     distillation, make_base_loss, make_exit_losses, split_weights)
 from .constants import NUM_CLASSES
 from .macs import exit_costs
 from .network import init_weights, make_head
@@ -59,8 +58,8 @@ class FitConfig:
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 2e-4
-    temperature: float = 2.0
-    distill_weight: float = 0.5  # beta: share of the distillation term, the label loss gets 1 - beta
+    temperature: float = DISTILL_TEMPERATURE
+    distill_weight: float = DISTILL_WEIGHT  # beta: share of the distillation term, the label loss gets 1 - beta
     seed: int = 0
     max_train_samples: int | None = None
     max_test_samples: int | None = None
@@ -79,14 +78,6 @@ class FitConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-sample T^2 * KL(softmax(teacher / T) || softmax(student / T))."""
-    t = temperature
-    log_p = F.log_softmax(teacher.float() / t, dim=1)
-    log_q = F.log_softmax(student.float() / t, dim=1)
-    return t * t * (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 
 def cosine_factor(config: FitConfig, epoch: int) -> float:

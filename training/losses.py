@@ -24,8 +24,13 @@ SPLIT_WEIGHT = {"many": 1.0, "medium": 2.0, "few": 3.0}
 # classes 2-9, T classes 4-9, by class index rather than by split.
 OFFICIAL_RESLT_FIRST_CLASS = {"medium": 2, "tail": 4}
 
+# Distillation of early exits from the final one (fit-exits, and the "distilled" exit loss).
+DISTILL_TEMPERATURE = 2.0
+DISTILL_WEIGHT = 0.5  # beta: the distillation term's share, the label loss gets 1 - beta
+
 BASE_LOSSES = Registry("base loss")  # factory(class_counts) -> per-sample loss(logits, y)
-EXIT_LOSSES = Registry("exit loss")  # factory(base loss) -> per-sample loss(ExitOutput, Targets)
+# factory(base loss) -> per-sample loss(ExitOutput, Targets, teacher=the final exit's ExitOutput)
+EXIT_LOSSES = Registry("exit loss")
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,23 @@ BASE_LOSSES.register("ce_plain")(lambda class_counts: CrossEntropyLS(smoothing=0
 BASE_LOSSES.register("ldam")(LDAMLoss)
 
 
+@BASE_LOSSES.register("logit_adjusted")
+class LogitAdjustedLoss:
+    """Menon et al.'s logit-adjusted cross-entropy (ICLR 2021), label smoothing 0.1 as CE's:
+    CE(logits + tau * log prior, y). At tau = 1 it is Balanced Softmax (Ren et al. 2020). The
+    network's own logits are then already balanced at inference."""
+
+    def __init__(self, class_counts, tau: float = 1.0, smoothing: float = LABEL_SMOOTHING):
+        counts = torch.as_tensor(class_counts, dtype=torch.float64)
+        if (counts <= 0).any():
+            raise ValueError(f"the logit-adjusted loss needs a positive count for every class, got {class_counts}")
+        self.shift = (tau * (counts / counts.sum()).log()).float()
+        self.ce = CrossEntropyLS(smoothing)
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.ce(logits + self.shift.to(logits.device, logits.dtype), y)
+
+
 def make_base_loss(name: str, class_counts):
     return BASE_LOSSES.get(name)(class_counts)
 
@@ -114,12 +136,19 @@ def official_branch_masks(num_classes: int = NUM_CLASSES) -> torch.Tensor:
                         (c >= OFFICIAL_RESLT_FIRST_CLASS["tail"]).float()])
 
 
+def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-sample T^2 * KL(softmax(teacher / T) || softmax(student / T))."""
+    log_p = F.log_softmax(teacher.float() / temperature, dim=1)
+    log_q = F.log_softmax(student.float() / temperature, dim=1)
+    return temperature ** 2 * (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
 @EXIT_LOSSES.register("plain")
 class PlainExitLoss:
     def __init__(self, base):
         self.base = base
 
-    def __call__(self, out: ExitOutput, t: Targets) -> torch.Tensor:
+    def __call__(self, out: ExitOutput, t: Targets, teacher: ExitOutput | None = None) -> torch.Tensor:
         return sum(w * self.base(out.logits, y) for y, w in t.terms())
 
 
@@ -131,9 +160,28 @@ class SimulatedExitLoss:
         self.base = base
         self.weights = split_weights()
 
-    def __call__(self, out: ExitOutput, t: Targets) -> torch.Tensor:
+    def __call__(self, out: ExitOutput, t: Targets, teacher: ExitOutput | None = None) -> torch.Tensor:
         weights = self.weights.to(out.logits.device)
         return sum(w * weights[y] * self.base(out.logits, y) for y, w in t.terms())
+
+
+@EXIT_LOSSES.register("distilled")
+class DistilledExitLoss:
+    """An early exit trained with the network from the start (joint routing), learning from the
+    final exit of the same forward pass (self-distillation, no gradient into the teacher):
+    (1 - beta) * simulated loss + beta * w_y * T^2 * KL(final || exit), the fit-exits loss."""
+
+    def __init__(self, base, temperature: float = DISTILL_TEMPERATURE, beta: float = DISTILL_WEIGHT):
+        self.simulated = SimulatedExitLoss(base)
+        self.temperature, self.beta = temperature, beta
+
+    def __call__(self, out: ExitOutput, t: Targets, teacher: ExitOutput | None = None) -> torch.Tensor:
+        if teacher is None:
+            raise ValueError("the distilled exit loss needs the final exit's output")
+        weights = self.simulated.weights.to(out.logits.device)
+        sample_weight = sum(w * weights[y] for y, w in t.terms())
+        return ((1 - self.beta) * self.simulated(out, t)
+                + self.beta * sample_weight * distillation(out.logits, teacher.logits.detach(), self.temperature))
 
 
 @EXIT_LOSSES.register("reslt")
@@ -151,7 +199,7 @@ class ResLTExitLoss:
         self.alpha = alpha
         self.masks = branch_masks() if masks is None else masks
 
-    def __call__(self, out: ExitOutput, t: Targets) -> torch.Tensor:
+    def __call__(self, out: ExitOutput, t: Targets, teacher: ExitOutput | None = None) -> torch.Tensor:
         if out.branches is None:
             raise ValueError("the full ResLT loss needs a ResLT head (three branches)")
         masks = self.masks.to(out.logits.device)

@@ -48,6 +48,13 @@ def routed(k: torch.Tensor, exits: torch.Tensor) -> torch.Tensor:
     return k == exits
 
 
+@ROUTINGS.register("joint")
+def joint(k: torch.Tensor, exits: torch.Tensor) -> torch.Tensor:
+    """Every exit's loss counts for every sample, whatever its training exit (exits trained from
+    the start, as in Shallow-Deep Networks)."""
+    return torch.broadcast_to(k >= 0, (k.size(0), exits.size(-1)))
+
+
 def exit_weights(exits: torch.Tensor, num_exits: int, routing: str) -> torch.Tensor:
     """K x N 0/1 matrix: which exits' losses count for each sample."""
     k = torch.arange(num_exits, device=exits.device).unsqueeze(1)

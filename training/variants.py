@@ -12,8 +12,8 @@ from .registry import UnknownNameError
 from .routing import ROUTINGS
 
 # Families of the report, and the variants that are not of its table: the dataset-copy controls
-# (erm) and the ablations that explain a row (run apart from the study).
-FAMILIES = ("simulated", "full_power", "elf", "reslt", "control", "ablation")
+# (erm), the ablations that explain a row, and the product's own recipes (issue 19), run apart.
+FAMILIES = ("simulated", "full_power", "elf", "reslt", "control", "ablation", "product")
 # The loss rule a run was trained under (SPEC §4). "per_exit" is the corrected rule of 2026-11-28;
 # runs written before it (no exit_losses in their variant record) are "simulated_everywhere".
 LOSS_RULE = "per_exit"
@@ -172,6 +172,18 @@ register(dataclasses.replace(
     description="ablation: model8 with the ResLT loss as the official ResLT code writes it (branch masks "
                 "classes 2-9 and 4-9, alpha 0.95)"))
 
+# The product's first candidate recipe (issue 19; not yet measured): model8's network and Mixup with
+# the anchors' long-tail tools. Logit-adjusted CE (Balanced Softmax at tau 1) instead of CE; every
+# exit trained from the first epoch (joint routing: routed training never trains the early
+# exits), the early ones self-distilled from the final exit; the deeper light2 early heads, which
+# made fitted exits leave earlier on models/default.
+register(dataclasses.replace(
+    _REGISTRY["model8"], name="hybrid-lt", family="product", loss="logit_adjusted",
+    exit_heads=("light2", "light2", "reslt"), exit_losses=("distilled", "distilled", "reslt"),
+    routing="joint", reported={},
+    description="product candidate: model8's network + logit-adjusted loss, exits trained jointly from "
+                "the start and distilled from the final exit, light2 early heads"))
+
 
 class UnknownVariantError(TrainingError, KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message
@@ -210,7 +222,7 @@ def study_runs() -> list[tuple[str, int]]:
     baselines at IF 100, 50 and 10 - 19 runs."""
     runs = []
     for v in all_variants():
-        if v.family in ("control", "ablation"):
+        if v.family in ("control", "ablation", "product"):
             continue
         ifs = sorted(v.reported, reverse=True) if v.family in ("elf", "reslt") else [v.imbalance]
         runs += [(v.name, f) for f in ifs]

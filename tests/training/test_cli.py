@@ -122,7 +122,7 @@ def test_variants_lists_the_table():
     for name in ["model1", "model8", "model12", "model16", "elf", "reslt", "erm"]:
         assert f"\n{name} " in result.stdout
     table = json.loads(cli("variants", "--json").stdout)
-    assert len(table) == 16 + 2  # the report's, the erm control, two model8 ablations
+    assert len(table) == 16 + 2 + 1  # the report's, the erm control, two model8 ablations, a product recipe
     assert {v["name"] for v in table if v["family"] == "ablation"} == {"model8-linear", "model8-reslt-official"}
 
 

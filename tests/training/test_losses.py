@@ -248,3 +248,42 @@ def test_exit_rule_with_one_threshold_per_early_exit():
     assert first_confident_exit(probs, [0.75, 0.66]).tolist() == [1, 0, 2]
     assert first_confident_exit(probs, [0.5, 1.0]).tolist() == [0, 0, 0]
     assert first_confident_exit(probs, [1.0, 0.5]).tolist() == [1, 1, 1]  # threshold 1: nobody leaves there
+
+
+def test_official_reslt_masks_are_by_class_index():
+    from training.losses import EXIT_LOSSES, official_branch_masks
+    masks = official_branch_masks()
+    assert masks[0].tolist() == [1] * 10
+    assert masks[1].tolist() == [0, 0] + [1] * 8  # classes 2-9
+    assert masks[2].tolist() == [0] * 4 + [1] * 6  # classes 4-9
+    assert torch.equal(EXIT_LOSSES.get("reslt_official")(CrossEntropyLS()).masks, masks)
+
+
+def test_logit_adjusted_loss_is_ce_on_logits_plus_log_prior():
+    from training.losses import make_base_loss
+    counts = [400, 100, 50, 25, 10, 5, 4, 3, 2, 1]
+    logits, y = torch.randn(6, 10), torch.tensor([0, 1, 5, 9, 9, 3])
+    prior = torch.tensor(counts, dtype=torch.float64) / sum(counts)
+    expected = F.cross_entropy(logits + prior.log().float(), y, reduction="none", label_smoothing=0.1)
+    torch.testing.assert_close(make_base_loss("logit_adjusted", counts)(logits, y), expected)
+
+
+def test_joint_routing_counts_every_exit_for_every_sample():
+    exits = torch.tensor([0, 2, 1, 2])
+    assert exit_weights(exits, 3, "joint").tolist() == [[1.0] * 4] * 3
+
+
+def test_distilled_exit_loss_learns_from_the_final_exit_without_moving_it():
+    from training.losses import DistilledExitLoss, distillation
+    logits = torch.randn(4, 10, requires_grad=True)
+    final = torch.randn(4, 10, requires_grad=True)
+    y = torch.tensor([0, 4, 7, 9])
+    base = CrossEntropyLS()
+    got = DistilledExitLoss(base)(ExitOutput(logits), Targets.plain(y), teacher=ExitOutput(final))
+    w = split_weights()[y]
+    expected = 0.5 * w * base(logits, y) + 0.5 * w * distillation(logits, final.detach(), 2.0)
+    torch.testing.assert_close(got, expected)
+    got.sum().backward()
+    assert final.grad is None and logits.grad.abs().sum() > 0
+    same = DistilledExitLoss(base)(ExitOutput(final.detach()), Targets.plain(y), teacher=ExitOutput(final))
+    torch.testing.assert_close(same, 0.5 * w * base(final.detach(), y))  # no KL to itself

@@ -32,3 +32,16 @@ def test_controls_stay_out_of_the_report_table():
     assert control_runs() == [("erm", 1), ("erm", 100)]
     erm = get_variant("erm")
     assert (erm.loss, erm.augmentation, erm.exit_heads, erm.widths) == ("ce_plain", "basic", ("linear",), (16, 32, 64))
+
+
+def test_ablations_and_product_recipes_stay_out_of_the_report_table():
+    from training.variants import ablation_runs
+    names = {name for name, _ in study_runs()}
+    assert ablation_runs() == [("model8-linear", 100), ("model8-reslt-official", 100)]
+    assert not names & {"model8-linear", "model8-reslt-official", "hybrid-lt"}
+    linear, official = get_variant("model8-linear"), get_variant("model8-reslt-official")
+    model8 = get_variant("model8")
+    assert linear.exit_heads[-1] == "linear" and official.exit_losses[-1] == "reslt_official"
+    for v in (linear, official):  # the rest of model8's recipe unchanged
+        assert (v.loss, v.routing, v.augmentation, v.widths) == (model8.loss, model8.routing, model8.augmentation,
+                                                                  model8.widths)
