@@ -11,8 +11,11 @@
   large upload  --large-uploads concurrent 4000x4000 PNGs: peak and settled RSS against idle
 
 Clients are asyncio coroutines speaking HTTP/1.1 keep-alive over raw sockets with prebuilt
-requests (a few microseconds each), so the client costs little of the shared CPU. RSS is the
-server process's, sampled every 20 ms.
+requests (a few microseconds each), so the client costs little of the shared CPU. The throughput
+runs are repeated with wrk (2 threads, the same connections and uploads, a Lua script cycling
+through prebuilt multipart bodies), as an operator would load-test it; without wrk on the PATH
+(`apt-get install wrk`) those are skipped with a message. RSS is the server process's, sampled
+every 20 ms.
 
     python benchmarks/load_test.py [--clients 16] [--seconds 10] [--saturation-clients 64]
                                    [--saturation-seconds 10] [--large-uploads 64]
@@ -24,8 +27,11 @@ import asyncio
 import io
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -56,16 +62,65 @@ def classify(file: UploadFile = File(...)):
 """
 
 
-def multipart_request(path: str, port: int, data: bytes, fields: dict[str, str]) -> bytes:
-    boundary = uuid.uuid4().hex
+def multipart_body(data: bytes, fields: dict[str, str], boundary: str) -> bytes:
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
              for k, v in fields.items()]
     parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
                  f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def multipart_request(path: str, port: int, data: bytes, fields: dict[str, str]) -> bytes:
+    boundary = uuid.uuid4().hex
+    body = multipart_body(data, fields, boundary)
     head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
     return head + body
+
+
+# wrk's request(): the next prebuilt multipart body, read from the files named after `--`.
+WRK_SCRIPT = """
+local bodies, n, boundary = {}, 0, nil
+function init(args)
+  boundary = args[1]
+  for i = 2, #args do
+    local f = assert(io.open(args[i], "rb"))
+    bodies[#bodies + 1] = f:read("*a")
+    f:close()
+  end
+end
+function request()
+  n = n % #bodies + 1
+  return wrk.format("POST", nil, {["Content-Type"] = "multipart/form-data; boundary=" .. boundary}, bodies[n])
+end
+"""
+
+
+def wrk_run(name: str, port: int, payloads: list[bytes], fields: dict[str, str], clients: int,
+            seconds: float) -> float | None:
+    """wrk against POST /classify with the same uploads; req/s of 2xx answers (None without wrk)."""
+    if shutil.which("wrk") is None:
+        print(f"{name:<22} skipped: wrk is not installed (apt-get install wrk)")
+        return None
+    boundary = uuid.uuid4().hex
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for i, data in enumerate(payloads):
+            files.append(Path(tmp) / f"{i}.body")
+            files[-1].write_bytes(multipart_body(data, fields, boundary))
+        (Path(tmp) / "cycle.lua").write_text(WRK_SCRIPT)
+        out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency",
+                              "-s", str(Path(tmp) / "cycle.lua"), f"http://127.0.0.1:{port}/classify", "--",
+                              boundary, *map(str, files)], capture_output=True, text=True, check=True).stdout
+    total = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+    requests = int(re.search(r"(\d+) requests in", out)[1])
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(bad[1]) if bad else 0
+    rps = total * (requests - errors) / max(requests, 1)
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    print(f"{name:<22} {rps:8.1f} {pct.get('50', '-'):>8} {'':>8} {pct.get('99', '-'):>8} {'':>7}   "
+          f"non-2xx:{errors}")
+    return rps
 
 
 class Connection:
@@ -215,7 +270,7 @@ def main() -> None:
 
     results = {}
     if "throughput" in runs:
-        results["decode-only"] = decode_only_run(payloads, args)
+        results["decode-only"], results["wrk decode-only"] = decode_only_run(payloads, args)
     server = RunningServer("--model-repository", str(args.model_repository), env=env)
     watch = RssWatch(server.proc.pid)
     try:
@@ -225,6 +280,7 @@ def main() -> None:
                 reqs = [multipart_request("/classify", port, d, fields) for d in payloads]
                 watch.reset()
                 results[name] = report(name, *asyncio.run(drive(port, reqs, args.clients, args.seconds))[:3], watch)
+                results[f"wrk {name}"] = wrk_run(f"wrk {name}", port, payloads, fields, args.clients, args.seconds)
             results["bare ORT"] = bare_ort(args.model_repository / "default", images, args.seconds / 2)[0]
             print(f"{'bare ORT (batch 16)':<22} {results['bare ORT']:8.1f}   (img/s, 1 thread, in-process)")
         if "saturation" in runs:
@@ -235,13 +291,16 @@ def main() -> None:
         watch.stop()
         server.stop()
     if "throughput" in runs:
-        ceiling = min(results["decode-only"], results["bare ORT"])
-        print(f"thr 1.0 / min(decode-only, bare ORT) = {results['server thr 1.0']:.1f} / {ceiling:.1f} = "
-              f"{results['server thr 1.0'] / ceiling:.2f} (goal >= 0.75); default / thr 1.0 = "
-              f"{results['server default'] / results['server thr 1.0']:.2f}")
+        for harness in ("", "wrk "):
+            if results[f"{harness}server thr 1.0"] is None:
+                continue
+            ceiling = min(results[f"{harness}decode-only"], results["bare ORT"])
+            thr1, default = results[f"{harness}server thr 1.0"], results[f"{harness}server default"]
+            print(f"{harness or 'asyncio '}client: thr 1.0 / min(decode-only, bare ORT) = {thr1:.1f} / {ceiling:.1f} "
+                  f"= {thr1 / ceiling:.2f} (goal >= 0.75); default / thr 1.0 = {default / thr1:.2f}")
 
 
-def decode_only_run(payloads, args) -> float:
+def decode_only_run(payloads, args) -> tuple[float, float | None]:
     port = free_port()
     decode_only = subprocess.Popen([sys.executable, "-c", DECODE_ONLY_APP + f"\nimport uvicorn\nuvicorn.run(app, "
                                     f"port={port}, log_level='warning')"], cwd=REPO)
@@ -253,7 +312,8 @@ def decode_only_run(payloads, args) -> float:
             except OSError:
                 time.sleep(0.1)
         reqs = [multipart_request("/classify", port, d, {}) for d in payloads]
-        return report("decode-only", *asyncio.run(drive(port, reqs, args.clients, args.seconds))[:3])
+        ours = report("decode-only", *asyncio.run(drive(port, reqs, args.clients, args.seconds))[:3])
+        return ours, wrk_run("wrk decode-only", port, payloads, {}, args.clients, args.seconds)
     finally:
         decode_only.terminate()
         decode_only.wait()
