@@ -51,6 +51,9 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast for forward and loss
     channels_last: bool = False
     compile: str = "off"  # torch.compile mode of the network (compilation.COMPILE_MODES)
+    # What each epoch is evaluated on: "test", or "heldout" (training images the long-tailed set
+    # left out, calibration.heldout_split) for pilot runs that choose a recipe without the test set.
+    eval_split: str = "test"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -17,7 +17,8 @@ from . import runinfo
 from .augment import ImageDataset, train_transform
 from .compilation import COMPILE_ERRORS, compile_network, mark_step
 from .config import TrainConfig, epoch_seed, lr_at
-from .data import build_datasets
+from .calibration import heldout_split
+from .data import build_datasets, stratified_cap
 from .device_data import DeviceBatches
 from .errors import Diverged, TrainingError
 from .evaluation import EarlyExitMetrics, evaluate_model
@@ -50,6 +51,11 @@ class Run:
         self.train_set, self.test_set = build_datasets(
             self.data_dir, self.config.imbalance, self.config.max_train_samples,
             self.config.max_test_samples)
+        if self.config.eval_split == "heldout":
+            self.test_set = heldout_split(self.data_dir, self.config.imbalance)
+            self.test_set = self.test_set.subset(stratified_cap(self.test_set.labels, self.config.max_test_samples))
+        elif self.config.eval_split != "test":
+            raise TrainingError(f"unknown evaluation split {self.config.eval_split!r}; expected 'test' or 'heldout'")
         self.class_counts = np.bincount(self.train_set.labels, minlength=10).tolist()
         torch.manual_seed(self.config.seed)  # model initialisation
         self.model = build_model(self.variant).to(self.device)

@@ -69,6 +69,8 @@ def collect_runs(root: Path) -> list[RunResult]:
             continue
         config_file = metrics_file.parent / rundir.CONFIG
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        if config.get("config", {}).get("eval_split", "test") != "test":  # pilots: not test-set results
+            continue
         runs.append(RunResult(metrics_file.parent.name, m["variant"], m["imbalance"], m.get("seed", 0),
                               metrics_file.parent, m, config))
     return runs

@@ -8,7 +8,7 @@ import pytest
 from training.cli import main
 from training.variants import all_variants
 
-from .smoke import SMOKE
+from .smoke import SMOKE, smoke_flags
 
 
 def cli(*args, cwd=None):
@@ -141,3 +141,17 @@ def test_unexpected_errors_keep_their_traceback_known_ones_are_one_line(monkeypa
     from training.errors import TrainingError
     with pytest.raises(TrainingError, match="no checkpoint at"):
         main(["--debug", *missing])
+
+
+def test_pilot_runs_evaluate_on_held_out_images_and_stay_out_of_the_report(data_dir, tmp_path, capsys):
+    from training.calibration import heldout_split
+    runs = tmp_path / "runs"
+    assert main(["train", "--variant", "hybrid-lt", "--eval-split", "heldout", "--out", str(runs / "pilot"),
+                 "--data-dir", str(data_dir), *smoke_flags(test=180)]) == 0
+    assert "180 held-out images to evaluate on" in capsys.readouterr().out
+    final = json.loads((runs / "pilot" / "metrics.json").read_text())["final"]
+    heldout = heldout_split(data_dir, 100)
+    assert sum(final["exit_counts"]) == 180 and final["per_class"][0] is None  # class 0 has no held-out images
+    assert set(heldout.labels.tolist()) == set(range(1, 10))
+    assert main(["report", "--runs", str(runs), "--out", str(tmp_path), "--data-dir", str(data_dir), "--no-sweep"]) == 0
+    assert "(0 runs," in capsys.readouterr().out

@@ -50,6 +50,9 @@ def add_arguments(parser) -> None:
                         help="cap the test set (class shares kept), for smoke runs")
     parser.add_argument("--max-batches", type=positive_int, default=None,
                         help="stop each epoch after this many batches, for smoke runs")
+    parser.add_argument("--eval-split", choices=("test", "heldout"), default="test",
+                        help="evaluate each epoch on the test set, or on held-out training images (pilot runs "
+                             "that choose a recipe; their runs stay out of the report)")
     path = parser.add_argument_group(
         "data path and speed options", "default on a CPU: the CPU fast path (--data-path device --amp "
         "--channels-last --compile off; --no-channels-last for networks whose widths are not multiples of "
@@ -86,6 +89,7 @@ def config_from_args(args, device_type: str) -> TrainConfig:
         milestones=scaled_milestones(epochs), seed=args.seed,
         max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
         max_batches=args.max_batches, checkpoint_every=args.checkpoint_every, threshold=args.threshold,
+        eval_split=args.eval_split,
         **path_from_args(args, device_type))
 
 
@@ -100,7 +104,8 @@ def run(args) -> int:
     if run_.start_epoch:
         print(f"resuming {out} from epoch {run_.start_epoch}")
     print(f"{config.variant} IF {config.imbalance}: {len(run_.train_set)} training images "
-          f"{run_.class_counts}, {len(run_.test_set)} test images, device {device}, "
+          f"{run_.class_counts}, {len(run_.test_set)} {'held-out' if config.eval_split == 'heldout' else 'test'} "
+          f"images to evaluate on, device {device}, "
           f"path {config.path_name()}, run dir {out}")
     print(format_report(loop.run(run_)))
     return 0
