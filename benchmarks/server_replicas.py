@@ -57,7 +57,7 @@ def main() -> None:
             finally:
                 for s in servers:
                     s.stop()
-            print(f"  {n} server process(es), ORT threads {threads or 'default'}: threshold 1.0 {thr1:7.1f} req/s, "
+            print(f"  {n} server process(es), ORT threads {'default' if threads == '0' else threads}: threshold 1.0 {thr1:7.1f} req/s, "
                   f"default {default:7.1f} req/s")
 
 
