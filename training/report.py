@@ -231,7 +231,8 @@ def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[
         ax.plot([e["epoch"] for e in epochs], [e["overall"] for e in epochs], label=f"{r.name} ({status})")
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Training curves (early-exit inference)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if runs:
+        ax.legend(fontsize=8)
     written.append(_save(fig, out / "training_curves.png"))
 
     done = [r for r in runs if r.status == "completed" and r.metrics.get("final")]
