@@ -20,9 +20,12 @@ def first_confident_exit(probs: list[torch.Tensor] | torch.Tensor, threshold,
     probs: K x N x C; threshold: one number or one per early exit."""
     probs = torch.stack(list(probs)) if isinstance(probs, (list, tuple)) else probs
     conf, pred = probs.max(dim=2)  # K x N
-    t = torch.tensor(early_exit_thresholds(threshold, conf.size(0)), dtype=conf.dtype, device=conf.device)
     ok = torch.ones_like(conf, dtype=torch.bool)
-    ok[:-1] = (conf[:-1] >= t) & (t < FULL_DEPTH)
+    if isinstance(threshold, (int, float)):  # every training step: no host-to-device copy
+        ok[:-1] = (conf[:-1] >= threshold) & (threshold < FULL_DEPTH)
+    else:
+        t = torch.tensor(early_exit_thresholds(threshold, conf.size(0)), dtype=conf.dtype, device=conf.device)
+        ok[:-1] = (conf[:-1] >= t) & (t < FULL_DEPTH)
     if labels is not None:
         ok &= pred == labels.unsqueeze(0)
         ok[-1] = True
