@@ -1,8 +1,7 @@
-"""`python -m server`: validate the model repository, then serve it with uvicorn."""
+"""`python -m server`: serve the model repository with uvicorn worker processes under a supervisor."""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -14,6 +13,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1, or $ELF_HOST)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000, or $ELF_PORT)")
+    p.add_argument("--health-port", type=int, default=None,
+                   help="port answering only /healthz and /readyz, apart from the load (default 8001, or $ELF_HEALTH_PORT)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="server worker processes (default: the cgroup's CPU limit, else the CPUs; or $ELF_WORKERS)")
     p.add_argument("--model-repository", type=Path, default=None, help="folder of model directories (default models)")
     p.add_argument("--default-model", default=None, help="model answering requests that name none (default 'default')")
     p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default=None,
@@ -40,21 +43,8 @@ def main(argv=None) -> int:
     except ValidationError as exc:
         print(f"error: invalid setting: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    from modelrepo import ManifestError  # noqa: PLC0415
-
-    from .app import create_app  # noqa: PLC0415
-    from .engine import load_repository  # noqa: PLC0415
-    from .serving import serve  # noqa: PLC0415
-    try:
-        models = load_repository(settings.model_repository, settings.default_model, settings.provider,
-                                 settings.intra_op_threads, settings.ort_spinning)
-    except ManifestError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    serve(create_app(settings, models), settings)
-    return 0
+    from .supervisor import serve_supervised  # noqa: PLC0415
+    return serve_supervised(settings)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ where a batch of n images takes a + b*n seconds: a and b are fitted by exponenti
 least squares over recent inference batches, so the estimate follows batch size (a backlog of 16
 images is one batch, not 16) and the machine's load. The check runs before the request body is
 read, so a refused request costs neither parsing nor decoding. The batchers' queue cap stays as
-the hard limit. All models share the machine's cores, so one Admission serves them all.
+the hard limit. All models share the machine's cores, so one Admission serves them all (per
+server worker process: each has its own models and batchers, supervisor.py).
 """
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ class Overloaded(RuntimeError):
 class Admission:
     DECAY = 0.9  # weight left to the older batches at each new one (about the last 10 count)
 
-    def __init__(self, max_wait_s: float, batch_size: int):
+    def __init__(self, max_wait_s: float, batch_size: int, on_change=None):
         self.max_wait_s, self.batch_size = max_wait_s, batch_size
+        # (admission) -> None after each change of the outstanding work or the fit: publishes the
+        # gauges (pushed, not read on scrape, so that they work in prometheus' multiprocess mode)
+        self.on_change = on_change or (lambda admission: None)
         self.outstanding = 0  # images admitted, not yet answered
         self.per_batch = self.per_image = 0.0  # a, b: unknown until the first batch (admit)
         self._sums = [0.0] * 5  # decayed sums of 1, n, n*n, t, n*t
@@ -47,10 +51,12 @@ class Admission:
     def reserve(self, images: int) -> None:
         with self._lock:
             self.outstanding += images
+        self.on_change(self)
 
     def release(self, images: int) -> None:
         with self._lock:
             self.outstanding -= images
+        self.on_change(self)
 
     def observe_batch(self, images: int, seconds: float) -> None:
         """An inference batch of `images` took `seconds` of wall time: refit a and b."""
@@ -67,6 +73,7 @@ class Admission:
             if b < 0 or a < 0:  # one batch size only, or noise: cost proportional to images
                 a, b = 0.0, st / sn
             self.per_batch, self.per_image = a, b
+        self.on_change(self)
 
     def retry_after_s(self) -> int:
         """Whole seconds a refused client should wait: about the time to serve what is admitted."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 from contextlib import asynccontextmanager
 
 import swagger_ui_bundle
@@ -19,12 +18,12 @@ from modelrepo import ManifestError
 
 from . import metrics as m
 from .admission import Admission, Overloaded
-from .config import Settings
-from .engine import StagedModel, cgroup_cpu_limit, load_repository
+from .config import Settings, machine_cpus
+from .engine import StagedModel, load_repository
 from .images import DecodePool, ImageError
 from .middleware import ObserveMiddleware, error_response
 from .openapi import document_limits
-from .routes import ApiError, router
+from .routes import ApiError, readiness, router
 from .service import ModelService
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ DOCS_ASSETS = "/docs-assets"
 
 
 def decode_workers(settings: Settings) -> int:
-    return settings.decode_workers or cgroup_cpu_limit() or os.cpu_count() or 1
+    return settings.decode_workers or machine_cpus()
 
 
 @asynccontextmanager
@@ -45,6 +44,8 @@ async def lifespan(app: FastAPI):
     gc.freeze()  # what start-up made lives for good: keep it out of every later collection's scan
     m.READY.set(1 if all(s.model.provider_ok for s in state.services.values()) else 0)
     log.info("serving %s (default %s)", ", ".join(state.services), state.settings.default_model)
+    if state.on_ready is not None:  # a supervised worker tells the supervisor (supervisor.py)
+        state.on_ready(readiness(state))
     yield
     m.READY.set(0)
     for service in state.services.values():
@@ -98,6 +99,11 @@ def add_offline_docs(app: FastAPI) -> None:
                                    swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
 
 
+def publish_admission(admission: Admission) -> None:
+    m.ADMISSION_WAIT.set(admission.expected_wait())
+    m.ADMISSION_OUTSTANDING.set(admission.outstanding)
+
+
 def create_app(settings: Settings, models: dict[str, StagedModel] | None = None) -> FastAPI:
     """Build the app. `models` may be loaded beforehand (so start-up errors surface before serving)."""
     if models is None:
@@ -106,13 +112,13 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None)
     app = FastAPI(title="elf-reslt inference server", version="1.0", lifespan=lifespan, docs_url=None,
                   redoc_url=None, description="Early-exit classification of images with staged ONNX models "
                   "(every image is converted to RGB and resized to 32x32).")
-    admission = Admission(settings.max_wait_ms / 1000, settings.batch_size)
-    m.ADMISSION_WAIT.set_function(admission.expected_wait)
+    admission = Admission(settings.max_wait_ms / 1000, settings.batch_size, on_change=publish_admission)
+    publish_admission(admission)
     m.ADMISSION_MAX_WAIT.set(admission.max_wait_s)
-    m.ADMISSION_OUTSTANDING.set_function(lambda: admission.outstanding)
     state = app.state
     state.settings, state.admission = settings, admission
     state.warm = state.draining = state.closing = False
+    state.on_ready = None  # (Readiness) -> None, called once warmed up
     state.services = {name: ModelService(model, settings, on_batch=admission.observe_batch)
                       for name, model in models.items()}
     state.decoder = DecodePool(decode_workers(settings), settings.max_upload_bytes, settings.max_image_pixels,

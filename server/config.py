@@ -1,6 +1,7 @@
 """Server settings: one pydantic-settings class, from flags or ELF_* environment variables."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -13,12 +14,16 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    health_port: int = Field(8001, ge=0, le=65535, description="a second port answering only /healthz and "
+                             "/readyz, from the supervisor process: probes never wait behind uploads")
+    workers: int = Field(0, ge=0, description="server worker processes, each with its own models, batcher and "
+                         "share of the CPUs (0: the CPU limit from the cgroup, else the machine's CPUs)")
     model_repository: Path = Path("models")
     default_model: str = "default"
     # auto: CUDA when ONNX Runtime has a usable GPU, else CPU. cuda: /readyz fails without one.
     provider: Literal["auto", "cpu", "cuda"] = "auto"
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: the container's "
-                                  "CPU limit from its cgroup, else ONNX Runtime's default)")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: the CPUs "
+                                  "divided among the workers)")
     ort_spinning: bool = Field(False, description="let ONNX Runtime's idle intra-op threads spin-wait (its own "
                                "default); off, they sleep and leave the cores to HTTP and decoding: 1.2-1.5x req/s "
                                "at threshold 1.0 on a 2-core CPU (results/BENCHMARKS.md, benchmarks/load_test.py)")
@@ -31,8 +36,8 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(100.0, gt=0, description="admission bound: refuse new work (503 + Retry-After, "
                                "before reading its body) when the admitted work would take longer than this "
                                "at the measured service rate")
-    decode_workers: int = Field(0, ge=0, description="image decoding threads (0: the CPU limit from the "
-                                "cgroup, else the machine's CPUs)")
+    decode_workers: int = Field(0, ge=0, description="image decoding threads per worker (0: the CPUs divided "
+                                "among the workers)")
     decode_budget_pixels: int = Field(0, ge=0, description="pixels decoded at once across uploads, bounds "
                                       "decoding memory (0: max_image_pixels, i.e. one largest image at a time)")
     drain_seconds: float = Field(5.0, ge=0, description="after SIGTERM/SIGINT: /readyz answers 503 for this long "
@@ -48,3 +53,20 @@ class Settings(BaseSettings):
         "as a gauge per exit); unset: the manifest's offline agreement at that exit minus agreement_alert_margin")
     agreement_alert_margin: float = Field(0.05, ge=0, le=1, description="see agreement_alert_level")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def cgroup_cpu_limit(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
+    """The container's CPU limit in whole CPUs (cgroup v2 quota / period, rounded up), or None
+    when there is none. ONNX Runtime would otherwise size its thread pools to the host's cores."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, -(-int(quota) // int(period)))
+
+
+def machine_cpus() -> int:
+    """The CPUs this server may use: the cgroup's limit, else the machine's."""
+    return cgroup_cpu_limit() or os.cpu_count() or 1

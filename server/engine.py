@@ -22,23 +22,12 @@ import onnxruntime as ort
 
 from modelrepo import Manifest, ManifestError, leaves, load_manifest
 
+from .config import cgroup_cpu_limit
 from .images import SIZE, normalize
 
 log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-def cgroup_cpu_limit(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
-    """The container's CPU limit in whole CPUs (cgroup v2 quota / period, rounded up), or None
-    when there is none. ONNX Runtime would otherwise size its thread pools to the host's cores."""
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-    except (OSError, ValueError):
-        return None
-    if quota == "max":
-        return None
-    return max(1, -(-int(quota) // int(period)))
 
 
 def choose_providers(wanted: str) -> list[str]:

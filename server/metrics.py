@@ -2,8 +2,17 @@
 
 Names follow Prometheus' guide: base units (seconds), `_total` counters, bounded labels
 (model names come from the repository, exits 1..K, stages 1..K, endpoints fixed).
+
+Under `python -m server` every worker process writes its values to files in
+PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode, set up by supervisor.py) and
+`exposition()` merges them: counters and histograms add up over the workers, each gauge combines
+as its `multiprocess_mode` says (live*: only running workers count). In a process without that
+variable (tests building the app in-process) the registry is read directly.
 """
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -29,16 +38,17 @@ STAGE_LATENCY = Histogram("elf_stage_duration_seconds", "ONNX Runtime time per s
                           ["model", "stage"], buckets=STAGE_BUCKETS, registry=REGISTRY)
 STAGE_BATCH = Histogram("elf_stage_batch_size", "Images per stage run", ["model", "stage"],
                         buckets=BATCH_BUCKETS, registry=REGISTRY)
-QUEUE_DEPTH = Gauge("elf_queue_depth", "Images waiting for inference", ["model"], registry=REGISTRY)
+QUEUE_DEPTH = Gauge("elf_queue_depth", "Images waiting for inference", ["model"], multiprocess_mode="livesum",
+                    registry=REGISTRY)
 MACS = Counter("elf_macs_total", "Multiply-accumulates spent on images", ["model"], registry=REGISTRY)
 MACS_FULL = Counter("elf_macs_full_network_total",
                     "Multiply-accumulates the same images would cost through every stage", ["model"],
                     registry=REGISTRY)
 PROVIDER = Gauge("elf_execution_provider", "Active ONNX Runtime execution provider (1 = in use)",
-                 ["model", "provider"], registry=REGISTRY)
+                 ["model", "provider"], multiprocess_mode="livemax", registry=REGISTRY)
 MODEL_INFO = Gauge("elf_model_info", "Loaded models (value 1) and their provenance",
                    ["model", "variant", "format_version", "imbalance", "exits", "default_threshold"],
-                   registry=REGISTRY)
+                   multiprocess_mode="livemax", registry=REGISTRY)
 EXIT_AGREEMENT = Counter("elf_exit_agreement_total", "Shadowed images that left at an early exit, by whether "
                          "that exit's class equals the final exit's (online agreement, no labels needed)",
                          ["model", "exit", "agree"], registry=REGISTRY)
@@ -47,12 +57,22 @@ SHADOW_DROPPED = Counter("elf_shadow_dropped_total", "Images chosen for a shadow
 AGREEMENT_ALERT_LEVEL = Gauge("elf_exit_agreement_alert_level", "Agreement ratio below which the "
                               "ExitAgreementLow alert fires (ELF_AGREEMENT_ALERT_LEVEL, or the manifest's "
                               "offline agreement minus ELF_AGREEMENT_ALERT_MARGIN)", ["model", "exit"],
-                              registry=REGISTRY)
+                              multiprocess_mode="livemax", registry=REGISTRY)
 READY = Gauge("elf_ready", "1 when every model is loaded, warmed up and on the expected provider",
-              registry=REGISTRY)
+              multiprocess_mode="livemin", registry=REGISTRY)
 ADMISSION_WAIT = Gauge("elf_admission_expected_wait_seconds", "Expected wait of the work admitted and not yet "
                        "answered, at the measured service rate (new work is refused above ELF_MAX_WAIT_MS)",
-                       registry=REGISTRY)
-ADMISSION_MAX_WAIT = Gauge("elf_admission_max_wait_seconds", "Admission bound (ELF_MAX_WAIT_MS)", registry=REGISTRY)
+                       multiprocess_mode="livemax", registry=REGISTRY)
+ADMISSION_MAX_WAIT = Gauge("elf_admission_max_wait_seconds", "Admission bound (ELF_MAX_WAIT_MS)",
+                           multiprocess_mode="livemax", registry=REGISTRY)
 ADMISSION_OUTSTANDING = Gauge("elf_admission_outstanding_images", "Images admitted and not yet answered",
-                              registry=REGISTRY)
+                              multiprocess_mode="livesum", registry=REGISTRY)
+
+
+def exposition() -> bytes:
+    """The text exposition of every metric: merged over the worker processes in multiprocess mode."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(REGISTRY)
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged)
+    return generate_latest(merged)

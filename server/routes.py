@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import metrics as m
 from .images import ImageError
@@ -20,6 +20,7 @@ from .schemas import BatchClassification, BatchItem, Classification, Health, Rea
 from .service import ModelService
 
 router = APIRouter()
+DRAINING = "shutting down: draining accepted requests"
 
 ModelField = Annotated[str | None, Form(description="model name (default: the server's default model)")]
 ThresholdField = Annotated[float | None, Form(ge=0, le=1, description="exit threshold in [0, 1] at every early "
@@ -112,18 +113,23 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request):
-    """Ready for traffic: models loaded, warmed up, on the expected provider, and not draining."""
-    state = request.app.state
+    """Ready for traffic: models loaded, warmed up, on the expected provider, and not draining
+    (this worker process; the health port's /readyz answers for all of them)."""
+    body = readiness(request.app.state)
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+
+def readiness(state) -> Readiness:
+    """The app's readiness from its state (also what a worker reports to the supervisor)."""
     problems = [] if state.warm else ["models are warming up"]
     if state.draining:
-        problems.append("shutting down: draining accepted requests")
+        problems.append(DRAINING)
     for name, s in state.services.items():
         if not s.model.provider_ok:
             problems.append(f"model {name}: provider {state.settings.provider} required, "
                             f"but ONNX Runtime runs it on {s.model.provider}")
-    body = Readiness(ready=not problems, problems=problems, draining=state.draining,
+    return Readiness(ready=not problems, problems=problems, draining=state.draining,
                      providers={name: s.model.provider for name, s in state.services.items()})
-    return JSONResponse(body.model_dump(), status_code=200 if not problems else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse,
@@ -131,4 +137,4 @@ async def readyz(request: Request):
                              "description": "Prometheus text exposition format"}})
 async def metrics():
     """Prometheus metrics (text exposition format)."""
-    return PlainTextResponse(generate_latest(m.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(m.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,9 @@ down and the process exits 0. A second signal ends the drain early.
 
 Why not `Connection: close` during the drain as well: every client would reconnect for each
 request, and connections still in the kernel's accept queue when the listener closes are reset
-after their request was sent.
+after their request was sent. For the same reason the worker processes sharing one listening
+socket (supervisor.py) close it together: none sends `Connection: close` before every one has
+stopped accepting (`ListenerBarrier`), or its clients would reconnect to a socket about to close.
 """
 from __future__ import annotations
 
@@ -38,20 +40,41 @@ def return_large_blocks_to_os(threshold: int = 1 << 20) -> bool:
         return False
 
 
+class ListenerBarrier:
+    """Where the workers sharing a listening socket wait for each other to have closed it."""
+
+    def __init__(self, closed, workers: int):
+        self.closed, self.workers = closed, workers  # closed: a multiprocessing.Value("i") shared by all
+
+    def arrive(self) -> None:
+        with self.closed.get_lock():
+            self.closed.value += 1
+
+    async def wait(self, timeout: float) -> None:
+        """Until every worker has arrived, or `timeout` (a worker may have died meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while self.closed.value < self.workers and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
+
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state, drain_seconds: float):
+    def __init__(self, config: uvicorn.Config, state, drain_seconds: float, barrier: ListenerBarrier):
         super().__init__(config)
         self.state, self.drain_seconds = state, drain_seconds  # state: the app's (`draining`, `closing` flags)
         self.drain_deadline: float | None = None
+        self.barrier = barrier
 
     def handle_exit(self, sig: int, frame) -> None:
+        if sig == signal.SIGINT:
+            return  # Ctrl-C reaches the whole process group; the supervisor forwards it as SIGTERM
         # Unlike uvicorn's, the signal is not re-raised after shutdown: a drained server exits 0.
+        # The first signal drains, the second closes at once, the third cancels what is running.
         if self.drain_deadline is None and self.drain_seconds > 0 and self.started:
-            log.warning("signal %d: draining for %.1f s (readyz 503, still serving), then closing; signal "
-                        "again to skip", sig, self.drain_seconds)
+            log.info("signal %d: draining for %.1f s (readyz 503, still serving), then closing", sig,
+                     self.drain_seconds)
             self.state.draining = True
             self.drain_deadline = time.monotonic() + self.drain_seconds
-        elif self.should_exit and sig == signal.SIGINT:
+        elif self.should_exit:
             self.force_exit = True
         else:
             self.should_exit = True
@@ -62,9 +85,12 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets=None) -> None:
-        self.state.draining = self.state.closing = True
+        self.state.draining = True
         for server in self.servers:
             server.close()
+        self.barrier.arrive()
+        await self.barrier.wait(LAST_REQUEST_GRACE_S)
+        self.state.closing = True
         deadline = time.monotonic() + LAST_REQUEST_GRACE_S
         while time.monotonic() < deadline and any(idle(c) for c in self.server_state.connections):
             await asyncio.sleep(0.01)
@@ -77,9 +103,9 @@ def idle(connection) -> bool:
     return cycle is None or cycle.response_complete
 
 
-def serve(app, settings) -> None:
+def serve(app, settings, sock, barrier: ListenerBarrier) -> None:
+    """Serve `app` on `sock`, the listening socket this worker shares with the others."""
     return_large_blocks_to_os()
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=settings.log_level == "debug",
+    config = uvicorn.Config(app, log_level=settings.log_level, access_log=settings.log_level == "debug",
                             timeout_graceful_shutdown=settings.shutdown_timeout_seconds)
-    DrainingServer(config, app.state, settings.drain_seconds).run()
+    DrainingServer(config, app.state, settings.drain_seconds, barrier).run(sockets=[sock])

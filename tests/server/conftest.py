@@ -33,11 +33,15 @@ def free_port() -> int:
 
 class RunningServer:
     def __init__(self, *args, env=None):
-        self.port = free_port()
+        self.port = self.health_port = free_port()
+        while self.health_port == self.port:
+            self.health_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.health_url = f"http://127.0.0.1:{self.health_port}"  # the supervisor's /healthz and /readyz
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{self.port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(self.port), "--log-level", "warning", *args],
+            [sys.executable, "-m", "server", "--port", str(self.port), "--health-port", str(self.health_port),
+             "--log-level", "warning", *args],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=REPO,
             # no drain period unless a test asks for one: stopping takes no 5 s then
             env={**os.environ, "ELF_DRAIN_SECONDS": "0", **(env or {})})

@@ -108,7 +108,7 @@ def test_per_exit_thresholds(model, x):
 
 
 def test_cgroup_cpu_limit(tmp_path):
-    from server.engine import cgroup_cpu_limit
+    from server.config import cgroup_cpu_limit
 
     cpu_max = tmp_path / "cpu.max"
     cpu_max.write_text("200000 100000\n")

@@ -1,0 +1,113 @@
+"""The process layout of `python -m server` (server/supervisor.py), on real processes: worker
+processes behind one socket with one coherent /metrics, the supervisor's health port, a killed
+worker replaced without losing the server, and readiness through the drain."""
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psutil
+import pytest
+
+from server.schemas import Readiness
+
+from .conftest import MODELS, RunningServer, png
+
+
+def classify_count(metrics_text: str) -> float:
+    line = next(x for x in metrics_text.splitlines()
+                if x.startswith('elf_http_requests_total{endpoint="/classify",status="200"}'))
+    return float(line.split()[-1])
+
+
+def wait_for(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not within {seconds} s: {what}")
+
+
+def health(server, path: str) -> httpx.Response:
+    return httpx.get(server.health_url + path, timeout=5)
+
+
+def workers_of(server) -> list[psutil.Process]:
+    """The server's worker processes (the spawned children; not multiprocessing's resource tracker)."""
+    return [p for p in psutil.Process(server.proc.pid).children()
+            if "spawn_main" in " ".join(p.cmdline())]
+
+
+@pytest.fixture
+def two_workers(tmp_path):
+    s = RunningServer("--model-repository", str(MODELS), "--workers", "2",
+                      env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")})
+    wait_for(lambda: health(s, "/readyz").status_code == 200, 60, "both workers ready")
+    yield s
+    s.stop()
+
+
+def test_workers_share_the_load_and_metrics_add_up(two_workers, cifar):
+    server = two_workers
+    workers = workers_of(server)
+    assert len(workers) == 2
+    busy_before = [sum(w.cpu_times()[:2]) for w in workers]
+    data = [png(im) for im in cifar[1].images[:64]]
+
+    def send(i):
+        with httpx.Client(base_url=server.url, timeout=30) as c:  # a new connection each: the kernel spreads them
+            return c.post("/classify", files={"file": ("x.png", data[i % 64])}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(send, range(200)))
+    assert statuses == [200] * 200
+    busy = [sum(w.cpu_times()[:2]) - b for w, b in zip(workers, busy_before)]
+    assert min(busy) > 0.1 * max(busy), busy  # both served, not one
+    metrics = httpx.get(server.url + "/metrics").text
+    assert classify_count(metrics) == 200  # whichever worker answered the scrape: every worker's count
+    exits = sum(float(x.split()[-1]) for x in metrics.splitlines() if x.startswith("elf_exits_total{"))
+    assert exits == 200
+    assert "elf_ready 1.0" in metrics.splitlines()
+
+
+def test_health_port_answers_for_the_whole_server(two_workers):
+    r = health(two_workers, "/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    ready = Readiness.model_validate(health(two_workers, "/readyz").json())
+    assert ready.ready and ready.providers == {"default": "CPUExecutionProvider"} and not ready.draining
+    r = health(two_workers, "/classify")
+    assert r.status_code == 404 and r.json()["status"] == 404 and "/healthz and /readyz" in r.json()["error"]
+
+
+def test_a_killed_worker_is_replaced_and_counts_survive(two_workers, cifar):
+    server = two_workers
+    data = png(cifar[1].images[0])
+    for _ in range(10):
+        assert httpx.post(server.url + "/classify", files={"file": ("x.png", data)}).status_code == 200
+    victim = workers_of(server)[1]
+    victim.kill()
+    victim.wait(10)
+    # The health port says so, while the other worker keeps answering on the main port.
+    problems = wait_for(lambda: health(server, "/readyz").json()["problems"], 5, "readyz to notice the death")
+    assert any("is starting" in p for p in problems), problems
+    assert httpx.post(server.url + "/classify", files={"file": ("x.png", data)}).status_code == 200
+    wait_for(lambda: health(server, "/readyz").status_code == 200, 30, "the replacement to be ready")
+    replacement = [w for w in workers_of(server) if w.pid != victim.pid]
+    assert len(replacement) == 2
+    metrics = httpx.get(server.url + "/metrics").text
+    assert classify_count(metrics) == 11  # the dead worker's counts are kept
+    assert "elf_ready 1.0" in metrics.splitlines()
+    assert "died" in server.log.read_text()
+
+
+def test_readyz_on_the_health_port_turns_503_at_sigterm(cifar):
+    server = RunningServer("--model-repository", str(MODELS), "--workers", "2", "--drain-seconds", "1")
+    wait_for(lambda: health(server, "/readyz").status_code == 200, 60, "both workers ready")
+    server.proc.send_signal(signal.SIGINT)  # Ctrl-C drains like SIGTERM
+    r = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(health(server, "/readyz")), 2,
+                 "readyz 503 after the signal")
+    assert r.json()["draining"] and "draining" in r.json()["problems"][0]
+    assert httpx.post(server.url + "/classify", files={"file": ("x.png", png(cifar[1].images[0]))}).status_code == 200
+    assert server.proc.wait(30) == 0
