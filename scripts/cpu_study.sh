@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The study on this CPU, one run at a time (two torch threads), in issue 16's order: the erm control
 # at IF 100, model8's fast-path parity run, the report's baselines, the two model8 ablations, the numbered models, the
-# baselines at IF 50/10, erm at IF 1. Every run takes `train`'s CPU default, the fast path.
+# baselines at IF 50/10, erm at IF 1. Every run takes `train`'s CPU default, the fast path (bf16 only
+# on a CPU with bf16 instructions: training/config.py).
 # Finished runs (completed or diverged) are skipped, checkpointed ones resumed, so the script is
 # simply started again in the next session. Run it in the background, niced:
 #   nohup nice -n 10 scripts/cpu_study.sh > runs/cpu_study.log 2>&1 &
@@ -22,7 +23,13 @@ for entry in "${plan[@]}"; do
   status=$($py -c "import sys; from training import rundir; print(rundir.status(sys.argv[1]))" "$dir")
   case $status in completed|diverged) continue ;; esac
   resume=()
-  [ -f "$dir/checkpoint.pt" ] && resume=(--resume)
+  if [ -f "$dir/checkpoint.pt" ]; then
+    # A bf16 run goes on only on a CPU with bf16 instructions (elsewhere bf16 is emulated, 10x slower).
+    here=$($py -c "import json, sys; from training.config import cpu_has_bf16
+print(not json.load(open(sys.argv[1]))['config']['amp'] or cpu_has_bf16())" "$dir/config.json")
+    if [ "$here" != True ]; then echo "$(date -u +%FT%TZ) skip $dir: a bf16 run, and this CPU has no bf16"; continue; fi
+    resume=(--resume)
+  fi
   echo "$(date -u +%FT%TZ) start $dir ${resume[*]}"
   PYTHONUNBUFFERED=1 $py -m training train --variant "$variant" --imbalance "$imbalance" --seed 0 \
     --out "$dir" "${resume[@]}" >>"runs/$(basename "$dir").out" 2>&1 &

@@ -12,19 +12,28 @@ REFERENCE_PATH = {"data_path": "reference", "amp": False, "channels_last": False
 # autocast, channels-last; eager, since torch.compile made the bf16 step slower on this project's
 # CPU (benchmarks/train_epoch_throughput.py). Channels-last only where every stage width is a
 # multiple of CHANNELS_LAST_MULTIPLE: on the 15/30/63 networks it made BatchNorm 2-4x slower and
-# the step 1.4-1.85x slower than bf16 in NCHW (results/BENCHMARKS.md).
+# the step 1.4-1.85x slower than bf16 in NCHW (results/BENCHMARKS.md). bf16 only on a CPU with bf16
+# instructions (AVX512-BF16 or AMX): without them PyTorch emulates it, and a model8 step took 10x
+# its fp32 time (AMD EPYC with AVX2 only); there the fast path keeps fp32.
 CPU_FAST_PATH = {"data_path": "device", "amp": True, "channels_last": True, "compile": "off"}
 CHANNELS_LAST_MULTIPLE = 16
 # The GPU fast path's `train` flags: data on the device, bf16, channels-last, CUDA graphs.
 FAST_PATH_FLAGS = ("--data-path", "device", "--amp", "--channels-last", "--compile", "reduce-overhead")
 
 
-def default_path(device_type: str, widths) -> dict:
-    """The path `train` takes when no path flag is given: the CPU fast path on a CPU (channels-last
-    for networks whose widths suit it), the reference path elsewhere."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (what makes bf16 autocast pay on a CPU)."""
+    import torch  # noqa: PLC0415 (config is read without torch elsewhere)
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def default_path(device_type: str, widths, bf16: bool | None = None) -> dict:
+    """The path `train` takes when no path flag is given: the CPU fast path on a CPU (bf16 where
+    the CPU has it, channels-last for networks whose widths suit it), the reference path elsewhere."""
     if device_type != "cpu":
         return REFERENCE_PATH
-    return {**CPU_FAST_PATH, "channels_last": all(w % CHANNELS_LAST_MULTIPLE == 0 for w in widths)}
+    return {**CPU_FAST_PATH, "amp": cpu_has_bf16() if bf16 is None else bf16,
+            "channels_last": all(w % CHANNELS_LAST_MULTIPLE == 0 for w in widths)}
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,9 @@ class TrainConfig:
     def path_name(self) -> str:
         """'reference', 'cpu-fast', or the flags of any other combination."""
         named = {"reference": REFERENCE_PATH, "cpu-fast": CPU_FAST_PATH,
-                 "cpu-fast (NCHW)": {**CPU_FAST_PATH, "channels_last": False}}
+                 "cpu-fast (NCHW)": {**CPU_FAST_PATH, "channels_last": False},
+                 "cpu-fast (fp32)": {**CPU_FAST_PATH, "amp": False},
+                 "cpu-fast (fp32, NCHW)": {**CPU_FAST_PATH, "amp": False, "channels_last": False}}
         return next((n for n, p in named.items() if p == self.path()), " ".join(self.path_flags()))
 
     def path_flags(self) -> list[str]:

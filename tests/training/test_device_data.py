@@ -87,9 +87,14 @@ def test_epoch_covers_every_image_once_and_is_seeded(cifar):
      {"data_path": "reference", "amp": False, "channels_last": True, "compile": "off"}),
 ])
 def test_the_cpu_fast_path_is_trains_default_on_a_cpu(data_dir, tmp_path, capsys, variant, flags, path):
+    """bf16 is part of the default only on a CPU with bf16 instructions (this test runs on both kinds)."""
     import json
 
     from training.cli import main
+    from training.config import cpu_has_bf16
+    bf16 = cpu_has_bf16()
+    if not flags:
+        path = {**path, "amp": bf16}
     out = tmp_path / "run"
     assert main(["train", "--variant", variant, "--epochs", "1", "--batch-size", "32", "--max-train-samples", "200",
                  "--max-batches", "2", "--max-test-samples", "100", "--workers", "0", "--device", "cpu",
@@ -97,8 +102,9 @@ def test_the_cpu_fast_path_is_trains_default_on_a_cpu(data_dir, tmp_path, capsys
     config = json.loads((out / "config.json").read_text())["config"]
     assert {k: config[k] for k in path} == path
     said = capsys.readouterr().out
-    assert ("path cpu-fast," in said) == (flags == [] and variant == "model7")
-    assert ("path cpu-fast (NCHW)," in said) == (variant == "reslt")
+    fp32 = "" if bf16 else "fp32"
+    assert (f"path cpu-fast{f' ({fp32})' if fp32 else ''}," in said) == (flags == [] and variant == "model7")
+    assert (f"path cpu-fast ({fp32 + ', ' if fp32 else ''}NCHW)," in said) == (variant == "reslt")
 
 
 def test_batched_equalize_is_torchvisions(cifar):
@@ -110,3 +116,13 @@ def test_batched_equalize_is_torchvisions(cifar):
     flat[1, :, :16] = 200  # two grey levels
     batch = torch.cat([images, flat, images[:4] // 64 * 64])  # few levels: small steps
     assert torch.equal(equalize(batch), TF.equalize(batch))
+
+
+def test_bf16_is_the_cpu_default_only_where_the_cpu_has_it():
+    from training.config import TrainConfig, default_path
+    for bf16, name in ((True, "cpu-fast"), (False, "cpu-fast (fp32)")):
+        path = default_path("cpu", (16, 32, 48), bf16=bf16)
+        assert path["amp"] is bf16 and path["channels_last"]
+        assert TrainConfig(variant="model8", imbalance=100, **path).path_name() == name
+    assert default_path("cpu", (15, 30, 63), bf16=False)["channels_last"] is False
+    assert default_path("cuda", (16, 32, 48), bf16=True)["amp"] is False  # the GPU's default: the reference path
