@@ -14,8 +14,8 @@ Clients are asyncio coroutines speaking HTTP/1.1 keep-alive over raw sockets wit
 requests (a few microseconds each), so the client costs little of the shared CPU. The throughput
 runs are repeated with wrk (2 threads, the same connections and uploads, a Lua script cycling
 through prebuilt multipart bodies), as an operator would load-test it; without wrk on the PATH
-(`apt-get install wrk`) those are skipped with a message. RSS is the server process's, sampled
-every 20 ms.
+(`apt-get install wrk`) those are skipped with a message. RSS is the server's (supervisor and
+workers together), sampled every 20 ms.
 
     python benchmarks/load_test.py [--clients 16] [--seconds 10] [--saturation-clients 64]
                                    [--saturation-seconds 10] [--large-uploads 64]
@@ -148,12 +148,14 @@ class Connection:
         self.reader = self.writer = None
 
 
-async def drive(port: int, requests: list[bytes], clients: int, seconds: float, probe: bytes | None = None,
+async def drive(port: int, requests: list[bytes], clients: int, seconds: float, probes: dict | None = None,
                 once: bool = False, honor_retry_after: bool = False):
     """`clients` connections sending round-robin from `requests` for `seconds` (or one request each),
-    each resending at once or (honor_retry_after) after the Retry-After of a 503; (statuses,
-    latencies, wall, probe latencies)."""
-    statuses, latencies, probes = [], [], []
+    each resending at once or (honor_retry_after) after the Retry-After of a 503, beside one
+    connection per probe (`{name: (port, request)}`, every 20 ms); (statuses, latencies, wall,
+    {probe name: latencies})."""
+    statuses, latencies = [], []
+    probed = {name: [] for name in probes or {}}
     stop = time.monotonic() + seconds
 
     async def client(i):
@@ -169,18 +171,19 @@ async def drive(port: int, requests: list[bytes], clients: int, seconds: float, 
                 await asyncio.sleep(min(float(headers.get("retry-after", 1)), stop - time.monotonic()))
         conn.close()
 
-    async def prober():
-        conn = Connection(port)
+    async def prober(name, probe_port, request):
+        conn = Connection(probe_port)
         while time.monotonic() < stop:
             t0 = time.perf_counter()
-            await conn.send(probe)
-            probes.append(time.perf_counter() - t0)
+            await conn.send(request)
+            probed[name].append(time.perf_counter() - t0)
             await asyncio.sleep(0.02)
         conn.close()
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(clients)), *([prober()] if probe else []))
-    return statuses, latencies, time.perf_counter() - t0, probes
+    await asyncio.gather(*(client(i) for i in range(clients)),
+                         *(prober(name, *probe) for name, probe in (probes or {}).items()))
+    return statuses, latencies, time.perf_counter() - t0, probed
 
 
 class RssWatch:
@@ -190,7 +193,14 @@ class RssWatch:
         self.thread.start()
 
     def now(self) -> int:
-        return self.proc.memory_info().rss
+        """RSS of the server: the supervisor and its worker processes."""
+        total = 0
+        for proc in (self.proc, *self.proc.children(recursive=True)):
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
 
     def _run(self):
         while self.running:
@@ -284,7 +294,7 @@ def main() -> None:
             results["bare ORT"] = bare_ort(args.model_repository / "default", images, args.seconds / 2)[0]
             print(f"{'bare ORT (batch 16)':<22} {results['bare ORT']:8.1f}   (img/s, 1 thread, in-process)")
         if "saturation" in runs:
-            saturation_runs(port, payloads, saturation, args.saturation_seconds, watch)
+            saturation_runs(server, payloads, saturation, args.saturation_seconds, watch)
         if "large" in runs:
             large_run(port, args, watch)
     finally:
@@ -319,16 +329,21 @@ def decode_only_run(payloads, args) -> tuple[float, float | None]:
         decode_only.wait()
 
 
-def saturation_runs(port, payloads, clients, seconds, watch) -> None:
-    reqs = [multipart_request("/classify", port, d, {}) for d in payloads]
-    probe = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+def saturation_runs(server, payloads, clients, seconds, watch) -> None:
+    """/healthz probed on the health port (what probes should use) and on the serving port."""
+    reqs = [multipart_request("/classify", server.port, d, {}) for d in payloads]
+    probes = {name: (p, f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n\r\n".encode())
+              for name, p in (("health port", server.health_port), ("serving port", server.port))}
     for honor in (False, True):
         watch.reset()
-        statuses, lat, wall, probes = asyncio.run(drive(port, reqs, clients, seconds, probe, honor_retry_after=honor))
+        statuses, lat, wall, probed = asyncio.run(drive(server.port, reqs, clients, seconds, probes,
+                                                        honor_retry_after=honor))
         report(f"x{clients} {'Retry-After' if honor else 'resend at once'}", statuses, lat, wall, watch)
         refused = [t for s, t in lat if s == 503]
-        print(f"{'':<22} 503 p50 {ms(refused, 50)} p99 {ms(refused, 99)} ms;  /healthz p50 {ms(probes, 50)} "
-              f"p99 {ms(probes, 99)} ms ({len(probes)} probes)")
+        print(f"{'':<22} 503 p50 {ms(refused, 50)} p99 {ms(refused, 99)} ms")
+        for name, latencies in probed.items():
+            print(f"{'':<22} /healthz on the {name}: p50 {ms(latencies, 50)} p99 {ms(latencies, 99)} ms "
+                  f"({len(latencies)} probes)")
 
 
 def large_run(port, args, watch) -> None:

@@ -6,7 +6,7 @@ Runtime gets a core of its own. Each worker here is the whole app (`create_app`:
 batcher, admission and decode pool, with the machine's CPUs divided among the workers), accepting
 from the socket the supervisor bound: the kernel gives each new connection to a worker that is
 waiting in accept, so a busy worker takes fewer. `results/BENCHMARKS.md` measures it against one
-process and against one inference process fed by HTTP processes (benchmarks/server_replicas.py).
+process (benchmarks/load_test.py, benchmarks/server_replicas.py).
 
 The supervisor, which never parses an upload:
 - binds the socket, starts worker 1 and, once it serves, the others: a bad model repository is
@@ -259,6 +259,7 @@ def setup_multiprocess_metrics() -> None:
 def health_handler(supervisor: Supervisor) -> type[BaseHTTPRequestHandler]:
     class Health(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as probes and load balancers use it
+        disable_nagle_algorithm = True  # headers and body are two writes: Nagle held the body ~40 ms
 
         def do_GET(self):  # noqa: N802 (http.server's naming)
             if self.path == "/healthz":
