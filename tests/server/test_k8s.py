@@ -52,11 +52,15 @@ def test_gpu_overlay_asks_for_a_gpu_and_insists_on_cuda():
 
 def test_threads_probes_and_shutdown_fit_the_pod():
     pod, container = server_container("overlays/cpu")
-    threads = {e["name"]: e for e in container["env"]}["ELF_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"]
-    assert threads["resource"] == "limits.cpu"
+    workers = {e["name"]: e for e in container["env"]}["ELF_WORKERS"]["valueFrom"]["resourceFieldRef"]
+    assert workers["resource"] == "limits.cpu"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["timeoutSeconds"] < container[probe]["periodSeconds"] or probe == "startupProbe"
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    from server.config import Settings
+    assert ports == {"http": Settings().port, "health": Settings().health_port}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     env = {e["name"]: e.get("value") for e in container["env"]}
     from server.serving import LAST_REQUEST_GRACE_S
     shutdown = (container["lifecycle"]["preStop"]["sleep"]["seconds"] + float(env["ELF_DRAIN_SECONDS"])
