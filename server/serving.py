@@ -11,9 +11,9 @@ down and the process exits 0. A second signal ends the drain early.
 
 Why not `Connection: close` during the drain as well: every client would reconnect for each
 request, and connections still in the kernel's accept queue when the listener closes are reset
-after their request was sent. For the same reason the worker processes sharing one listening
-socket (supervisor.py) close it together: none sends `Connection: close` before every one has
-stopped accepting (`ListenerBarrier`), or its clients would reconnect to a socket about to close.
+after their request was sent. For the same reason the worker processes listening on one port
+(supervisor.py) close their listeners together: none sends `Connection: close` before every one has
+stopped accepting (`ListenerBarrier`), or its clients would reconnect to a listener about to close.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def return_large_blocks_to_os(threshold: int = 1 << 20) -> bool:
 
 
 class ListenerBarrier:
-    """Where the workers sharing a listening socket wait for each other to have closed it."""
+    """Where the workers listening on one port wait for each other to have closed their listeners."""
 
     def __init__(self, closed, workers: int):
         self.closed, self.workers = closed, workers  # closed: a multiprocessing.Value("i") shared by all
@@ -104,7 +104,7 @@ def idle(connection) -> bool:
 
 
 def serve(app, settings, sock, barrier: ListenerBarrier) -> None:
-    """Serve `app` on `sock`, the listening socket this worker shares with the others."""
+    """Serve `app` on `sock`, this worker's socket on the server's port (bound; uvicorn listens)."""
     return_large_blocks_to_os()
     config = uvicorn.Config(app, log_level=settings.log_level, access_log=settings.log_level == "debug",
                             timeout_graceful_shutdown=settings.shutdown_timeout_seconds)

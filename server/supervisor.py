@@ -1,22 +1,24 @@
-"""`python -m server`'s processes: a supervisor and N server workers on one listening socket.
+"""`python -m server`'s processes: a supervisor and N server workers on one port.
 
 Why processes (issue 18): in one Python process the event loop parsing every upload, the decode
 threads and the inference thread share one GIL, so on a 2-core machine neither HTTP nor ONNX
 Runtime gets a core of its own. Each worker here is the whole app (`create_app`: its own models,
-batcher, admission and decode pool, with the machine's CPUs divided among the workers), accepting
-from the socket the supervisor bound: the kernel gives each new connection to a worker that is
-waiting in accept, so a busy worker takes fewer. `results/BENCHMARKS.md` measures it against one
+batcher, admission and decode pool, with the machine's CPUs divided among the workers), listening
+on its own socket bound to the same port with SO_REUSEPORT, so the kernel spreads new connections
+evenly over the workers. (One shared listening socket did not: the worker that woke first accepted
+every connection waiting, and 16 connections opened together landed 16 / 0 in 3 of 5 trials.) `results/BENCHMARKS.md` measures it against one
 process (benchmarks/load_test.py, benchmarks/server_replicas.py).
 
 The supervisor, which never parses an upload:
-- binds the socket, starts worker 1 and, once it serves, the others: a bad model repository is
+- reserves the port (bound, never listening: `--port 0` picks one for all), starts worker 1 and,
+  once it serves, the others: a bad model repository is
   reported once, by worker 1, and the supervisor exits with its code (2);
 - answers `/healthz` and `/readyz` on the health port from a thread of its own, so probes never
   wait behind uploads: ready when every worker serves, warmed up on its expected provider, and
   the server is not draining;
 - starts a worker again when one dies (with back-off), and marks its live gauges dead;
-- on SIGTERM or SIGINT: `/readyz` 503 at once, its copy of the socket closed, SIGTERM to every
-  worker (each drains as serving.py says, closing the socket together), and exit 0 once every
+- on SIGTERM or SIGINT: `/readyz` 503 at once, SIGTERM to every worker (each drains as serving.py
+  says, the workers closing their listeners together), and exit 0 once every
   worker has exited 0. A second signal is forwarded too (the workers skip the rest of the drain).
 
 Metrics: prometheus_client's multiprocess mode over a fresh folder (metrics.py): whichever worker
@@ -59,13 +61,13 @@ def worker_settings(settings: Settings) -> tuple[int, Settings]:
     return workers, settings.model_copy(update=update)
 
 
-def listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) with SO_REUSEPORT: the supervisor's reserves the port,
+    each worker's listens on it (only listening sockets of the group get connections)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -77,7 +79,7 @@ def die_with_parent() -> None:
         pass
 
 
-def run_worker(settings: Settings, sock: socket.socket, slot: int, events, closed, workers: int) -> None:
+def run_worker(settings: Settings, port: int, slot: int, events, closed, workers: int) -> None:
     """One server worker process (the target of a spawned process)."""
     die_with_parent()
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
@@ -94,7 +96,9 @@ def run_worker(settings: Settings, sock: socket.socket, slot: int, events, close
         sys.exit(2)
     app = create_app(settings, models)
     app.state.on_ready = lambda ready: events.put((slot, os.getpid(), ready.model_dump()))
-    serve(app, settings, sock, ListenerBarrier(closed, workers))
+    # Bound now, listening once warmed up (uvicorn's create_server): no connection waits on a
+    # worker that is still loading.
+    serve(app, settings, port_socket(settings.host, port), ListenerBarrier(closed, workers))
 
 
 @dataclass
@@ -141,7 +145,7 @@ class Supervisor:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, slot: int) -> None:
         process = self.ctx.Process(target=run_worker, name=f"worker-{slot + 1}", daemon=False,
-                                   args=(self.per_worker, self.sock, slot, self.events, self.closed, self.workers))
+                                   args=(self.per_worker, self.port, slot, self.events, self.closed, self.workers))
         process.start()
         with self.lock:
             self.running[slot] = Worker(slot, process)
@@ -153,7 +157,7 @@ class Supervisor:
     def run(self) -> int:
         setup_multiprocess_metrics()
         try:
-            self.sock = listen(self.settings.host, self.settings.port)
+            self.sock = port_socket(self.settings.host, self.settings.port)
             health = ThreadingHTTPServer((self.settings.host, self.settings.health_port), health_handler(self))
         except OSError as exc:
             print(f"error: cannot listen on {self.settings.host} (port {self.settings.port}, health port "
@@ -161,10 +165,10 @@ class Supervisor:
             return 2
         health.daemon_threads = True
         threading.Thread(target=health.serve_forever, name="health", daemon=True).start()
-        host, port = self.sock.getsockname()[:2]
-        log.info("listening on http://%s:%d with %d worker(s) (ONNX Runtime threads %d, decode threads %d each); "
-                 "/healthz and /readyz also on port %d", host, port, self.workers, self.per_worker.intra_op_threads,
-                 self.per_worker.decode_workers, health.server_address[1])
+        host, self.port = self.sock.getsockname()[:2]
+        log.info("listening on http://%s:%d with %d worker(s) (ONNX Runtime threads %d, decode threads %d "
+                 "each); /healthz and /readyz also on port %d", host, self.port, self.workers,
+                 self.per_worker.intra_op_threads, self.per_worker.decode_workers, health.server_address[1])
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
         try:
@@ -191,7 +195,6 @@ class Supervisor:
         if self.forwarded == 0:
             log.warning("draining %d worker(s) (readyz 503, still serving); signal again to skip the drain",
                         len(self.running))
-            self.sock.close()  # the workers hold their own copies until they close them together
         self.forwarded = self.signals
         for worker in self.running.values():
             os.kill(worker.process.pid, signal.SIGTERM)
