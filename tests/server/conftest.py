@@ -46,17 +46,24 @@ class RunningServer:
             # no drain period unless a test asks for one: stopping takes no 5 s then
             env={**os.environ, "ELF_DRAIN_SECONDS": "0", **(env or {})})
         self.started = time.monotonic()
+        self._wait_until(lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200, "answer")
+        self.first_answer_s = time.monotonic() - self.started
+        # Every worker listening: connections opened before would all stay on worker 1.
+        self._wait_until(lambda: not any("is starting" in p for p in
+                                         httpx.get(self.health_url + "/readyz", timeout=1).json()["problems"]),
+                         "start every worker")
+
+    def _wait_until(self, started, what: str) -> None:
         deadline = self.started + 60
         while True:
             assert self.proc.poll() is None, f"server exited: {self.log.read_text()}"
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
+                if started():
+                    return
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "server did not start in 60 s"
+            assert time.monotonic() < deadline, f"server did not {what} in 60 s"
             time.sleep(0.05)
-        self.first_answer_s = time.monotonic() - self.started
 
     def stop(self) -> int:
         self.proc.terminate()
