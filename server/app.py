@@ -23,7 +23,7 @@ from .engine import StagedModel, load_repository
 from .images import DecodePool, ImageError
 from .middleware import ObserveMiddleware, error_response
 from .openapi import document_limits
-from .routes import ApiError, readiness, router
+from .routes import ApiError, router
 from .service import ModelService
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,6 @@ async def lifespan(app: FastAPI):
     gc.freeze()  # what start-up made lives for good: keep it out of every later collection's scan
     m.READY.set(1 if all(s.model.provider_ok for s in state.services.values()) else 0)
     log.info("serving %s (default %s)", ", ".join(state.services), state.settings.default_model)
-    if state.on_ready is not None:  # a supervised worker tells the supervisor (supervisor.py)
-        state.on_ready(readiness(state))
     yield
     m.READY.set(0)
     for service in state.services.values():
@@ -118,7 +116,6 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None)
     state = app.state
     state.settings, state.admission = settings, admission
     state.warm = state.draining = state.closing = False
-    state.on_ready = None  # (Readiness) -> None, called once warmed up
     state.services = {name: ModelService(model, settings, on_batch=admission.observe_batch)
                       for name, model in models.items()}
     state.decoder = DecodePool(decode_workers(settings), settings.max_upload_bytes, settings.max_image_pixels,

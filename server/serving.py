@@ -58,11 +58,18 @@ class ListenerBarrier:
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state, drain_seconds: float, barrier: ListenerBarrier):
+    def __init__(self, config: uvicorn.Config, state, drain_seconds: float, barrier: ListenerBarrier,
+                 on_listening=None):
         super().__init__(config)
         self.state, self.drain_seconds = state, drain_seconds  # state: the app's (`draining`, `closing` flags)
         self.drain_deadline: float | None = None
         self.barrier = barrier
+        self.on_listening = on_listening or (lambda: None)  # after start-up: models warm, listener open
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.on_listening()
 
     def handle_exit(self, sig: int, frame) -> None:
         if sig == signal.SIGINT:
@@ -103,9 +110,10 @@ def idle(connection) -> bool:
     return cycle is None or cycle.response_complete
 
 
-def serve(app, settings, sock, barrier: ListenerBarrier) -> None:
-    """Serve `app` on `sock`, this worker's socket on the server's port (bound; uvicorn listens)."""
+def serve(app, settings, sock, barrier: ListenerBarrier, on_listening=None) -> None:
+    """Serve `app` on `sock`, this worker's socket on the server's port (bound; uvicorn listens on it
+    once the lifespan has warmed the models up, then calls `on_listening`)."""
     return_large_blocks_to_os()
     config = uvicorn.Config(app, log_level=settings.log_level, access_log=settings.log_level == "debug",
                             timeout_graceful_shutdown=settings.shutdown_timeout_seconds)
-    DrainingServer(config, app.state, settings.drain_seconds, barrier).run(sockets=[sock])
+    DrainingServer(config, app.state, settings.drain_seconds, barrier, on_listening).run(sockets=[sock])

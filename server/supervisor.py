@@ -87,6 +87,7 @@ def run_worker(settings: Settings, port: int, slot: int, events, closed, workers
 
     from .app import create_app  # noqa: PLC0415
     from .engine import load_repository  # noqa: PLC0415
+    from .routes import readiness  # noqa: PLC0415
     from .serving import ListenerBarrier, serve  # noqa: PLC0415
     try:
         models = load_repository(settings.model_repository, settings.default_model, settings.provider,
@@ -95,17 +96,17 @@ def run_worker(settings: Settings, port: int, slot: int, events, closed, workers
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     app = create_app(settings, models)
-    app.state.on_ready = lambda ready: events.put((slot, os.getpid(), ready.model_dump()))
-    # Bound now, listening once warmed up (uvicorn's create_server): no connection waits on a
-    # worker that is still loading.
-    serve(app, settings, port_socket(settings.host, port), ListenerBarrier(closed, workers))
+    # Bound now, listening once warmed up (no connection waits on a worker still loading); then it
+    # reports its readiness to the supervisor.
+    serve(app, settings, port_socket(settings.host, port), ListenerBarrier(closed, workers),
+          on_listening=lambda: events.put((slot, os.getpid(), readiness(app.state).model_dump())))
 
 
 @dataclass
 class Worker:
     slot: int
     process: mp.Process
-    readiness: dict | None = None  # the worker's Readiness once it serves
+    readiness: dict | None = None  # the worker's Readiness once it listens
 
 
 @dataclass

@@ -41,8 +41,11 @@ def test_grid_resumes_a_run_on_the_path_it_started_with(data_dir, tmp_path, caps
     capsys.readouterr()
     assert main([*args[:1], "--dry-run", *args[1:]]) == 0
     planned = capsys.readouterr().out
-    # Resumed on its own path, spelled out: the CPU default (amp, channels-last) and the other flags dropped.
-    assert "--resume" in planned and "--data-path reference --amp --channels-last --compile off" in planned
+    # Resumed on its own path, spelled out: the CPU default (amp where the CPU has bf16, channels-last)
+    # and the other flags dropped.
+    from training.config import cpu_has_bf16
+    amp = "--amp" if cpu_has_bf16() else "--no-amp"
+    assert "--resume" in planned and f"--data-path reference {amp} --channels-last --compile off" in planned
     assert "--data-path device" not in planned and "--compile=default" not in planned
     assert main(args) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())

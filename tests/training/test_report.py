@@ -41,7 +41,9 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     assert f"| {overall - 56.90:+.2f} | {overall + (70.36 - erm) - 56.90:+.2f} (erm IF 100) |" in model1
     assert f"IF 100: {70.36 - erm:.2f} points" in text
     assert "not yet measured: stopped at epoch 1 of 3" in text
-    assert ("--variant model8 --imbalance 100 --seed 0 --data-path device --amp --channels-last --compile off "
+    from training.config import cpu_has_bf16
+    amp = "--amp" if cpu_has_bf16() else "--no-amp"  # the CPU default's
+    assert (f"--variant model8 --imbalance 100 --seed 0 --data-path device {amp} --channels-last --compile off "
             "--out results/runs/model8-if100-seed0 --resume") in text
     assert text.count("| not yet measured |") == 17 + 1 + 2  # the table's, the erm IF 1 control, the ablations
     assert len([line for line in text.splitlines() if line.startswith("| model1 |")]) == 1
@@ -53,7 +55,7 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     assert "## bf16 fast path vs fp32" in text and "--out results/runs/model8-if100-seed0-cpufast" in text
     assert "scripts/cpu_study.sh" in text
     made = text.split("## How each measured run was made")[1]
-    assert ("python -m training train --variant model1 --imbalance 100 --seed 0 --data-path device --amp "
+    assert (f"python -m training train --variant model1 --imbalance 100 --seed 0 --data-path device {amp} "
             "--channels-last --compile off --out results/runs/model1-if100-seed0\n") in made
     for plot in ("training_curves", "per_class_accuracy", "exit_distribution_by_split", "accuracy_vs_macs"):
         assert (tmp_path / "plots" / f"{plot}.png").stat().st_size > 1000
@@ -62,7 +64,8 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
 def test_report_sets_fast_path_runs_beside_reference_runs(data_dir, tmp_path):
     runs = tmp_path / "runs"
     reference = ["--data-path", "reference", "--no-amp", "--no-channels-last"]
-    for name, flags in (("model1-if100-seed0", reference), ("model1-if100-seed0-fast", [])):
+    fast = ["--data-path", "device", "--amp", "--channels-last"]  # the CPU fast path on any CPU
+    for name, flags in (("model1-if100-seed0", reference), ("model1-if100-seed0-fast", fast)):
         assert main(["train", "--variant", "model1", "--out", str(runs / name), "--data-dir", str(data_dir),
                      *SMOKE, *flags]) == 0
     assert main(["report", "--runs", str(runs), "--out", str(tmp_path), "--data-dir", str(data_dir),
