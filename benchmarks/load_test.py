@@ -5,9 +5,10 @@
   thr 1.0       POST /classify, threshold 1.0: every image runs every stage
   default       POST /classify at the model's calibrated thresholds (early exit)
   bare ORT      the staged model in-process, batch 16, threshold 1.0, no HTTP
-  saturation    --saturation-clients (default 4x --clients) at the default, with /healthz probed
-                alongside: 200/503 split, 503 latency, /healthz latency; twice: clients that resend
-                at once after a 503 (a retry storm), and clients that wait the Retry-After
+  saturation    --saturation-clients (default 4x --clients) at the default, with /healthz and
+                /classify probed alongside: 200/503 split, 503 latency, /healthz latency; three
+                times: asyncio clients that resend at once after a 503 (a retry storm), asyncio
+                clients that wait the Retry-After, and wrk (resending at once)
   large upload  --large-uploads concurrent 4000x4000 PNGs: peak and settled RSS against idle
 
 Clients are asyncio coroutines speaking HTTP/1.1 keep-alive over raw sockets with prebuilt
@@ -36,6 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -96,12 +98,12 @@ end
 """
 
 
-def wrk_run(name: str, port: int, payloads: list[bytes], fields: dict[str, str], clients: int,
-            seconds: float) -> float | None:
-    """wrk against POST /classify with the same uploads; req/s of 2xx answers (None without wrk)."""
+@contextmanager
+def wrk_process(port: int, payloads: list[bytes], fields: dict[str, str], clients: int, seconds: float):
+    """wrk (2 threads) posting the uploads to /classify for `seconds`, started; None without wrk."""
     if shutil.which("wrk") is None:
-        print(f"{name:<22} skipped: wrk is not installed (apt-get install wrk)")
-        return None
+        yield None
+        return
     boundary = uuid.uuid4().hex
     with tempfile.TemporaryDirectory() as tmp:
         files = []
@@ -109,15 +111,28 @@ def wrk_run(name: str, port: int, payloads: list[bytes], fields: dict[str, str],
             files.append(Path(tmp) / f"{i}.body")
             files[-1].write_bytes(multipart_body(data, fields, boundary))
         (Path(tmp) / "cycle.lua").write_text(WRK_SCRIPT)
-        out = subprocess.run(["wrk", "-t2", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency",
-                              "-s", str(Path(tmp) / "cycle.lua"), f"http://127.0.0.1:{port}/classify", "--",
-                              boundary, *map(str, files)], capture_output=True, text=True, check=True).stdout
-    total = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
-    requests = int(re.search(r"(\d+) requests in", out)[1])
+        with subprocess.Popen(["wrk", "-t2", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency",
+                               "-s", str(Path(tmp) / "cycle.lua"), f"http://127.0.0.1:{port}/classify", "--",
+                               boundary, *map(str, files)], stdout=subprocess.PIPE, text=True) as proc:
+            yield proc
+
+
+def wrk_counts(out: str) -> tuple[float, int, int, dict]:
+    """(req/s, requests, non-2xx, {"50"/"99": latency}) from wrk's output."""
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = int(bad[1]) if bad else 0
+    return (float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]), int(re.search(r"(\d+) requests in", out)[1]),
+            int(bad[1]) if bad else 0, dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)))
+
+
+def wrk_run(name: str, port: int, payloads: list[bytes], fields: dict[str, str], clients: int,
+            seconds: float) -> float | None:
+    """wrk against POST /classify with the same uploads; req/s of 2xx answers (None without wrk)."""
+    with wrk_process(port, payloads, fields, clients, seconds) as proc:
+        if proc is None:
+            print(f"{name:<22} skipped: wrk is not installed (apt-get install wrk)")
+            return None
+        total, requests, errors, pct = wrk_counts(proc.communicate()[0])
     rps = total * (requests - errors) / max(requests, 1)
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
     print(f"{name:<22} {rps:8.1f} {pct.get('50', '-'):>8} {'':>8} {pct.get('99', '-'):>8} {'':>7}   "
           f"non-2xx:{errors}")
     return rps
@@ -153,7 +168,7 @@ async def drive(port: int, requests: list[bytes], clients: int, seconds: float, 
     """`clients` connections sending round-robin from `requests` for `seconds` (or one request each),
     each resending at once or (honor_retry_after) after the Retry-After of a 503, beside one
     connection per probe (`{name: (port, request)}`, every 20 ms); (statuses, latencies, wall,
-    {probe name: latencies})."""
+    {probe name: [(status, latency)]})."""
     statuses, latencies = [], []
     probed = {name: [] for name in probes or {}}
     stop = time.monotonic() + seconds
@@ -175,8 +190,8 @@ async def drive(port: int, requests: list[bytes], clients: int, seconds: float, 
         conn = Connection(probe_port)
         while time.monotonic() < stop:
             t0 = time.perf_counter()
-            await conn.send(request)
-            probed[name].append(time.perf_counter() - t0)
+            status, _ = await conn.send(request)
+            probed[name].append((status, time.perf_counter() - t0))
             await asyncio.sleep(0.02)
         conn.close()
 
@@ -330,19 +345,40 @@ def decode_only_run(payloads, args) -> tuple[float, float | None]:
 
 
 def saturation_runs(server, payloads, clients, seconds, watch) -> None:
-    """/healthz probed on the health port (what probes should use) and on the serving port."""
+    """The storm from the asyncio clients (resending at once, then waiting the Retry-After) and from
+    wrk (resending at once), each with probes beside it on connections of their own, every 20 ms:
+    /healthz on the health port (what probes should use) and on the serving port, and POST
+    /classify (its 503s: how long a refusal takes while the storm goes on)."""
     reqs = [multipart_request("/classify", server.port, d, {}) for d in payloads]
     probes = {name: (p, f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n\r\n".encode())
-              for name, p in (("health port", server.health_port), ("serving port", server.port))}
+              for name, p in (("health port /healthz", server.health_port), ("serving port /healthz", server.port))}
+    probes["/classify"] = (server.port, reqs[0])
     for honor in (False, True):
         watch.reset()
         statuses, lat, wall, probed = asyncio.run(drive(server.port, reqs, clients, seconds, probes,
                                                         honor_retry_after=honor))
         report(f"x{clients} {'Retry-After' if honor else 'resend at once'}", statuses, lat, wall, watch)
         refused = [t for s, t in lat if s == 503]
-        print(f"{'':<22} 503 p50 {ms(refused, 50)} p99 {ms(refused, 99)} ms")
-        for name, latencies in probed.items():
-            print(f"{'':<22} /healthz on the {name}: p50 {ms(latencies, 50)} p99 {ms(latencies, 99)} ms "
+        print(f"{'':<22} 503 p50 {ms(refused, 50)} p99 {ms(refused, 99)} ms (the storm's own)")
+        print_probes(probed)
+    with wrk_process(server.port, payloads, {}, clients, seconds) as proc:
+        if proc is None:
+            print(f"x{clients} wrk: skipped, wrk is not installed (apt-get install wrk)")
+            return
+        watch.reset()
+        probed = asyncio.run(drive(server.port, [], 0, seconds, probes))[3]
+        total, requests, errors, pct = wrk_counts(proc.communicate()[0])
+    print(f"{f'x{clients} wrk at once':<22} {total * (requests - errors) / requests:8.1f} "
+          f"{pct.get('50', '-'):>8} {'':>8} {pct.get('99', '-'):>8} {watch.peak / 2**20:7.0f}   "
+          f"2xx:{requests - errors} other:{errors} (wrk's latencies: every answer)")
+    print_probes(probed)
+
+
+def print_probes(probed: dict) -> None:
+    for name, results in probed.items():
+        for status in sorted({s for s, _ in results}):
+            latencies = [t for s, t in results if s == status]
+            print(f"{'':<22} probe {name} {status}: p50 {ms(latencies, 50)} p99 {ms(latencies, 99)} ms "
                   f"({len(latencies)} probes)")
 
 

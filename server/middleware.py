@@ -3,7 +3,7 @@ stream per request): request metrics, the body-size cap, admission and closing.
 
 Order for an inference request: an oversized Content-Length is refused (413) and a busy server
 refuses (503 + Retry-After) from the headers alone, before a byte of the body is read, parsed
-or decoded. Admitted requests hold one image of the admitted work until they are answered (the
+or decoded (under uvicorn most refusals are answered earlier still, by refusal.py's protocol). Admitted requests hold one image of the admitted work until they are answered (the
 batch endpoint adds its other files once it has counted them). Once the server is closing (after
 the drain, serving.py), every response carries `Connection: close`.
 """
@@ -18,6 +18,11 @@ from .admission import Overloaded
 
 ENDPOINTS = frozenset({"/classify", "/classify/batch", "/models", "/healthz", "/readyz", "/metrics"})
 INFERENCE = frozenset({"/classify", "/classify/batch"})
+
+
+def upload_limit(settings) -> int:
+    """The largest Content-Length an inference request may declare (a full batch, plus its multipart framing)."""
+    return settings.max_upload_bytes * settings.max_batch_files + 1024 * 1024
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -64,8 +69,7 @@ class ObserveMiddleware:
         """The answer when the request is refused from its headers alone."""
         if path not in INFERENCE or scope["method"] != "POST":
             return None
-        settings = self.state.settings
-        limit = settings.max_upload_bytes * settings.max_batch_files + 1024 * 1024
+        limit = upload_limit(self.state.settings)
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
             return error_response(413, f"request body too large: {int(length)} bytes > limit of {limit}")

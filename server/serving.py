@@ -25,6 +25,8 @@ import time
 
 import uvicorn
 
+from .refusal import refusing_protocol
+
 log = logging.getLogger(__name__)
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 LAST_REQUEST_GRACE_S = 1.0  # closing phase: how long an idle connection may take to send its next request
@@ -114,6 +116,7 @@ def serve(app, settings, sock, barrier: ListenerBarrier, on_listening=None) -> N
     """Serve `app` on `sock`, this worker's socket on the server's port (bound; uvicorn listens on it
     once the lifespan has warmed the models up, then calls `on_listening`)."""
     return_large_blocks_to_os()
-    config = uvicorn.Config(app, log_level=settings.log_level, access_log=settings.log_level == "debug",
+    config = uvicorn.Config(app, http=refusing_protocol(app.state), log_level=settings.log_level,
+                            access_log=settings.log_level == "debug",
                             timeout_graceful_shutdown=settings.shutdown_timeout_seconds)
     DrainingServer(config, app.state, settings.drain_seconds, barrier, on_listening).run(sockets=[sock])
