@@ -131,7 +131,7 @@ class ExitFitter:
         classifier = "normed" if self.variant.loss == "ldam" else "linear"
         torch.manual_seed(self.config.seed)
         for k in range(self.variant.num_exits - 1):
-            head = make_head(kind, self.variant.widths[self.model.exit_stages[k]], classifier, NUM_CLASSES)
+            head = make_head(kind, self.model.exit_channels[k], classifier, NUM_CLASSES)
             head.apply(init_weights)
             self.model.exits[k] = head.to(self.device)
 

@@ -1,4 +1,4 @@
-"""CIFAR ResNet-32 backbone with one exit per stage (SPEC §3).
+"""CIFAR ResNet-32 backbone with one exit per stage (SPEC §3), or exits after chosen blocks.
 
 Stage k = (stem +) 5 basic blocks, then exit k. Exits are:
   light  - 3x3 conv stride 2 (C -> 2C) + BN + ReLU, global average pool, classifier.
@@ -140,16 +140,23 @@ def make_head(kind: str, channels: int, classifier: str, num_classes: int) -> nn
     return HEADS.get(kind)(channels, classifier, num_classes)
 
 
+def stage_end_blocks(num_exits: int) -> tuple[int, ...]:
+    """The blocks (0-based, 0..14) that exits follow by default: the ends of the last stages."""
+    return tuple(BLOCKS_PER_STAGE * (s + 1) - 1 for s in range(3 - num_exits, 3))
+
+
 class EarlyExitResNet(nn.Module):
-    """ResNet-32 whose three stages each end in an exit (or only the last, for one exit head)."""
+    """ResNet-32 whose exits each follow a block: by default the ends of the last len(exit_heads)
+    stages (one head = the final exit only); `exit_blocks` may place one inside a stage, e.g.
+    (4, 7, 9, 14) adds an exit after stage 2's third block."""
 
     def __init__(self, widths=(16, 32, 48), exit_heads=("light", "light", "reslt"),
-                 classifier: str = "linear", num_classes: int = NUM_CLASSES):
+                 classifier: str = "linear", num_classes: int = NUM_CLASSES, exit_blocks=None):
         super().__init__()
         if len(widths) != 3:
             raise ValueError(f"ResNet-32 has 3 stages; got widths {widths}")
-        if not 1 <= len(exit_heads) <= 3:
-            raise ValueError(f"between 1 and 3 exits expected; got {exit_heads}")
+        self.exit_blocks = tuple(exit_blocks) if exit_blocks is not None else stage_end_blocks(len(exit_heads))
+        check_exit_blocks(self.exit_blocks, len(exit_heads))
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         stages, in_planes = [], widths[0]
@@ -160,11 +167,10 @@ class EarlyExitResNet(nn.Module):
                 in_planes = planes
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
-        # Exits sit after the last len(exit_heads) stages; one head = the final exit only.
-        self.exit_stages = tuple(range(3 - len(exit_heads), 3))
+        self.exit_channels = tuple(widths[b // BLOCKS_PER_STAGE] for b in self.exit_blocks)
         self.exits = nn.ModuleList(
-            make_head(kind, widths[s], classifier, num_classes)
-            for kind, s in zip(exit_heads, self.exit_stages))
+            make_head(kind, channels, classifier, num_classes)
+            for kind, channels in zip(exit_heads, self.exit_channels))
         for m in self.modules():
             init_weights(m)
 
@@ -172,12 +178,18 @@ class EarlyExitResNet(nn.Module):
     def num_exits(self) -> int:
         return len(self.exits)
 
+    def blocks(self):
+        """(global block index, block) in order."""
+        for i, stage in enumerate(self.stages):
+            for b, block in enumerate(stage):
+                yield i * BLOCKS_PER_STAGE + b, block
+
     def segments(self) -> list[nn.Module]:
         """Backbone pieces between exits: segment k maps exit k-1's feature map to exit k's."""
         pieces, current = [], [self.stem]
-        for i, stage in enumerate(self.stages):
-            current.append(stage)
-            if i in self.exit_stages:
+        for index, block in self.blocks():
+            current.append(block)
+            if index in self.exit_blocks:
                 pieces.append(nn.Sequential(*current))
                 current = []
         return pieces
@@ -185,11 +197,20 @@ class EarlyExitResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> list[ExitOutput]:
         x = self.stem(x)
         outputs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.exit_stages:
-                outputs.append(self.exits[self.exit_stages.index(i)](x))
+        for index, block in self.blocks():
+            x = block(x)
+            if index in self.exit_blocks:
+                outputs.append(self.exits[len(outputs)](x))
         return outputs
+
+
+def check_exit_blocks(exit_blocks: tuple[int, ...], num_exits: int) -> None:
+    """1 to 4 exits, after increasing blocks, the last one after the network's last block."""
+    last = 3 * BLOCKS_PER_STAGE - 1
+    if not 1 <= num_exits <= 4 or len(exit_blocks) != num_exits:
+        raise ValueError(f"1 to 4 exits with one block each expected; got {num_exits} heads after blocks {exit_blocks}")
+    if list(exit_blocks) != sorted(set(exit_blocks)) or exit_blocks[-1] != last or exit_blocks[0] < 0:
+        raise ValueError(f"exit blocks must increase and end at block {last}; got {exit_blocks}")
 
 
 def init_weights(module: nn.Module) -> None:
@@ -199,4 +220,5 @@ def init_weights(module: nn.Module) -> None:
 
 def build_model(variant) -> EarlyExitResNet:
     return EarlyExitResNet(widths=variant.widths, exit_heads=variant.exit_heads,
-                           classifier="normed" if variant.loss == "ldam" else "linear")
+                           classifier="normed" if variant.loss == "ldam" else "linear",
+                           exit_blocks=variant.exit_blocks)

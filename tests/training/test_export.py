@@ -131,3 +131,28 @@ def test_logit_adjustment_is_baked_into_every_stage(checkpoint, data_dir, tmp_pa
         np.testing.assert_allclose(probs, expected[k], atol=1e-4)
         assert np.abs(probs - unadjusted[k]).max() > 1e-3  # the adjustment changed something
     assert torch.isfinite(torch.tensor(manifest.logit_adjustment.subtracted)).all()
+
+
+def test_a_four_exit_network_exports_and_serves_every_exit(data_dir, tmp_path, cifar):
+    """hybrid-lt-mid (an exit inside stage 2): four stage graphs, and the server's staged model
+    answers from each exit as the thresholds say, with the checkpoint's classes at the last."""
+    from server.engine import StagedModel
+
+    run = tmp_path / "run"
+    assert main(["train", "--variant", "hybrid-lt-mid", "--out", str(run), "--data-dir", str(data_dir), *SMOKE]) == 0
+    out = tmp_path / "mid"
+    assert main(["export", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(out), "--data-dir",
+                 str(data_dir), "--parity-images", "100"]) == 0
+    manifest = load_manifest(out)
+    assert manifest.num_exits == 4 and [s.file for s in manifest.stages] == [f"stage_{k}.onnx" for k in (1, 2, 3, 4)]
+    shares = [s.share_of_full for s in manifest.stages]
+    assert shares == sorted(shares) and shares[-1] == 1.0
+    staged = StagedModel(out, "cpu")
+    x = staged.preprocess(cifar[1].images[:8])
+    assert (staged.run(x, np.zeros(8, np.float32)).exit == 1).all()
+    final = staged.run(x, np.ones(8, np.float32))
+    assert (final.exit == 4).all()
+    for k in (2, 3):  # an image leaves at exit k when only exit k's threshold lets it
+        thresholds = np.ones((8, 3), np.float32)
+        thresholds[:, k - 1] = 0.0
+        assert (staged.run(x, thresholds).exit == k).all()

@@ -38,7 +38,7 @@ def test_ablations_and_product_recipes_stay_out_of_the_report_table():
     from training.variants import ablation_runs
     names = {name for name, _ in study_runs()}
     assert ablation_runs() == [("model8-linear", 100), ("model8-reslt-official", 100)]
-    assert not names & {"model8-linear", "model8-reslt-official", "hybrid-lt"}
+    assert not names & {"model8-linear", "model8-reslt-official", "hybrid-lt", "hybrid-lt-mid"}
     linear, official = get_variant("model8-linear"), get_variant("model8-reslt-official")
     model8 = get_variant("model8")
     assert linear.exit_heads[-1] == "linear" and official.exit_losses[-1] == "reslt_official"
