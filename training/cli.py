@@ -7,7 +7,8 @@ import sys
 
 from modelrepo import ManifestError
 
-from .commands import calibrate, curve, download, evaluate, export, fit_exits, grid, report, train, variants
+from .commands import (calibrate, curve, download, evaluate, export, fit_exits, grid, rebalance, report,
+                       train, variants)
 from .errors import TrainingError
 
 COMMANDS = {
@@ -15,6 +16,7 @@ COMMANDS = {
     "variants": (variants, "list the variant table of SPEC §6 with each variant's config"),
     "train": (train, "train one variant on long-tailed CIFAR-10"),
     "fit-exits": (fit_exits, "train a checkpoint's early exits from its final exit (frozen or mixed)"),
+    "rebalance": (rebalance, "re-train every exit's classifier on class-balanced batches (MiSLAS's stage 2)"),
     "evaluate": (evaluate, "early-exit evaluation of a checkpoint on the CIFAR-10 test set"),
     "grid": (grid, "run the study's table (or a part) several runs at a time, one progress view"),
     "report": (report, "RESULTS.md and plots from run directories' metrics (the report's table beside ours)"),

@@ -89,17 +89,26 @@ def autoaugment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 class DeviceBatches:
     """One epoch of augmented, normalised batches from a device-resident uint8 training set."""
 
-    def __init__(self, split: Split, device: torch.device, batch_size: int, augmentation: str):
+    def __init__(self, split: Split, device: torch.device, batch_size: int, augmentation: str,
+                 balanced: bool = False):
+        """balanced: each epoch draws as many images as the set holds, with replacement, every class
+        equally likely (class-balanced sampling, rebalance.py); otherwise a permutation."""
         self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(split.labels).to(device)
         self.device, self.batch_size, self.augmentation = device, batch_size, augmentation
+        counts = torch.bincount(torch.from_numpy(split.labels))
+        self.sample_weights = (1.0 / counts.double())[torch.from_numpy(split.labels)] if balanced else None
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
     def epoch(self, seed: int):
         g = torch.Generator().manual_seed(seed)  # CPU: see the module docstring
-        order = torch.randperm(len(self.labels), generator=g).to(self.device)
+        if self.sample_weights is None:
+            order = torch.randperm(len(self.labels), generator=g)
+        else:
+            order = torch.multinomial(self.sample_weights, len(self.labels), replacement=True, generator=g)
+        order = order.to(self.device)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
             x = random_crop_flip(self.images[idx], g)

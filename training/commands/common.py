@@ -50,6 +50,20 @@ def add_calibration_args(parser: argparse.ArgumentParser) -> None:
                         help="keep tau = 0 (no post-hoc logit adjustment)")
 
 
+def add_second_stage_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """Flags of a command that starts from a trained checkpoint and writes a run directory."""
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of a trained run")
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help=f"run directory (default: runs/<parent run>-{what})")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out (same flags)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=1, help="epochs")
+    parser.add_argument("--max-train-samples", type=positive_int, default=None, help="smoke runs")
+    parser.add_argument("--max-test-samples", type=positive_int, default=None, help="smoke runs")
+    parser.add_argument("--max-batches", type=positive_int, default=None, help="smoke runs")
+    add_data_args(parser)
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="folder holding cifar-10-batches-py/ (or that folder itself)")

@@ -11,11 +11,10 @@ from .. import loop
 from ..evaluation import format_report
 from ..fit_exits import MODES, ExitFitter, FitConfig
 from ..network import HEADS
-from .common import add_data_args, non_negative, positive_int, resolve_device, unit_interval
+from .common import add_second_stage_args, non_negative, positive_int, resolve_device, unit_interval
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of a trained run")
     parser.add_argument("--mode", choices=MODES, default="frozen",
                         help="frozen: only the early heads train, backbone and final exit bit-identical; "
                              "mixed: backbone and heads fine-tune together, distilled from the parent's final exit")
@@ -24,22 +23,13 @@ def add_arguments(parser) -> None:
                         help="initial learning rate, cosine to 0 (default: 0.1 frozen, 0.01 mixed)")
     parser.add_argument("--head-lr", type=non_negative, default=None,
                         help="the early heads' initial learning rate (default: --lr frozen, 0.1 mixed)")
-    parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature T")
     parser.add_argument("--distill-weight", type=unit_interval, default=0.5,
                         help="share of the distillation term; the label loss gets the rest")
     parser.add_argument("--early-heads", choices=HEADS.names(), default=None,
                         help="replace the early heads with fresh ones of this kind (light2: two convs, "
                              "about 2.4M MACs); default: fit the parent's own")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="run directory (default: runs/<parent run>-fit-<mode>)")
-    parser.add_argument("--resume", action="store_true", help="continue the fit in --out (same flags)")
-    parser.add_argument("--checkpoint-every", type=positive_int, default=1, help="epochs")
-    parser.add_argument("--max-train-samples", type=positive_int, default=None, help="smoke runs")
-    parser.add_argument("--max-test-samples", type=positive_int, default=None, help="smoke runs")
-    parser.add_argument("--max-batches", type=positive_int, default=None, help="smoke runs")
-    add_data_args(parser)
+    add_second_stage_args(parser, "fit-<mode>")
 
 
 def run(args) -> int:
