@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-FORMAT_VERSION = "1.1"  # 1.1: logit adjustment, per-exit thresholds, report threshold, sweep
+FORMAT_VERSION = "1.2"  # 1.1: logit adjustment, per-exit thresholds, report threshold, sweep; 1.2: tau per stage
 MANIFEST = "manifest.json"
 
 
@@ -70,11 +70,15 @@ class Thresholds(_Strict):
 
 
 class LogitAdjustment(_Strict):
-    """Baked into every stage: probabilities = softmax(logits - subtracted), subtracted = tau * log prior."""
+    """Baked into the stages: stage k's probabilities = softmax(logits - tau_k * log prior)."""
 
-    tau: float = Field(ge=0)
+    tau: float = Field(ge=0)  # the last stage's (every stage's when stage_taus is absent, as in 1.1)
     class_counts: list[int]
-    subtracted: list[float]
+    subtracted: list[float]  # the last stage's tau * log prior
+    stage_taus: list[Annotated[float, Field(ge=0)]] | None = None  # 1.2: one per stage
+
+    def taus(self, num_stages: int) -> list[float]:
+        return list(self.stage_taus) if self.stage_taus is not None else [self.tau] * num_stages
 
 
 class SplitAccuracy(_Strict):
@@ -117,6 +121,13 @@ class FitRecord(_Strict):
     parent_sha256: str
 
 
+class RebalanceRecord(_Strict):
+    epochs: int
+    smooth_head: float
+    smooth_tail: float
+    parent_sha256: str
+
+
 class Provenance(_Strict):
     seed: int
     epochs: int
@@ -130,6 +141,7 @@ class Provenance(_Strict):
     parity_max_abs_diff: float
     loss_rule: str | None = None  # SPEC §4: "per_exit" (corrected rule) or "simulated_everywhere"
     fit: FitRecord | None = None  # set when the early exits were fitted afterwards (fit-exits)
+    rebalance: RebalanceRecord | None = None  # 1.2: set when the classifiers were re-balanced afterwards
 
 
 class Calibration(_Strict):
@@ -137,7 +149,8 @@ class Calibration(_Strict):
 
     max_drop: float
     threshold_mode: Literal["single", "per-exit", "auto"] = "single"
-    tau: float = 0.0
+    tau: float = 0.0  # the final exit's
+    tau_mode: Literal["shared", "per-exit"] = "shared"  # per-exit: each exit's own tau (1.2)
     heldout_images: int
     heldout_classes: list[int]
     heldout_accuracy: float
@@ -184,6 +197,10 @@ class Manifest(_Strict):
         inference = self.thresholds.inference
         if isinstance(inference, list) and len(inference) != len(self.stages) - 1:
             raise ValueError("per-exit thresholds.inference needs one number per early exit")
+        shift = self.logit_adjustment
+        if shift is not None and shift.stage_taus is not None and (
+                len(shift.stage_taus) != len(self.stages) or shift.stage_taus[-1] != shift.tau):
+            raise ValueError("logit_adjustment.stage_taus needs one tau per stage, the last equal to tau")
         if self.full_macs != self.stages[-1].cumulative_macs:
             raise ValueError("full_macs must equal the last stage's cumulative_macs")
         return self

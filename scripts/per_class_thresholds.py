@@ -9,7 +9,7 @@ On the held-out training images that `calibrate` uses, at the checkpoint's calib
    budgets: how far the thresholds carry to images they were not chosen on.
 Never the test set. README "The shipped model" quotes its output for models/default's checkpoint.
 
-    python scripts/per_class_thresholds.py --checkpoint results/fits/model8-if100-seed0-fit-light2-mixed30/checkpoint.pt
+    python scripts/per_class_thresholds.py --checkpoint results/fits/model8-if100-seed0-fit-light2-mixed30-rebalance/checkpoint.pt
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from training.calibration import balanced_accuracy, calibrate, heldout_split  # 
 from modelrepo.exit_rule import first_confident_exit  # noqa: E402
 from training.data import default_data_dir  # noqa: E402
 from training.evaluation import exit_logits  # noqa: E402
-from training.logit_adjust import log_prior  # noqa: E402
+from training.logit_adjust import stage_adjustments  # noqa: E402
 from training.macs import exit_costs  # noqa: E402
 from training.rundir import checkpoint_model  # noqa: E402
 
@@ -70,7 +70,8 @@ def main() -> None:
     model, variant, config, state = checkpoint_model(args.checkpoint)
     heldout = heldout_split(args.data_dir, config.imbalance)
     cal = calibrate(model, heldout, args.max_drop, state["class_counts"], threshold_mode="per-exit")
-    probs = (exit_logits(model, heldout) - cal["tau"] * log_prior(cal["class_counts"])).softmax(dim=2)
+    shift = stage_adjustments(cal["class_counts"], cal["taus"])[:, None, :]
+    probs = (exit_logits(model, heldout) - shift).softmax(dim=2)
     conf, pred = (t.numpy() for t in probs.max(dim=2))
     labels = heldout.labels
     costs = np.array([c["cumulative_macs"] for c in exit_costs(model)], dtype=np.float64)

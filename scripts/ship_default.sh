@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Build models/default from a finished model8 training run, as README "The shipped model" does:
 # light2 early heads fitted on the frozen network (20 epochs), then mixed fine-tuning of backbone
-# and heads (30 epochs, lr 0.02), export with tau and the threshold calibrated on held-out training
-# images (at most 1 point below threshold 1.0), and the accuracy-vs-MACs curve. A fit that was cut
-# resumes from its checkpoint when the script is run again.
+# and heads (30 epochs, lr 0.02), then every exit's classifier re-balanced (rebalance, MiSLAS's
+# stage 2, 10 epochs), export with each exit's tau and the thresholds calibrated on held-out
+# training images (at most 1 point below threshold 1.0), and the accuracy-vs-MACs curve. A step
+# that was cut resumes from its checkpoint when the script is run again.
 #
 #   scripts/ship_default.sh results/runs/model8-if100-seed0
 #
@@ -16,20 +17,22 @@ fits=${FITS:-results/fits}
 model_out=${MODEL_OUT:-models/default}
 read -r -a extra <<< "${FIT_FLAGS:-}"
 
-fit() {  # fit OUT ARGS...: a fresh fit, or the cut one in OUT resumed
+step() {  # step OUT COMMAND ARGS...: a fresh run of fit-exits or rebalance, or the cut one in OUT resumed
   local out=$1; shift
   local resume=()
   [ -f "$out/checkpoint.pt" ] && resume=(--resume)
-  python -m training fit-exits "$@" "${extra[@]}" --out "$out" "${resume[@]}"
+  python -m training "$@" "${extra[@]}" --out "$out" "${resume[@]}"
 }
 
 frozen=$fits/$name-fit-frozen-light2
 mixed=$fits/$name-fit-light2-mixed30
-fit "$frozen" --checkpoint "$run/checkpoint.pt" --early-heads light2 --epochs 20
-fit "$mixed" --checkpoint "$frozen/checkpoint.pt" --mode mixed --epochs 30 --lr 0.02 --head-lr 0.02
+rebalanced=$mixed-rebalance
+step "$frozen" fit-exits --checkpoint "$run/checkpoint.pt" --early-heads light2 --epochs 20
+step "$mixed" fit-exits --checkpoint "$frozen/checkpoint.pt" --mode mixed --epochs 30 --lr 0.02 --head-lr 0.02
+step "$rebalanced" rebalance --checkpoint "$mixed/checkpoint.pt"
 # Export beside the shipped model, then swap, so a failed export leaves the old one serving.
 rm -rf "$model_out.new"
-python -m training export --checkpoint "$mixed/checkpoint.pt" --out "$model_out.new" --calibrate-drop 1 \
+python -m training export --checkpoint "$rebalanced/checkpoint.pt" --out "$model_out.new" --calibrate-drop 1 \
     --name "$(basename "$model_out")"
 if [ -e "$model_out" ]; then mv "$model_out" "$model_out.old"; fi
 mv "$model_out.new" "$model_out"

@@ -6,9 +6,10 @@ accuracies, like the balanced test set) over the classes that have held-out imag
 class 0 keeps all 5,000 of its images, so it has none and is left out.
 
 Two choices, in this order (SPEC §4a):
-1. tau, the post-hoc logit adjustment (logit_adjust.py): the grid value that maximises the final
-   exit's held-out balanced accuracy (ties: the smaller tau);
-2. the inference threshold at that tau: the lowest-compute one whose held-out accuracy is within
+1. tau, the post-hoc logit adjustment (logit_adjust.py): for each exit the grid value that
+   maximises that exit's held-out balanced accuracy (ties: the smaller tau), or ("shared") the
+   final exit's best for every exit;
+2. the inference threshold at those taus: the lowest-compute one whose held-out accuracy is within
    `max_drop` points of the final exit's; one threshold for every exit, or one per early exit
    (a grid over every combination) when that spends fewer MACs ("auto").
 """
@@ -29,6 +30,7 @@ from .macs import exit_costs
 GRID = np.round(np.linspace(0, 1, 101), 2)  # one threshold for every exit
 PER_EXIT_GRID = np.round(np.linspace(0, 1, 51), 2)  # each early exit's own threshold
 THRESHOLD_MODES = ("single", "per-exit", "auto")
+TAU_MODES = ("per-exit", "shared")
 
 
 def heldout_split(data_dir, imbalance: int, per_class: int = 500, seed: int = 0) -> Split:
@@ -46,11 +48,13 @@ def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([100.0 * (pred[labels == c] == c).mean() for c in classes]))
 
 
-def choose_tau(logits: torch.Tensor, labels: np.ndarray, prior: torch.Tensor, taus=TAU_GRID) -> tuple[float, list]:
-    rows = [{"tau": float(t), "final_exit_accuracy": balanced_accuracy(
-        (logits[-1] - float(t) * prior).argmax(1).numpy(), labels)} for t in taus]
-    best = max(rows, key=lambda r: (r["final_exit_accuracy"], -r["tau"]))
-    return best["tau"], rows
+def choose_taus(logits: torch.Tensor, labels: np.ndarray, prior: torch.Tensor, taus=TAU_GRID,
+                per_exit: bool = True) -> tuple[list[float], list]:
+    """(one tau per exit, the sweep: each grid tau with every exit's balanced accuracy)."""
+    rows = [{"tau": float(t), "exit_accuracy": [balanced_accuracy((z - float(t) * prior).argmax(1).numpy(), labels)
+                                                for z in logits]} for t in taus]
+    best = [max(rows, key=lambda r: (r["exit_accuracy"][k], -r["tau"]))["tau"] for k in range(len(logits))]
+    return (best if per_exit else [best[-1]] * len(logits)), rows
 
 
 def _per_exit_search(probs: torch.Tensor, labels: np.ndarray, cumulative: np.ndarray, floor: float):
@@ -75,14 +79,17 @@ def _per_exit_search(probs: torch.Tensor, labels: np.ndarray, cumulative: np.nda
 
 
 def calibrate(model, heldout: Split, max_drop: float, class_counts, threshold_mode: str = "single",
-              adjust: bool = True, batch_size: int = 500) -> dict:
-    """tau (unless adjust is False), then the threshold(s); every number on held-out images."""
+              adjust: bool = True, batch_size: int = 500, tau_mode: str = "per-exit") -> dict:
+    """tau(s) (unless adjust is False), then the threshold(s); every number on held-out images."""
     if threshold_mode not in THRESHOLD_MODES:
         raise ValueError(f"unknown threshold mode {threshold_mode!r}; expected one of {THRESHOLD_MODES}")
+    if tau_mode not in TAU_MODES:
+        raise ValueError(f"unknown tau mode {tau_mode!r}; expected one of {TAU_MODES}")
     logits = exit_logits(model, heldout, batch_size)
     prior = log_prior(class_counts)
-    tau, tau_sweep = choose_tau(logits, heldout.labels, prior, TAU_GRID if adjust else [0.0])
-    probs = (logits - tau * prior).softmax(dim=2)
+    taus, tau_sweep = choose_taus(logits, heldout.labels, prior, TAU_GRID if adjust else [0.0],
+                                  tau_mode == "per-exit")
+    probs = (logits - torch.tensor(taus)[:, None, None] * prior).softmax(dim=2)
     costs = exit_costs(model)
     cumulative = np.array([c["cumulative_macs"] for c in costs], dtype=np.float64)
     final = balanced_accuracy(probs[-1].argmax(1).numpy(), heldout.labels)
@@ -96,11 +103,12 @@ def calibrate(model, heldout: Split, max_drop: float, class_counts, threshold_mo
                 if threshold_mode != "single" else None)
     if threshold_mode == "per-exit" or (per_exit is not None and per_exit["mean_macs"] < best["mean_macs"]):
         best = per_exit or best
-    return {"threshold": best["threshold"], "threshold_mode": threshold_mode, "tau": tau,
+    return {"threshold": best["threshold"], "threshold_mode": threshold_mode, "tau": taus[-1], "taus": taus,
+            "tau_mode": tau_mode,
             "class_counts": [int(c) for c in class_counts], "max_drop": max_drop,
             "heldout_images": len(heldout), "heldout_classes": sorted(set(heldout.labels.tolist())),
             "heldout_accuracy": best["accuracy"], "final_exit_accuracy": final,
-            "final_exit_accuracy_unadjusted": tau_sweep[0]["final_exit_accuracy"] if adjust else final,
+            "final_exit_accuracy_unadjusted": tau_sweep[0]["exit_accuracy"][-1],
             "mean_macs": best["mean_macs"], "mean_macs_share": best["mean_macs"] / cumulative[-1],
             "exit_distribution": best["exit_distribution"], "sweep": sweep, "tau_sweep": tau_sweep,
             "per_exit": per_exit}

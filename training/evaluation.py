@@ -30,10 +30,12 @@ def exit_logits(model, split: Split, batch_size: int = 500, device="cpu", amp: b
 
 def exit_probabilities(model, split: Split, batch_size: int = 500, device="cpu",
                        adjustment: torch.Tensor | None = None, amp: bool = False) -> torch.Tensor:
-    """K x N x C softmax probabilities of every exit, after subtracting `adjustment` (a C-vector,
-    logit_adjust.py) from the logits when given."""
+    """K x N x C softmax probabilities of every exit, after subtracting `adjustment` from the logits
+    when given: a C-vector for every exit, or K x C, one row per exit (logit_adjust.py)."""
     logits = exit_logits(model, split, batch_size, device, amp)
-    return (logits if adjustment is None else logits - adjustment).softmax(dim=2)
+    if adjustment is not None:
+        logits = logits - (adjustment[:, None, :] if adjustment.dim() == 2 else adjustment)
+    return logits.softmax(dim=2)
 
 
 def split_accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:

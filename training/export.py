@@ -39,7 +39,7 @@ class ExportError(TrainingError):
 
 
 class Stage(nn.Module):
-    """Backbone segment k + exit k, with the logit adjustment, softmax, max and argmax in the graph."""
+    """Backbone segment k + exit k, with its logit adjustment, softmax, max and argmax in the graph."""
 
     def __init__(self, segment: nn.Module, head: nn.Module, last: bool, adjustment: torch.Tensor):
         super().__init__()
@@ -55,11 +55,12 @@ class Stage(nn.Module):
         return features, probs, confidence, class_id
 
 
-def stage_modules(model, adjustment: torch.Tensor) -> list[Stage]:
+def stage_modules(model, adjustments: torch.Tensor) -> list[Stage]:
+    """adjustments: K x C, row k subtracted from exit k's logits."""
     segments = model.segments()
     # In eval mode from the start: the exporter restores a module's mode afterwards, and a Stage
     # left in train mode would switch the model's BN layers to training (and update their stats).
-    return [Stage(seg, head, k == len(segments) - 1, adjustment).eval()
+    return [Stage(seg, head, k == len(segments) - 1, adjustments[k]).eval()
             for k, (seg, head) in enumerate(zip(segments, model.exits))]
 
 
@@ -109,12 +110,13 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
     if calibration is not None:
         threshold = calibration["threshold"]
     threshold = variant.infer_threshold if threshold is None else threshold
-    tau = calibration["tau"] if calibration is not None else 0.0
+    taus = calibration.get("taus", [calibration["tau"]] * model.num_exits) if calibration else [0.0] * model.num_exits
     counts = calibration["class_counts"] if calibration is not None else state.get("class_counts")
-    adjustment = (logit_adjust.adjustment(counts, tau) if tau else torch.zeros(len(CLASS_NAMES)))
+    adjustments = (logit_adjust.stage_adjustments(counts, taus) if any(taus)
+                   else torch.zeros(model.num_exits, len(CLASS_NAMES)))
     costs = exit_costs(model)
     probs, metrics = evaluate_model(model, test, threshold, config.eval_batch_size, costs=costs,
-                                    adjustment=adjustment)
+                                    adjustment=adjustments)
     # The same model's curve: the report's threshold, and each threshold of a sweep (1.0 = full depth).
     at_report = early_exit_metrics(probs, test.labels, variant.infer_threshold, costs)
     sweep = [early_exit_metrics(probs, test.labels, float(t), costs) for t in SWEEP]
@@ -124,7 +126,7 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
     try:
         stages, paths = [], []
         x = normalize_batch(test.images[:2])
-        for k, stage in enumerate(stage_modules(model, adjustment), start=1):
+        for k, stage in enumerate(stage_modules(model, adjustments), start=1):
             path = tmp / f"stage_{k}.onnx"
             in_shape = list(x.shape[1:])
             features = export_stage(stage, x, path)
@@ -154,8 +156,9 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
             "input": {"mean": list(MEAN), "std": list(STD)},
             "thresholds": {"train": variant.train_threshold, "inference": threshold,
                            "report": variant.infer_threshold},
-            "logit_adjustment": None if not tau else {
-                "tau": tau, "class_counts": list(counts), "subtracted": adjustment.tolist()},
+            "logit_adjustment": None if not any(taus) else {
+                "tau": taus[-1], "class_counts": list(counts), "subtracted": adjustments[-1].tolist(),
+                "stage_taus": taus},
             "stages": stages, "full_macs": costs[-1]["cumulative_macs"],
             "metrics": TestMetrics(
                 **metrics.operating_point().model_dump(), images=metrics.images, mean_macs=metrics.mean_macs,
@@ -171,9 +174,14 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
                 "loss_rule": loss_rule(state.get("variant", {})),
                 "fit": None if "fit" not in state else {
                     "mode": state["fit"]["config"]["mode"], "epochs": state["fit"]["epoch"],
-                    "parent_sha256": state["fit"]["parent"]["sha256"]}},
+                    "parent_sha256": state["fit"]["parent"]["sha256"]},
+                "rebalance": None if "rebalance" not in state else {
+                    "epochs": state["rebalance"]["epoch"],
+                    "smooth_head": state["rebalance"]["config"]["smooth_head"],
+                    "smooth_tail": state["rebalance"]["config"]["smooth_tail"],
+                    "parent_sha256": state["rebalance"]["parent"]["sha256"]}},
             "calibration": None if calibration is None else {
-                k: calibration[k] for k in ("max_drop", "threshold_mode", "tau", "heldout_images",
+                k: calibration[k] for k in ("max_drop", "threshold_mode", "tau", "tau_mode", "heldout_images",
                                             "heldout_classes", "heldout_accuracy", "final_exit_accuracy",
                                             "final_exit_accuracy_unadjusted", "mean_macs_share")},
         })

@@ -21,29 +21,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from modelrepo.manifest import sha256_file
-from . import runinfo
-from .config import epoch_seed
 from .data import build_datasets
 from .device_data import DeviceBatches
-from .errors import Diverged, TrainingError
-from .evaluation import EarlyExitMetrics, evaluate_model
-from .loop import require_same_config
+from .errors import TrainingError
+from .evaluation import EarlyExitMetrics
 from .losses import (DISTILL_TEMPERATURE, DISTILL_WEIGHT, SimulatedExitLoss, Targets, batch_targets,
                      distillation, make_base_loss, make_exit_losses, split_weights)
 from .constants import NUM_CLASSES
 from .macs import exit_costs
 from .network import init_weights, make_head
-from .rundir import checkpoint_model
+from .second_stage import SecondStage
 
 log = logging.getLogger(__name__)
 MODES = ("frozen", "mixed")
@@ -80,24 +73,19 @@ class FitConfig:
         return dataclasses.asdict(self)
 
 
-def cosine_factor(config: FitConfig, epoch: int) -> float:
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
-
-
-class ExitFitter:
+class ExitFitter(SecondStage):
     """Fits a parent checkpoint's early exits; `fit-exits`' job for the epoch loop (loop.py)."""
 
-    kind = "fit-exits"
+    kind, label = "fit-exits", "Fit"
 
     def __init__(self, parent: Path, config: FitConfig, out: Path, data_dir: Path,
                  device: torch.device = torch.device("cpu")):
-        self.parent, self.config, self.out, self.device = Path(parent), config, Path(out), device
-        self.model, self.variant, self.train_config, self.parent_state = checkpoint_model(self.parent, device)
+        self.config, self.out, self.device = config, Path(out), device
+        self.model = self.load_parent(parent)
         if self.variant.num_exits < 2:
             raise TrainingError(f"{parent}: variant {self.variant.name} has a single exit; nothing to fit")
         if config.early_heads is not None:
             self.replace_early_heads(config.early_heads)
-        self.parent_sha256 = sha256_file(self.parent)
         self.train_set, self.test_set = build_datasets(
             data_dir, self.train_config.imbalance, config.max_train_samples, config.max_test_samples)
         self.class_counts = np.bincount(self.train_set.labels, minlength=10).tolist()
@@ -174,84 +162,24 @@ class ExitFitter:
                 + beta * distillation(outputs[-1].logits, teacher, t)
         return total.mean()
 
-    def run_epoch(self, epoch: int) -> dict:
-        cfg = self.config
-        factor = cosine_factor(cfg, epoch)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
-        lr = self.optimizer.param_groups[-1]["lr"]  # the backbone's in mixed mode
-        seed = epoch_seed(cfg.seed, epoch)
-        torch.manual_seed(seed)
-        rng = np.random.default_rng([cfg.seed, epoch])
-        self.set_train_mode()
-        total = len(self.batches) if cfg.max_batches is None else min(cfg.max_batches, len(self.batches))
-        loss_sum, seen = 0.0, 0
-        bar = tqdm(self.batches.epoch(seed), total=total, desc=f"fit {epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=not sys.stderr.isatty(), unit="batch")
-        for step, (x, y) in enumerate(bar):
-            if step >= total:
-                break
-            x, targets = batch_targets(x, y, self.variant.augmentation, rng)
-            outputs, teacher = self.forward(x)
-            loss = self.loss(outputs, teacher, targets)
-            if not torch.isfinite(loss):
-                raise Diverged(epoch + 1, f"loss is {loss.item()} at batch {step + 1}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            loss_sum += loss.item() * x.size(0)
-            seen += x.size(0)
-        return {"lr": lr, "loss": loss_sum / max(seen, 1)}
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor, rng) -> torch.Tensor:
+        x, targets = batch_targets(x, y, self.variant.augmentation, rng)
+        outputs, teacher = self.forward(x)
+        return self.loss(outputs, teacher, targets)
 
     def evaluate(self, final: bool = False) -> EarlyExitMetrics:
-        _, metrics = evaluate_model(self.model, self.test_set, self.variant.infer_threshold,
-                                    self.config.eval_batch_size, self.device, self.costs)
-        return metrics
-
-    def check(self, epoch: int, test: EarlyExitMetrics) -> None:
-        """Nothing beyond the loss: the final exit (frozen) or the teacher (mixed) anchors a fit."""
-
-    def notes(self) -> list[str]:
-        return []
-
-    @staticmethod
-    def epoch_line(record: dict) -> str:
-        alone = "/".join(f"{row['overall']:.2f}" for row in record["per_exit"])
-        exits = "/".join(f"{100 * d:.1f}" for d in record["exit_distribution"])
-        return (f"Fit {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
-                f"Loss: {record['loss']:.4f}\tEach exit alone: {alone}%\tTest Acc: {record['overall']:.2f}% "
-                f"at threshold {record['threshold']:g}\tExits: {exits}%")
-
-    def config_record(self) -> dict:
-        return {"kind": self.kind, "fit_config": self.config.to_dict(),
-                "parent": {"path": str(self.parent), "sha256": self.parent_sha256},
-                "config": self.train_config.to_dict(), "variant": self.parent_state.get("variant"),
-                "provenance": runinfo.provenance(self.device)}
+        return self.evaluate_network(self.model, final)
 
     def metrics_header(self) -> dict:
-        return {"variant": self.variant.name, "imbalance": self.train_config.imbalance,
-                "seed": self.config.seed, "mode": self.config.mode,
-                "parent": {"path": str(self.parent), "sha256": self.parent_sha256}, "exit_costs": self.costs}
+        return {**super().metrics_header(), "mode": self.config.mode}
 
     def state(self, epoch: int) -> dict:
         """A checkpoint `evaluate`, `calibrate` and `export` read like a training one: the parent's
         training config and record, the fitted weights, and the fit's own record."""
-        parent = self.parent_state
-        return {**{k: parent[k] for k in parent if k not in ("model", "optimizer")},
-                "model": self.model.state_dict(),
-                "fit": {"config": self.config.to_dict(), "epoch": epoch, "history": self.history,
-                        "exit_heads": list(self.variant.exit_heads),
-                        "optimizer": self.optimizer.state_dict(),
-                        "parent": {"path": str(self.parent), "sha256": self.parent_sha256},
-                        "provenance": runinfo.provenance(self.device)}}
+        return self.stage_state(epoch, self.model.state_dict(), exit_heads=list(self.variant.exit_heads),
+                                optimizer=self.optimizer.state_dict())
 
     def restore(self, state: dict) -> None:
-        fit = state["fit"]
-        if fit["parent"]["sha256"] != self.parent_sha256:
-            raise TrainingError(f"--resume: {self.out} was fitted from a parent with sha256 "
-                                f"{fit['parent']['sha256'][:12]}…, but {self.parent} has {self.parent_sha256[:12]}…")
-        require_same_config(fit["config"], self.config.to_dict(), self.out)
+        fit = self.restore_record(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(fit["optimizer"])
-        self.history = list(fit["history"])
-        self.start_epoch = int(fit["epoch"])

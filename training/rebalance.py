@@ -24,26 +24,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from modelrepo.manifest import sha256_file
-from . import runinfo
-from .config import epoch_seed
 from .data import build_datasets
 from .device_data import DeviceBatches
-from .errors import Diverged, TrainingError
-from .evaluation import EarlyExitMetrics, evaluate_model
-from .loop import require_same_config
+from .errors import TrainingError
+from .evaluation import EarlyExitMetrics
 from .macs import exit_costs
 from .network import ExitOutput
-from .rundir import checkpoint_model
+from .second_stage import SecondStage
 
 
 @dataclass(frozen=True)
@@ -122,17 +116,16 @@ class ScaledExits(nn.Module):
         return model
 
 
-class ClassifierRebalancer:
+class ClassifierRebalancer(SecondStage):
     """Re-trains a checkpoint's exit classifiers on class-balanced batches; `rebalance`'s job for
     the epoch loop (loop.py)."""
 
-    kind = "rebalance"
+    kind, label = "rebalance", "Rebalance"
 
     def __init__(self, parent: Path, config: RebalanceConfig, out: Path, data_dir: Path,
                  device: torch.device = torch.device("cpu")):
-        self.parent, self.config, self.out, self.device = Path(parent), config, Path(out), device
-        model, self.variant, self.train_config, self.parent_state = checkpoint_model(self.parent, device)
-        self.parent_sha256 = sha256_file(self.parent)
+        self.config, self.out, self.device = config, Path(out), device
+        model = self.load_parent(parent)
         self.train_set, self.test_set = build_datasets(
             data_dir, self.train_config.imbalance, config.max_train_samples, config.max_test_samples)
         self.class_counts = np.bincount(self.train_set.labels, minlength=10).tolist()
@@ -155,81 +148,22 @@ class ClassifierRebalancer:
         """Frozen feature layers keep BN's running statistics, unless shift_bn re-estimates them."""
         self.net.train(self.config.shift_bn)
 
-    def run_epoch(self, epoch: int) -> dict:
-        cfg = self.config
-        factor = 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
-        seed = epoch_seed(cfg.seed, epoch)
-        torch.manual_seed(seed)
-        self.set_train_mode()
-        total = len(self.batches) if cfg.max_batches is None else min(cfg.max_batches, len(self.batches))
-        loss_sum, seen = 0.0, 0
-        bar = tqdm(self.batches.epoch(seed), total=total, desc=f"rebalance {epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=not sys.stderr.isatty(), unit="batch")
-        for step, (x, y) in enumerate(bar):
-            if step >= total:
-                break
-            loss = sum(smoothed_cross_entropy(out.logits, y, self.smoothing).mean() for out in self.net(x))
-            if not torch.isfinite(loss):
-                raise Diverged(epoch + 1, f"loss is {loss.item()} at batch {step + 1}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            loss_sum += loss.item() * x.size(0)
-            seen += x.size(0)
-        return {"lr": self.optimizer.param_groups[-1]["lr"], "loss": loss_sum / max(seen, 1)}
+    def batch_loss(self, x: torch.Tensor, y: torch.Tensor, rng) -> torch.Tensor:
+        return sum(smoothed_cross_entropy(out.logits, y, self.smoothing).mean() for out in self.net(x))
 
     def evaluate(self, final: bool = False) -> EarlyExitMetrics:
-        _, metrics = evaluate_model(self.net, self.test_set, self.variant.infer_threshold,
-                                    self.config.eval_batch_size, self.device, self.costs)
-        return metrics
-
-    def check(self, epoch: int, test: EarlyExitMetrics) -> None:
-        """Nothing beyond the loss: the frozen features anchor the classifiers."""
-
-    def notes(self) -> list[str]:
-        return []
-
-    @staticmethod
-    def epoch_line(record: dict) -> str:
-        alone = "/".join(f"{row['overall']:.2f}" for row in record["per_exit"])
-        exits = "/".join(f"{100 * d:.1f}" for d in record["exit_distribution"])
-        return (f"Rebalance {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
-                f"Loss: {record['loss']:.4f}\tEach exit alone: {alone}%\tTest Acc: {record['overall']:.2f}% "
-                f"at threshold {record['threshold']:g}\tExits: {exits}%")
-
-    def config_record(self) -> dict:
-        return {"kind": self.kind, "rebalance_config": self.config.to_dict(),
-                "parent": {"path": str(self.parent), "sha256": self.parent_sha256},
-                "config": self.train_config.to_dict(), "variant": self.parent_state.get("variant"),
-                "provenance": runinfo.provenance(self.device)}
+        return self.evaluate_network(self.net, final)
 
     def metrics_header(self) -> dict:
-        return {"variant": self.variant.name, "imbalance": self.train_config.imbalance,
-                "seed": self.config.seed, "smoothing": self.smoothing.tolist(),
-                "parent": {"path": str(self.parent), "sha256": self.parent_sha256}, "exit_costs": self.costs}
+        return {**super().metrics_header(), "smoothing": self.smoothing.tolist()}
 
     def state(self, epoch: int) -> dict:
-        """A checkpoint read like a training one: the parent's records (a fit's early heads
-        included), the folded network as `model`, and the stage's own record with what a resume
-        needs (the unfolded network and its scales)."""
-        parent = self.parent_state
-        return {**{k: parent[k] for k in parent if k not in ("model", "optimizer")},
-                "model": self.net.folded().state_dict(),
-                "rebalance": {"config": self.config.to_dict(), "epoch": epoch, "history": self.history,
-                              "network": self.net.state_dict(), "scales": self.net.scales.detach().tolist(),
-                              "optimizer": self.optimizer.state_dict(),
-                              "parent": {"path": str(self.parent), "sha256": self.parent_sha256},
-                              "provenance": runinfo.provenance(self.device)}}
+        """The folded network as `model`; the stage's record keeps what a resume needs (the unfolded
+        network and its scales)."""
+        return self.stage_state(epoch, self.net.folded().state_dict(), network=self.net.state_dict(),
+                                scales=self.net.scales.detach().tolist(), optimizer=self.optimizer.state_dict())
 
     def restore(self, state: dict) -> None:
-        record = state["rebalance"]
-        if record["parent"]["sha256"] != self.parent_sha256:
-            raise TrainingError(f"--resume: {self.out} was rebalanced from a parent with sha256 "
-                                f"{record['parent']['sha256'][:12]}…, but {self.parent} has {self.parent_sha256[:12]}…")
-        require_same_config(record["config"], self.config.to_dict(), self.out)
+        record = self.restore_record(state)
         self.net.load_state_dict(record["network"])
         self.optimizer.load_state_dict(record["optimizer"])
-        self.history = list(record["history"])
-        self.start_epoch = int(record["epoch"])

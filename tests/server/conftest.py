@@ -15,7 +15,7 @@ from ..conftest import REPO
 
 MODELS = REPO / "models"
 # The checkpoint models/default was exported from (scripts/ship_default.sh).
-DEFAULT_CHECKPOINT = REPO / "results" / "fits" / "model8-if100-seed0-fit-light2-mixed30" / "checkpoint.pt"
+DEFAULT_CHECKPOINT = REPO / "results" / "fits" / "model8-if100-seed0-fit-light2-mixed30-rebalance" / "checkpoint.pt"
 
 
 def png(array: np.ndarray) -> bytes:

@@ -46,13 +46,13 @@ def test_every_exit_matches_the_pytorch_model_of_its_checkpoint(model, x, cifar)
     pytest.importorskip("torch")
     from training.data import Split
     from training.evaluation import exit_probabilities
-    from training.logit_adjust import adjustment
+    from training.logit_adjust import stage_adjustments
     from training.rundir import checkpoint_model
 
     net, *_ = checkpoint_model(DEFAULT_CHECKPOINT)
     shift = model.manifest.logit_adjustment
     probs = exit_probabilities(net, Split(cifar[1].images[:len(x)], cifar[1].labels[:len(x)]),
-                               adjustment=adjustment(shift.class_counts, shift.tau))
+                               adjustment=stage_adjustments(shift.class_counts, shift.taus(model.manifest.num_exits)))
     top2 = probs.topk(2, dim=2).values.numpy()
     k_exits, n = probs.size(0), len(x)
     for k in range(k_exits):

@@ -163,10 +163,11 @@ def test_parity_with_training_evaluate(server, client, cifar, tmp_path, data_dir
     images = cifar[1].images[:n]
     manifest = client.get("/models").json()["models"]["default"]["manifest"]
     threshold = manifest["thresholds"]["inference"] if which == "manifest default" else mixing_threshold(images)
-    tau = (manifest["logit_adjustment"] or {"tau": 0.0})["tau"]
+    shift = manifest["logit_adjustment"] or {"tau": 0.0}
+    tau = ",".join(map(str, shift.get("stage_taus") or [shift["tau"]]))
     spelled = ",".join(map(str, threshold)) if isinstance(threshold, list) else str(threshold)
     assert training_main(["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data-dir", str(data_dir),
-                          "--threshold", spelled, "--tau", str(tau), "--json", str(tmp_path / "eval.json")]) == 0
+                          "--threshold", spelled, "--tau", tau, "--json", str(tmp_path / "eval.json")]) == 0
     expected = json.loads((tmp_path / "eval.json").read_text())
     if which == "manifest default":
         assert expected["overall"] == pytest.approx(manifest["metrics"]["overall"])

@@ -22,3 +22,25 @@ def kill_at_first_checkpoint(cmd: list[str], run_dir) -> None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def check_second_stage_resumes_bit_for_bit(cmd, tmp_path, record: str, epochs: int = 3) -> None:
+    """cmd(out, *extra) of fit-exits or rebalance, `epochs` long: killed at its first checkpoint and
+    resumed, it ends with the uninterrupted run's weights and losses."""
+    import subprocess
+
+    import torch
+
+    straight = tmp_path / "straight"
+    subprocess.run(cmd(straight), check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    kill_at_first_checkpoint(cmd(killed), killed)
+    cut_at = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=False)[record]["epoch"]
+    assert cut_at < epochs, "the run finished before it could be killed"
+    done = subprocess.run(cmd(killed, "--resume"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {killed} from epoch {cut_at}" in done.stdout
+    a, b = (torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False) for d in (straight, killed))
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [e["loss"] for e in a[record]["history"]] == [e["loss"] for e in b[record]["history"]]

@@ -42,13 +42,16 @@ def test_calibrate_then_export_writes_threshold_and_provenance(data_dir, tmp_pat
     manifest = load_manifest(tmp_path / "m")
     assert manifest.thresholds.inference == cal["threshold"] == manifest.metrics.threshold
     assert manifest.calibration.max_drop == 2 and manifest.calibration.heldout_images == 4500
+    assert manifest.calibration.tau_mode == "per-exit" and len(cal["taus"]) == 3
+    shift = manifest.logit_adjustment
+    assert (shift.taus(3) if shift else [0.0] * 3) == cal["taus"]
 
 
 def test_tau_undoes_a_skewed_prior():
     """Logits carrying log(prior) of a long-tailed set: tau = 1 removes the skew exactly."""
     import torch
 
-    from training.calibration import choose_tau
+    from training.calibration import choose_taus
     from training.logit_adjust import log_prior
 
     counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -57,9 +60,27 @@ def test_tau_undoes_a_skewed_prior():
     clean = torch.tensor(rng.standard_normal((1000, 10)), dtype=torch.float32)
     clean[np.arange(1000), labels] += 2.0
     logits = (clean + log_prior(counts)).unsqueeze(0)
-    tau, rows = choose_tau(logits, labels, log_prior(counts))
-    assert rows[0]["tau"] == 0 and tau == 1.0
-    assert max(r["final_exit_accuracy"] for r in rows) > rows[0]["final_exit_accuracy"] + 10
+    taus, rows = choose_taus(logits, labels, log_prior(counts))
+    assert rows[0]["tau"] == 0 and taus == [1.0]
+    assert max(r["exit_accuracy"][0] for r in rows) > rows[0]["exit_accuracy"][0] + 10
+
+
+def test_each_exit_gets_the_tau_that_undoes_its_own_skew():
+    """An exit already balanced (a re-balanced classifier) wants tau 0 while the final exit still
+    carries the whole log prior: per exit, each gets its own; shared, both get the final one."""
+    import torch
+
+    from training.calibration import choose_taus
+    from training.logit_adjust import log_prior
+
+    counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(10), 100)
+    clean = torch.tensor(rng.standard_normal((2, 1000, 10)), dtype=torch.float32)
+    clean[:, np.arange(1000), labels] += 2.0
+    logits = torch.stack([clean[0], clean[1] + log_prior(counts)])
+    assert choose_taus(logits, labels, log_prior(counts))[0] == [0.0, 1.0]
+    assert choose_taus(logits, labels, log_prior(counts), per_exit=False)[0] == [1.0, 1.0]
 
 
 def test_per_exit_thresholds_spend_fewer_macs_when_exits_differ():

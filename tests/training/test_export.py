@@ -102,8 +102,9 @@ def test_manifest_errors_name_the_file(exported, tmp_path):
         load_manifest(bad)
 
 
-def test_logit_adjustment_is_baked_into_every_stage(checkpoint, data_dir, tmp_path, cifar):
-    """tau * log prior subtracted in the graph: ORT equals softmax(logits - tau * log prior) of PyTorch."""
+def test_each_stages_logit_adjustment_is_baked_into_its_graph(checkpoint, data_dir, tmp_path, cifar):
+    """tau_k * log prior subtracted in stage k's graph: ORT equals softmax(logits - tau_k * log prior)
+    of PyTorch, exit by exit (tau 0 at exit 2 leaves it as trained)."""
     import torch
 
     from training.evaluation import exit_logits
@@ -112,24 +113,28 @@ def test_logit_adjustment_is_baked_into_every_stage(checkpoint, data_dir, tmp_pa
     model, variant, config, state = checkpoint_model(checkpoint)
     test = cifar[1].subset(np.arange(300))
     counts = state["class_counts"]
-    calibration = {"threshold": [0.6, 0.7], "threshold_mode": "per-exit", "tau": 1.0, "class_counts": counts,
+    taus = [0.5, 0.0, 1.0]
+    calibration = {"threshold": [0.6, 0.7], "threshold_mode": "per-exit", "tau": 1.0, "taus": taus,
+                   "tau_mode": "per-exit", "class_counts": counts,
                    "max_drop": 1.0, "heldout_images": 0, "heldout_classes": [], "heldout_accuracy": 0.0,
                    "final_exit_accuracy": 0.0, "final_exit_accuracy_unadjusted": 0.0, "mean_macs_share": 1.0}
     before = exit_logits(model, test)
     manifest = export_model(model, variant, config, state, test, tmp_path / "m", "m", parity_images=300,
                             calibration=calibration)
     assert manifest.logit_adjustment.tau == 1.0 and manifest.thresholds.inference == [0.6, 0.7]
+    assert manifest.logit_adjustment.stage_taus == taus and manifest.calibration.tau_mode == "per-exit"
     assert manifest.thresholds.report == variant.infer_threshold
     assert [p.threshold for p in manifest.metrics.sweep][::10] == [0.0, 0.5, 1.0]
     logits = exit_logits(model, test)
     assert torch.equal(logits, before), "export changed the model it exported"
-    expected = (logits - log_prior(counts)).softmax(dim=2).numpy()
+    expected = (logits - torch.tensor(taus)[:, None, None] * log_prior(counts)).softmax(dim=2).numpy()
     unadjusted = logits.softmax(dim=2).numpy()
     got = export_mod.onnx_exit_probabilities([tmp_path / "m" / s.file for s in manifest.stages],
                                              export_mod.normalize_batch(test.images).numpy())
     for k, probs in enumerate(got):
         np.testing.assert_allclose(probs, expected[k], atol=1e-4)
-        assert np.abs(probs - unadjusted[k]).max() > 1e-3  # the adjustment changed something
+        changed = np.abs(probs - unadjusted[k]).max() > 1e-3
+        assert changed == (taus[k] > 0), k
     assert torch.isfinite(torch.tensor(manifest.logit_adjustment.subtracted)).all()
 
 

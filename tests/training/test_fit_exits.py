@@ -10,7 +10,7 @@ from training.cli import main
 from training.rundir import checkpoint_model
 
 from ..conftest import REPO
-from .smoke import kill_at_first_checkpoint
+from .smoke import check_second_stage_resumes_bit_for_bit
 
 # The first model8 run (old loss rule): its early exits were never trained.
 PARENT = REPO / "results" / "retired-runs" / "model8-if100-seed0" / "checkpoint.pt"
@@ -64,19 +64,7 @@ def fit_cmd(out, data_dir, *extra):
 
 
 def test_fit_resumes_after_kill_bit_for_bit(data_dir, tmp_path):
-    straight = tmp_path / "straight"
-    subprocess.run(fit_cmd(straight, data_dir), check=True, capture_output=True, timeout=600)
-    killed = tmp_path / "killed"
-    kill_at_first_checkpoint(fit_cmd(killed, data_dir), killed)
-    cut_at = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=False)["fit"]["epoch"]
-    assert cut_at < 3, "the fit finished before it could be killed"
-    done = subprocess.run(fit_cmd(killed, data_dir, "--resume"), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert f"resuming {killed} from epoch {cut_at}" in done.stdout
-    a, b = (torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False) for d in (straight, killed))
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    assert [e["loss"] for e in a["fit"]["history"]] == [e["loss"] for e in b["fit"]["history"]]
+    check_second_stage_resumes_bit_for_bit(lambda out, *extra: fit_cmd(out, data_dir, *extra), tmp_path, "fit")
 
 
 def test_fit_refuses_an_existing_run_and_a_changed_config(data_dir, tmp_path, capsys):

@@ -1,6 +1,5 @@
 """rebalance (MiSLAS's stage 2 at every exit) on the committed model8 checkpoint, real CIFAR-10 images."""
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -17,7 +16,7 @@ from training.rebalance import ScaledExits, exit_classifiers, label_aware_smooth
 from training.rundir import checkpoint_model
 
 from ..conftest import REPO
-from .smoke import kill_at_first_checkpoint
+from .smoke import check_second_stage_resumes_bit_for_bit
 
 PARENT = REPO / "results" / "runs" / "model8-if100-seed0" / "checkpoint.pt"
 TINY = ["--max-batches", "3", "--max-test-samples", "200", "--max-train-samples", "2000"]
@@ -104,16 +103,5 @@ def test_only_the_classifiers_move_and_the_checkpoint_reads_like_a_training_one(
 
 
 def test_rebalance_resumes_after_kill_bit_for_bit(data_dir, tmp_path):
-    straight = tmp_path / "straight"
-    subprocess.run(rebalance_cmd(straight, data_dir), check=True, capture_output=True, timeout=600)
-    killed = tmp_path / "killed"
-    kill_at_first_checkpoint(rebalance_cmd(killed, data_dir), killed)
-    cut_at = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=False)["rebalance"]["epoch"]
-    assert cut_at < 3, "the run finished before it could be killed"
-    done = subprocess.run(rebalance_cmd(killed, data_dir, "--resume"), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert f"resuming {killed} from epoch {cut_at}" in done.stdout
-    a, b = (torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False) for d in (straight, killed))
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    assert [e["loss"] for e in a["rebalance"]["history"]] == [e["loss"] for e in b["rebalance"]["history"]]
+    check_second_stage_resumes_bit_for_bit(lambda out, *extra: rebalance_cmd(out, data_dir, *extra), tmp_path,
+                                           "rebalance")

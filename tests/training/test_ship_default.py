@@ -32,4 +32,7 @@ def test_ship_default_replaces_the_model_and_names_it_after_its_folder(tmp_path,
     for fit, mode in (("fit-frozen-light2", "frozen"), ("fit-light2-mixed30", "mixed")):
         metrics = json.loads((tmp_path / "fits" / f"{RUN.name}-{fit}" / "metrics.json").read_text())
         assert metrics["status"] == "completed" and metrics["mode"] == mode
+    rebalanced = json.loads((tmp_path / "fits" / f"{RUN.name}-fit-light2-mixed30-rebalance" / "metrics.json").read_text())
+    assert rebalanced["kind"] == "rebalance" and rebalanced["status"] == "completed"
+    assert manifest.provenance.rebalance.epochs == 10 and manifest.provenance.fit.mode == "mixed"
     assert (tmp_path / "curve.png").stat().st_size > 10_000

@@ -25,10 +25,10 @@ def run(args) -> int:
     model, variant, config, state = checkpoint_model(args.checkpoint)
     heldout = heldout_split(args.data_dir, config.imbalance)
     result = calibrate(model, heldout, args.max_drop, state["class_counts"], args.thresholds,
-                       not args.no_logit_adjustment)
+                       not args.no_logit_adjustment, tau_mode="shared" if args.shared_tau else "per-exit")
     print(f"{variant.name}: {result['heldout_images']} held-out training images, classes "
           f"{result['heldout_classes']}")
-    print(f"tau {result['tau']:g}: final exit {result['final_exit_accuracy']:.2f}% (balanced; "
+    print(f"tau {'/'.join(f'{t:g}' for t in result['taus'])} (exit by exit): final exit {result['final_exit_accuracy']:.2f}% (balanced; "
           f"{result['final_exit_accuracy_unadjusted']:.2f}% at tau 0)")
     print(f"threshold {format_threshold(result['threshold'])}: {result['heldout_accuracy']:.2f}% at "
           f"{result['mean_macs'] / 1e6:.2f}M MACs ({100 * result['mean_macs_share']:.1f}% of the full network), "

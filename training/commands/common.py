@@ -48,6 +48,8 @@ def add_calibration_args(parser: argparse.ArgumentParser) -> None:
                         help="one threshold for every exit, one per early exit, or whichever spends fewer MACs")
     parser.add_argument("--no-logit-adjustment", action="store_true",
                         help="keep tau = 0 (no post-hoc logit adjustment)")
+    parser.add_argument("--shared-tau", action="store_true",
+                        help="one tau for every exit (the final exit's best) instead of each exit's own")
 
 
 def add_second_stage_args(parser: argparse.ArgumentParser, what: str) -> None:
