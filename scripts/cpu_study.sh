@@ -13,6 +13,7 @@ set -u
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
 root=${RUNS:-results/runs}
+fits=${FITS:-results/fits}
 # variant:IF[:run directory name]
 plan=(erm:100 model8:100:model8-if100-seed0-cpufast reslt:100 elf:100 hybrid-lt:100 hybrid-lt-mid:100
       model8-linear:100 model8-reslt-official:100
@@ -26,11 +27,27 @@ if [ "$($py -c 'from training.config import cpu_has_bf16; print(cpu_has_bf16())'
   echo "$(date -u +%FT%TZ) this CPU has no bf16 instructions: the study waits for one that has (STUDY_FP32=1 runs it in fp32)"
   exit 0
 fi
+status() { $py -c "import sys; from training import rundir; print(rundir.status(sys.argv[1]))" "$1"; }
+# Issue 19's candidates (jointly trained exits) go on to `rebalance`, their second stage, into
+# results/fits/<run>-rebalance; the choice between them is made there, on held-out images.
+rebalance_product() {
+  local run=$1 out=$fits/$(basename "$1")-rebalance resume=()
+  case $(status "$out") in completed|diverged) return ;; esac
+  [ -f "$out/checkpoint.pt" ] && resume=(--resume)
+  echo "$(date -u +%FT%TZ) rebalance $run ${resume[*]}"
+  PYTHONUNBUFFERED=1 $py -m training rebalance --checkpoint "$run/checkpoint.pt" --out "$out" "${resume[@]}" \
+    >>"runs/$(basename "$out").out" 2>&1 &
+  echo $! >runs/study.pid
+  wait $!
+  echo "$(date -u +%FT%TZ) end $out exit $? status $(status "$out")"
+}
 for entry in "${plan[@]}"; do
   IFS=: read -r variant imbalance name <<<"$entry"
   dir=$root/${name:-$variant-if$imbalance-seed0}
-  status=$($py -c "import sys; from training import rundir; print(rundir.status(sys.argv[1]))" "$dir")
-  case $status in completed|diverged) continue ;; esac
+  case $(status "$dir") in
+    completed) [[ $variant == hybrid-* ]] && rebalance_product "$dir"; continue ;;
+    diverged) continue ;;
+  esac
   resume=()
   if [ -f "$dir/checkpoint.pt" ]; then
     # A bf16 run goes on only on a CPU with bf16 instructions (elsewhere bf16 is emulated, 10x slower).
@@ -44,5 +61,6 @@ print(not json.load(open(sys.argv[1]))['config']['amp'] or cpu_has_bf16())" "$di
     --out "$dir" "${resume[@]}" >>"runs/$(basename "$dir").out" 2>&1 &
   echo $! >runs/study.pid
   wait $!; rc=$?
-  echo "$(date -u +%FT%TZ) end $dir exit $rc status $($py -c "import sys; from training import rundir; print(rundir.status(sys.argv[1]))" "$dir")"
+  echo "$(date -u +%FT%TZ) end $dir exit $rc status $(status "$dir")"
+  [[ $variant == hybrid-* ]] && [ "$(status "$dir")" = completed ] && rebalance_product "$dir"
 done
