@@ -96,8 +96,10 @@ class DeviceBatches:
         self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(split.labels).to(device)
         self.device, self.batch_size, self.augmentation = device, batch_size, augmentation
-        counts = torch.bincount(torch.from_numpy(split.labels))
-        self.sample_weights = (1.0 / counts.double())[torch.from_numpy(split.labels)] if balanced else None
+        self.sample_weights = None
+        if balanced:
+            labels = torch.from_numpy(split.labels)
+            self.sample_weights = (1.0 / torch.bincount(labels).double())[labels]
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)

@@ -30,12 +30,10 @@ def exit_logits(model, split: Split, batch_size: int = 500, device="cpu", amp: b
 
 def exit_probabilities(model, split: Split, batch_size: int = 500, device="cpu",
                        adjustment: torch.Tensor | None = None, amp: bool = False) -> torch.Tensor:
-    """K x N x C softmax probabilities of every exit, after subtracting `adjustment` from the logits
-    when given: a C-vector for every exit, or K x C, one row per exit (logit_adjust.py)."""
+    """K x N x C softmax probabilities of every exit, after subtracting `adjustment` (K x C, row k
+    from exit k's logits: logit_adjust.stage_adjustments) when given."""
     logits = exit_logits(model, split, batch_size, device, amp)
-    if adjustment is not None:
-        logits = logits - (adjustment[:, None, :] if adjustment.dim() == 2 else adjustment)
-    return logits.softmax(dim=2)
+    return (logits if adjustment is None else logits - adjustment[:, None, :]).softmax(dim=2)
 
 
 def split_accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:

@@ -168,7 +168,7 @@ class ExitFitter(SecondStage):
         return self.loss(outputs, teacher, targets)
 
     def evaluate(self, final: bool = False) -> EarlyExitMetrics:
-        return self.evaluate_network(self.model, final)
+        return self.evaluate_network(self.model)
 
     def metrics_header(self) -> dict:
         return {**super().metrics_header(), "mode": self.config.mode}

@@ -152,7 +152,7 @@ class ClassifierRebalancer(SecondStage):
         return sum(smoothed_cross_entropy(out.logits, y, self.smoothing).mean() for out in self.net(x))
 
     def evaluate(self, final: bool = False) -> EarlyExitMetrics:
-        return self.evaluate_network(self.net, final)
+        return self.evaluate_network(self.net)
 
     def metrics_header(self) -> dict:
         return {**super().metrics_header(), "smoothing": self.smoothing.tolist()}

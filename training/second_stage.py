@@ -75,7 +75,7 @@ class SecondStage:
         # The last group's: the backbone's in a mixed fit, the logit scales' in a rebalance.
         return {"lr": self.optimizer.param_groups[-1]["lr"], "loss": loss_sum / max(seen, 1)}
 
-    def evaluate_network(self, network, final: bool = False) -> EarlyExitMetrics:
+    def evaluate_network(self, network) -> EarlyExitMetrics:
         _, metrics = evaluate_model(network, self.test_set, self.variant.infer_threshold,
                                     self.config.eval_batch_size, self.device, self.costs)
         return metrics
@@ -94,7 +94,7 @@ class SecondStage:
                 f"at threshold {record['threshold']:g}\tExits: {exits}%")
 
     def config_record(self) -> dict:
-        return {"kind": self.kind, f"{self.kind.split('-')[0]}_config": self.config.to_dict(),
+        return {"kind": self.kind, f"{self.record_key}_config": self.config.to_dict(),
                 "parent": self.parent_record, "config": self.train_config.to_dict(),
                 "variant": self.parent_state.get("variant"), "provenance": runinfo.provenance(self.device)}
 
