@@ -89,18 +89,20 @@ def test_overload_is_refused_early_and_health_stays_quick(cifar):
             if r.status_code == 503:
                 refusals.append((r.headers.get("retry-after"), r.json()["error"]))
 
-    async def probe(c):
-        stop = time.monotonic() + 6
-        while time.monotonic() < stop:
-            t0 = time.perf_counter()
-            r = await c.get("/healthz")
-            health.append((r.status_code, time.perf_counter() - t0))
-            await asyncio.sleep(0.1)
+    async def probe(url):
+        # A prober of its own, as a kubelet is: sharing the hammers' connection pool, a probe
+        # waited there up to 6 s while the server answered other probes in 0.1 s.
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            stop = time.monotonic() + 6
+            while time.monotonic() < stop:
+                r = await c.get("/healthz")
+                health.append((url, r.status_code))
+                await asyncio.sleep(0.1)
 
     async def main():
         limits = httpx.Limits(max_connections=80)
         async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as c:
-            await asyncio.gather(*(hammer(c, n) for n in range(64)), probe(c))
+            await asyncio.gather(*(hammer(c, n) for n in range(64)), probe(server.url), probe(server.health_url))
 
     try:
         asyncio.run(main())
@@ -110,7 +112,9 @@ def test_overload_is_refused_early_and_health_stays_quick(cifar):
     assert set(statuses) <= {200, 503} and statuses.count(200) > 0, set(statuses)
     assert refusals, "64 clients against a 20 ms bound were never refused"
     assert all(retry and int(retry) >= 1 and "server busy" in msg for retry, msg in refusals)
-    assert all(status == 200 for status, _ in health) and len(health) >= 3  # latency: benchmarks/load_test.py
+    # Both ports answer all along (at least 5 answers each in the 6 s); latency: benchmarks/load_test.py
+    assert all(status == 200 for _, status in health), health
+    assert all(sum(url == u for u, _ in health) >= 5 for url in (server.url, server.health_url)), health
     assert 'elf_http_requests_total{endpoint="/classify",status="503"}' in metrics
 
 
