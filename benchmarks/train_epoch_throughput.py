@@ -40,6 +40,7 @@ PATHS = {
     "cpu-fast+cl": CPU_FAST_PATH,
     "device": {**REFERENCE_PATH, "data_path": "device"},
     "device+compile": {**REFERENCE_PATH, "data_path": "device", "compile": "default"},
+    "device+cl+compile": {**REFERENCE_PATH, "data_path": "device", "channels_last": True, "compile": "default"},
     "reference+amp+cl": {**REFERENCE_PATH, "amp": True, "channels_last": True},
     "device+amp": {**CPU_FAST_PATH, "channels_last": False},
     "cpu-fast+compile": {**CPU_FAST_PATH, "compile": "default"},

@@ -53,6 +53,9 @@ class TrainConfig:
     max_test_samples: int | None = None
     max_batches: int | None = None
     checkpoint_every: int = 5
+    # Epochs between per-epoch evaluations (the curve and the collapse check); the last epoch is
+    # always evaluated. On a CPU in fp32 one test-set pass is ~20% of an epoch.
+    eval_every: int = 1
     eval_batch_size: int = 500
     collapse_share: float = 0.99  # predictions this concentrated on one class = collapsed
     threshold: float | None = None  # inference threshold override (None: the variant's)

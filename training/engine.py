@@ -187,6 +187,9 @@ class Run:
     @staticmethod
     def epoch_line(record: dict) -> str:
         """The report's log format, plus the exit distribution."""
+        if "overall" not in record:  # between evaluations (--eval-every)
+            return (f"Epoch {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
+                    f"Loss: {record['loss']:.4f}\tTrain Acc: {record['train_acc']:.2f}%\tTest Acc: not evaluated")
         exits = "/".join(f"{100 * d:.1f}" for d in record["exit_distribution"])
         return (f"Epoch {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
                 f"Loss: {record['loss']:.4f}\tTrain Acc: {record['train_acc']:.2f}%\t"

@@ -60,6 +60,7 @@ class FitConfig:
     eval_batch_size: int = 500
     checkpoint_every: int = 1
     early_heads: str | None = None  # replace the early heads with fresh ones of this kind (e.g. light2)
+    eval_every = 1  # not a field: a second stage is short and evaluated after every epoch
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -21,6 +21,7 @@ from .evaluation import EarlyExitMetrics
 class LoopConfig(Protocol):
     epochs: int
     checkpoint_every: int
+    eval_every: int  # epochs between evaluations; the last one always
 
 
 class Job(Protocol):
@@ -34,7 +35,7 @@ class Job(Protocol):
         """One pass over the training data (0-based epoch); raises Diverged on a non-finite loss."""
 
     def evaluate(self, final: bool) -> EarlyExitMetrics:
-        """Test-set metrics after an epoch; `final` after the last one."""
+        """Test-set metrics after an evaluated epoch; `final` after the last one."""
 
     def check(self, epoch: int, test: EarlyExitMetrics) -> None:
         """Raise Diverged when the evaluation shows the run has failed."""
@@ -108,16 +109,19 @@ def run(job: Job, emit=print) -> EarlyExitMetrics:
         for epoch in range(job.start_epoch, epochs):
             t0 = time.perf_counter()
             last = epoch + 1 == epochs
+            test = None  # an epoch between evaluations records its training statistics only
             try:
                 stats = job.run_epoch(epoch)
-                test = job.evaluate(final=last)
-                job.check(epoch, test)
+                if last or (epoch + 1) % job.config.eval_every == 0:
+                    test = job.evaluate(final=last)
+                    job.check(epoch, test)
             except Diverged as exc:
                 say(f"DIVERGED at epoch {exc.epoch}: {exc.reason}")
                 write_json(metrics_document(job, rundir.DIVERGED, diverged_at=exc.epoch, reason=exc.reason),
                            out / rundir.METRICS)
                 raise
-            record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0, **stats, **test.summary()}
+            record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0, **stats,
+                      **(test.summary() if test else {})}
             job.history.append(record)
             for note in job.notes():
                 say(note)

@@ -57,6 +57,7 @@ class RebalanceConfig:
     max_batches: int | None = None
     eval_batch_size: int = 500
     checkpoint_every: int = 1
+    eval_every = 1  # not a field: a second stage is short and evaluated after every epoch
 
     def __post_init__(self):
         for name in ("smooth_head", "smooth_tail"):

@@ -35,7 +35,8 @@ class RunResult:
 
     @property
     def last(self) -> dict:
-        return self.metrics["epochs"][-1] if self.metrics["epochs"] else {}
+        """The last evaluated epoch's record (runs with --eval-every skip some)."""
+        return next((e for e in reversed(self.metrics["epochs"]) if "overall" in e), {})
 
     @property
     def device(self) -> str:
@@ -46,9 +47,12 @@ class RunResult:
         return TrainConfig.from_dict(self.config["config"]) if "config" in self.config else None
 
     @property
-    def path_flags(self) -> list[str]:
-        """The `train` flags of this run's data path and speed options."""
-        return self.train_config.path_flags() if self.train_config else []
+    def flags(self) -> list[str]:
+        """The `train` flags of this run's data path and speed options (and --eval-every, if given)."""
+        config = self.train_config
+        if config is None:
+            return []
+        return [*config.path_flags(), *(["--eval-every", str(config.eval_every)] if config.eval_every != 1 else [])]
 
     @property
     def rule(self) -> str:
@@ -87,7 +91,7 @@ def train_command(variant: str, imbalance: int, seed: int = 0, flags=(), resume:
 
 def measured_commands(runs: list[RunResult]) -> list[str]:
     """The `train` command of each finished run of the current loss rule, on its own path."""
-    return [train_command(r.variant, r.imbalance, r.seed, r.path_flags, name=r.name) for r in runs
+    return [train_command(r.variant, r.imbalance, r.seed, r.flags, name=r.name) for r in runs
             if r.status in rundir.FINISHED and r.rule == LOSS_RULE]
 
 
@@ -154,10 +158,11 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
         for r in found:
             e, total = r.last, r.config.get("config", {}).get("epochs", "?")
             if r.status not in rundir.FINISHED:
+                trained = len(r.metrics["epochs"])
                 lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "
-                             f"stopped at epoch {e.get('epoch', 0)} of {total} | | | | | | | | {r.seed} "
+                             f"stopped at epoch {trained} of {total} | | | | | | | | {r.seed} "
                              f"| resumable | {r.device} | {r.path} |")
-                missing.append(train_command(variant, imbalance, r.seed, r.path_flags, resume=True, name=r.name))
+                missing.append(train_command(variant, imbalance, r.seed, r.flags, resume=True, name=r.name))
                 continue
             status = ("completed" if r.status == "completed"
                       else f"diverged at epoch {r.metrics.get('diverged_at')}")
@@ -226,7 +231,7 @@ def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[
 
     fig, ax = plt.subplots(figsize=(9, 5))
     for r in runs:
-        epochs = r.metrics["epochs"]
+        epochs = [e for e in r.metrics["epochs"] if "overall" in e]
         status = "stopped" if r.status == "running" else r.status
         ax.plot([e["epoch"] for e in epochs], [e["overall"] for e in epochs], label=f"{r.name} ({status})")
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Training curves (early-exit inference)")

@@ -21,9 +21,9 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
                  "--data-dir", str(data_dir), *SMOKE]) == 0
     stopped = runs / "model8-if100-seed0"
     assert main(["train", "--variant", "model8", "--out", str(stopped), "--data-dir", str(data_dir),
-                 *smoke_flags(epochs=3), "--checkpoint-every", "1"]) == 0
+                 *smoke_flags(epochs=3), "--checkpoint-every", "1", "--eval-every", "2"]) == 0
     doc = json.loads((stopped / "metrics.json").read_text())
-    doc["status"], doc["epochs"] = "running", doc["epochs"][:1]  # as a run cut off after epoch 1
+    doc["status"], doc["epochs"] = "running", doc["epochs"][:1]  # as a run cut off after epoch 1 (not evaluated)
     (stopped / "metrics.json").write_text(json.dumps(doc))
     old = runs / "model1-if100-seed0-old-rule"  # as written before the SPEC §4 correction
     shutil.copytree(runs / "model1-if100-seed0", old)
@@ -44,7 +44,7 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     from training.config import cpu_has_bf16
     amp = "--amp" if cpu_has_bf16() else "--no-amp"  # the CPU default's
     assert (f"--variant model8 --imbalance 100 --seed 0 --data-path device {amp} --channels-last --compile off "
-            "--out results/runs/model8-if100-seed0 --resume") in text
+            "--eval-every 2 --out results/runs/model8-if100-seed0 --resume") in text
     assert text.count("| not yet measured |") == 17 + 1 + 2  # the table's, the erm IF 1 control, the ablations
     assert len([line for line in text.splitlines() if line.startswith("| model1 |")]) == 1
     retired = text.split("## Retired: runs of the old loss rule")[1]

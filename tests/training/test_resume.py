@@ -55,6 +55,23 @@ def test_resume_after_kill_matches_uninterrupted_run(data_dir, tmp_path, data_pa
     assert [line.split("\t")[0] for line in log if line.startswith("Epoch")] == ["Epoch 1", "Epoch 2", "Epoch 3"]
 
 
+def test_eval_every_skips_evaluations_without_changing_training(data_dir, tmp_path):
+    every, sparse = tmp_path / "every", tmp_path / "sparse"
+    subprocess.run(train_cmd(every, data_dir, "--data-path", "device"), check=True, capture_output=True, timeout=600)
+    subprocess.run(train_cmd(sparse, data_dir, "--data-path", "device", "--eval-every", "2"), check=True,
+                   capture_output=True, timeout=600)
+    a = json.loads((every / "metrics.json").read_text())
+    b = json.loads((sparse / "metrics.json").read_text())
+    assert [e["loss"] for e in a["epochs"]] == [e["loss"] for e in b["epochs"]]  # evaluation draws nothing
+    assert ["overall" in e for e in b["epochs"]] == [False, True, True]  # epoch 2, and the last always
+    assert [e["overall"] for e in a["epochs"][1:]] == [e["overall"] for e in b["epochs"][1:]]
+    assert b["final"]["predictions"] == a["final"]["predictions"]
+    log = (sparse / "train.log").read_text().splitlines()
+    assert log[0].startswith("Epoch 1\t") and log[0].endswith("Test Acc: not evaluated")
+    assert "Test Acc: not evaluated" not in log[1] and json.loads((sparse / "config.json").read_text())[
+        "config"]["eval_every"] == 2
+
+
 def test_nan_loss_is_reported_as_divergence_with_epoch(data_dir, tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
