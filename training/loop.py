@@ -121,7 +121,7 @@ def run(job: Job, emit=print) -> EarlyExitMetrics:
                            out / rundir.METRICS)
                 raise
             record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0, **stats,
-                      **(test.summary() if test else {})}
+                      **(test.summary() if test is not None else {})}
             job.history.append(record)
             for note in job.notes():
                 say(note)
