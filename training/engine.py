@@ -187,13 +187,12 @@ class Run:
     @staticmethod
     def epoch_line(record: dict) -> str:
         """The report's log format, plus the exit distribution."""
+        trained = (f"Epoch {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
+                   f"Loss: {record['loss']:.4f}\tTrain Acc: {record['train_acc']:.2f}%\t")
         if "overall" not in record:  # between evaluations (--eval-every)
-            return (f"Epoch {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
-                    f"Loss: {record['loss']:.4f}\tTrain Acc: {record['train_acc']:.2f}%\tTest Acc: not evaluated")
+            return trained + "Test Acc: not evaluated"
         exits = "/".join(f"{100 * d:.1f}" for d in record["exit_distribution"])
-        return (f"Epoch {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
-                f"Loss: {record['loss']:.4f}\tTrain Acc: {record['train_acc']:.2f}%\t"
-                f"Test Acc: {record['overall']:.2f}%\t(Many: {record['many']:.2f}%, "
+        return (trained + f"Test Acc: {record['overall']:.2f}%\t(Many: {record['many']:.2f}%, "
                 f"Medium: {record['medium']:.2f}%, Few: {record['few']:.2f}%)\tExits: {exits}%")
 
     # -- state --------------------------------------------------------------------------------
