@@ -26,6 +26,7 @@ from .loop import require_same_config
 from .losses import Targets, batch_targets, make_exit_losses
 from .macs import exit_costs
 from .network import build_model
+from .optim import build_optimizer, optimizer_step
 from .routing import first_confident_exit, routed_loss, training_exits
 from .variants import LOSS_RULE, Variant, get_variant, loss_rule
 
@@ -69,9 +70,8 @@ class Run:
                                if self.config.data_path == "device" else None)
         self.costs = exit_costs(self.model)
         self.exit_losses = make_exit_losses(self.variant, self.class_counts)
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=self.config.lr, momentum=self.config.momentum,
-            weight_decay=self.config.weight_decay)
+        self.optimizer = build_optimizer(self.model.parameters(), self.config.lr, self.config.momentum,
+                                         self.config.weight_decay, self.variant.sam_rho)
         self.threshold = (self.config.threshold if self.config.threshold is not None
                           else self.variant.infer_threshold)
         self.history: list[dict] = []
@@ -123,8 +123,8 @@ class Run:
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             x, targets = batch_targets(x, y, self.variant.augmentation, rng)
-            loss, outputs = self._eager_on_compile_failure(partial(self.forward_backward, x, targets))
-            self.optimizer.step()
+            loss, outputs = optimizer_step(self.optimizer, self.model, partial(
+                self._eager_on_compile_failure, partial(self.forward_backward, x, targets)))
             with torch.no_grad():
                 first_bad = (bad_batch < 0) & ~torch.isfinite(loss)
                 bad_batch = torch.where(first_bad, step, bad_batch)
@@ -143,7 +143,8 @@ class Run:
                 "train_acc": 100.0 * correct.item() / max(seen, 1)}
 
     def forward_backward(self, x: torch.Tensor, targets: Targets):
-        """(loss, exit outputs) of one batch, gradients computed; the optimizer step is the caller's."""
+        """(loss, exit outputs) of one batch, gradients computed; the optimizer step is the caller's
+        (optim.optimizer_step, which calls this twice per step for SAM)."""
         mark_step(self.config.compile, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
             outputs = self.net(x)

@@ -13,6 +13,7 @@ from training.variants import control_runs, get_variant, loss_rule, study_runs
     ("exit_losses", ("simulated", "reslt"), "one loss each"),
     ("exit_losses", ("reslt", "simulated", "reslt"), "needs a ResLT head"),
     ("infer_threshold", 1.5, "thresholds"),
+    ("sam_rho", -0.1, "sam_rho"),
 ])
 def test_variant_fields_are_validated_at_construction(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -38,7 +39,7 @@ def test_ablations_and_product_recipes_stay_out_of_the_report_table():
     from training.variants import ablation_runs
     names = {name for name, _ in study_runs()}
     assert ablation_runs() == [("model8-linear", 100), ("model8-reslt-official", 100)]
-    assert not names & {"model8-linear", "model8-reslt-official", "hybrid-lt", "hybrid-lt-mid"}
+    assert not names & {"model8-linear", "model8-reslt-official", "hybrid-lt", "hybrid-lt-mid", "hybrid-lt-sam"}
     linear, official = get_variant("model8-linear"), get_variant("model8-reslt-official")
     model8 = get_variant("model8")
     assert linear.exit_heads[-1] == "linear" and official.exit_losses[-1] == "reslt_official"
