@@ -1,0 +1,54 @@
+"""Study: does an early-exit ensemble (exit k answers with the mean of exits 1..k's log-probabilities,
+as ensemble-of-exits networks do) beat each exit answering alone?
+
+On the held-out training images that `calibrate` uses (never the test set), each exit's tau chosen
+as `calibrate` chooses it, for both ways: every exit's balanced accuracy, and the cheapest per-exit
+thresholds within --max-drop of that way's final exit (calibrate's own search).
+
+    python scripts/exit_ensemble.py --checkpoint results/fits/model8-if100-seed0-fit-light2-mixed30-rebalance/checkpoint.pt
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.calibration import _per_exit_search, balanced_accuracy, choose_taus, heldout_split  # noqa: E402
+from training.data import default_data_dir  # noqa: E402
+from training.evaluation import exit_logits  # noqa: E402
+from training.logit_adjust import log_prior  # noqa: E402
+from training.macs import exit_costs  # noqa: E402
+from training.rundir import checkpoint_model  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    args = parser.parse_args()
+    model, _, config, state = checkpoint_model(args.checkpoint)
+    heldout = heldout_split(args.data_dir, config.imbalance)
+    labels, prior = heldout.labels, log_prior(state["class_counts"])
+    logits = exit_logits(model, heldout)
+    taus, _ = choose_taus(logits, labels, prior)
+    alone = (logits - torch.tensor(taus)[:, None, None] * prior).log_softmax(2)
+    ensemble = torch.stack([alone[:k + 1].mean(0) for k in range(len(alone))])
+    cumulative = np.array([c["cumulative_macs"] for c in exit_costs(model)], dtype=np.float64)
+    print(f"{len(heldout)} held-out images, tau {'/'.join(f'{t:g}' for t in taus)}")
+    for name, logp in (("each exit alone", alone), ("ensemble of exits 1..k", ensemble)):
+        accuracy = [balanced_accuracy(z.argmax(1).numpy(), labels) for z in logp]
+        best = _per_exit_search(logp.softmax(2), labels, cumulative, accuracy[-1] - args.max_drop)
+        print(f"{name}: exits {' / '.join(f'{a:.2f}' for a in accuracy)}; thresholds "
+              f"{'/'.join(f'{t:g}' for t in best['threshold'])}: {best['accuracy']:.2f} at "
+              f"{best['mean_macs'] / cumulative[-1]:.3f} of the MACs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
