@@ -238,6 +238,11 @@ def ablation_runs() -> list[tuple[str, int]]:
     return [(v.name, v.imbalance) for v in all_variants() if v.family == "ablation"]
 
 
+def product_runs() -> list[tuple[str, int]]:
+    """Issue 19's candidates for the shipped model, each at its own IF."""
+    return [(v.name, v.imbalance) for v in all_variants() if v.family == "product"]
+
+
 def control_runs() -> list[tuple[str, int]]:
     """The dataset-copy controls (SPEC §6): erm at IF 1 and IF 100."""
     return [(v.name, f) for v in all_variants() if v.family == "control" for f in sorted(v.reported)]

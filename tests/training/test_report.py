@@ -45,7 +45,11 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     amp = "--amp" if cpu_has_bf16() else "--no-amp"  # the CPU default's
     assert (f"--variant model8 --imbalance 100 --seed 0 --data-path device {amp} --channels-last --compile off "
             "--eval-every 2 --out results/runs/model8-if100-seed0 --resume") in text
-    assert text.count("| not yet measured |") == 17 + 1 + 2  # the table's, the erm IF 1 control, the ablations
+    # the table's, the erm IF 1 control, the ablations, the product candidates
+    assert text.count("| not yet measured |") == 17 + 1 + 2 + 3
+    products = text.split("## Product candidates (issue 19, IF 100)")[1].split("\n## ")[0]
+    assert "| hybrid-lt-sam | 100 | – | not yet measured |" in products and "held-out" in products
+    assert "python -m training train --variant hybrid-lt-sam --imbalance 100" in text
     assert len([line for line in text.splitlines() if line.startswith("| model1 |")]) == 1
     retired = text.split("## Retired: runs of the old loss rule")[1]
     assert "| model1-if100-seed0-old-rule | model1 | 100 |" in retired

@@ -7,7 +7,7 @@ from ..data import load_cifar10
 from ..config import FAST_PATH_FLAGS
 from ..report import (SWEEP, collect_runs, jpeg_penalties, measured_commands, path_agreement, plot_all,
                       results_table, retired_table, train_command)
-from ..variants import ablation_runs, control_runs, get_variant
+from ..variants import ablation_runs, control_runs, get_variant, product_runs
 from .common import DEFAULT_DATA_DIR
 
 CAVEAT = ("Last-epoch accuracy on the full 10,000-image CIFAR-10 test set of the JPEG-quality copy "
@@ -62,12 +62,17 @@ def run(args) -> int:
               + (", ".join(f"IF {f}: {p:.2f} points" for f, p in sorted(penalties.items()))
                  or "not yet measured") + ".", "", controls, ""]
     missing += control_missing
-    ablations, ablation_missing = results_table(runs, [("model8", 100), *ablation_runs()], penalties)
-    lines += ["## Ablations of model8 (IF 100)", "",
-              "What the ResLT head and our reading of its loss contribute on this copy; run beside model8, "
-              "not rows of the report's table.", "",
-              *[f"- `{name}`: {get_variant(name).description}" for name, _ in ablation_runs()], "", ablations, ""]
-    missing += [m for m in ablation_missing if m not in missing]
+    for title, intro, planned, beside in (
+            ("Ablations of model8 (IF 100)", "What the ResLT head and our reading of its loss contribute on "
+             "this copy; run beside model8, not rows of the report's table.", ablation_runs(), [("model8", 100)]),
+            ("Product candidates (issue 19, IF 100)", "Recipes for `models/default`, not rows of the report's "
+             "table. Their test-set numbers are shown, never used to choose: each candidate goes on to "
+             "`rebalance` (results/fits/<run>-rebalance) and the choice is made on held-out training images "
+             "(`calibrate`).", product_runs(), [])):
+        table_lines, section_missing = results_table(runs, [*beside, *planned], penalties)
+        lines += [f"## {title}", "", intro, "",
+                  *[f"- `{name}`: {get_variant(name).description}" for name, _ in planned], "", table_lines, ""]
+        missing += [m for m in section_missing if m not in missing]
     retired = retired_table(runs + (collect_runs(args.retired) if args.retired.is_dir() else []))
     if retired:
         lines += ["## Retired: runs of the old loss rule", "",
