@@ -36,14 +36,14 @@ from .losses import (DISTILL_TEMPERATURE, DISTILL_WEIGHT, SimulatedExitLoss, Tar
 from .constants import NUM_CLASSES
 from .macs import exit_costs
 from .network import init_weights, make_head
-from .second_stage import SecondStage
+from .second_stage import SecondStage, StageConfig
 
 log = logging.getLogger(__name__)
 MODES = ("frozen", "mixed")
 
 
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(StageConfig):
     mode: str = "frozen"
     epochs: int = 20
     lr: float = 0.1  # cosine-annealed to 0 over the fit
@@ -53,14 +53,7 @@ class FitConfig:
     weight_decay: float = 2e-4
     temperature: float = DISTILL_TEMPERATURE
     distill_weight: float = DISTILL_WEIGHT  # beta: share of the distillation term, the label loss gets 1 - beta
-    seed: int = 0
-    max_train_samples: int | None = None
-    max_test_samples: int | None = None
-    max_batches: int | None = None
-    eval_batch_size: int = 500
-    checkpoint_every: int = 1
     early_heads: str | None = None  # replace the early heads with fresh ones of this kind (e.g. light2)
-    eval_every = 1  # not a field: a second stage is short and evaluated after every epoch
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -69,9 +62,6 @@ class FitConfig:
             raise TrainingError(f"distill_weight must lie in [0, 1], got {self.distill_weight}")
         if self.temperature <= 0:
             raise TrainingError(f"temperature must be > 0, got {self.temperature}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class ExitFitter(SecondStage):

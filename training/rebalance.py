@@ -22,7 +22,6 @@ branch classifiers each take the scale, since their logits are summed), so `eval
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +36,11 @@ from .errors import TrainingError
 from .evaluation import EarlyExitMetrics
 from .macs import exit_costs
 from .network import ExitOutput
-from .second_stage import SecondStage
+from .second_stage import SecondStage, StageConfig
 
 
 @dataclass(frozen=True)
-class RebalanceConfig:
+class RebalanceConfig(StageConfig):
     epochs: int = 10
     lr: float = 0.1  # the logit scales'; cosine-annealed to 0
     classifier_lr_factor: float = 0.5  # the classifier weights train at lr * factor
@@ -51,21 +50,11 @@ class RebalanceConfig:
     smooth_head: float = 0.3
     smooth_tail: float = 0.0
     shift_bn: bool = False
-    seed: int = 0
-    max_train_samples: int | None = None
-    max_test_samples: int | None = None
-    max_batches: int | None = None
-    eval_batch_size: int = 500
-    checkpoint_every: int = 1
-    eval_every = 1  # not a field: a second stage is short and evaluated after every epoch
 
     def __post_init__(self):
         for name in ("smooth_head", "smooth_tail"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise TrainingError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def label_aware_smoothing(class_counts, head: float, tail: float) -> torch.Tensor:

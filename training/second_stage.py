@@ -4,8 +4,10 @@ weights as `model`, the stage's own record under its kind's key), and resume onl
 the same parent (sha256) and the same config."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,22 @@ from .loop import require_same_config
 from .rundir import checkpoint_model
 
 
+@dataclass(frozen=True)
+class StageConfig:
+    """The fields every second stage's config has (its own recipe's follow in the subclass)."""
+
+    seed: int = 0
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    max_batches: int | None = None
+    eval_batch_size: int = 500
+    checkpoint_every: int = 1
+    eval_every = 1  # not a field: a second stage is short and evaluated after every epoch
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 class SecondStage:
     kind: str  # metrics.json "kind", and the checkpoint key of the stage's own record
     label: str  # first word of an epoch's log line
@@ -29,7 +47,7 @@ class SecondStage:
     parent: Path
     parent_sha256: str
     parent_state: dict
-    config: object  # a dataclass with to_dict(), seed, eval_batch_size
+    config: StageConfig
     device: torch.device
     history: list[dict]
     start_epoch: int
