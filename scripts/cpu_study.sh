@@ -10,6 +10,8 @@
 # simply started again in the next session. Run it in the background, niced:
 #   nohup nice -n 10 scripts/cpu_study.sh > runs/cpu_study.log 2>&1 &
 # Pause it while benchmarking: kill -STOP / -CONT the `training train` process (runs/study.pid).
+# Stop it: `pkill -f cpu_study.sh; kill $(cat runs/study.pid)`: the run ends its epoch under way,
+# checkpoints it and exits (SIGTERM, training/loop.py); the next start resumes it.
 set -u
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}

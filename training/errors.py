@@ -21,3 +21,15 @@ class Diverged(TrainingError):
         super().__init__(f"training diverged at epoch {epoch}: {reason}")
         self.epoch = epoch
         self.reason = reason
+
+
+class Stopped(TrainingError):
+    """SIGTERM or SIGINT: the loop finished the epoch under way, checkpointed it and stopped; the run
+    stays resumable. Exit code 128 + the signal's number, as a shell reports a signalled process."""
+
+    def __init__(self, epoch: int, signum: int):
+        import signal  # noqa: PLC0415
+        super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}, checkpointed: "
+                         "continue with --resume")
+        self.epoch = epoch
+        self.exit_code = 128 + signum

@@ -5,16 +5,23 @@ saved); everything else happens here, once.
 A run directory (rundir.py) holds config.json (written when the run starts), train.log (one line
 per epoch), metrics.json (status "running" / "completed" / "diverged", every epoch's record, the
 final evaluation) and checkpoint.pt (atomically, every `checkpoint_every` epochs and at the end).
+SIGTERM (`kill`, a container's stop) ends a run at the end of the epoch under way, with a checkpoint
+of that epoch (a second SIGTERM ends it at once), so that a stopped run loses no finished epoch.
+Ctrl-C keeps stopping at once: it reaches DataLoader workers too, which then die mid-epoch.
 """
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 from . import rundir
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
-from .errors import Diverged, TrainingError
+from .errors import Diverged, Stopped, TrainingError
 from .evaluation import EarlyExitMetrics
 
 
@@ -94,12 +101,40 @@ def metrics_document(job: Job, status: str, final: EarlyExitMetrics | None = Non
             "final": None if final is None else final.to_dict(), **extra}
 
 
+@contextmanager
+def stop_requests():
+    """A list that receives the signal number of the first SIGTERM while the block runs; a second
+    SIGTERM takes its usual effect at once. Outside the main thread (where no handler can be
+    installed) the list stays empty."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_signal(signum, frame) -> None:
+        if requested:  # the second: as if the first had never been caught
+            signal.signal(signum, previous)
+            signal.raise_signal(signum)
+            return
+        requested.append(signum)
+        print("SIGTERM: stopping after this epoch, with a checkpoint (send it again to stop now)",
+              file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(job: Job, emit=print) -> EarlyExitMetrics:
     """Epochs start_epoch..epochs-1; returns the final evaluation. On divergence metrics.json says
-    `diverged` with the epoch and reason, and Diverged propagates (exit code 3)."""
+    `diverged` with the epoch and reason, and Diverged propagates (exit code 3); on a stop request
+    (stop_requests) Stopped propagates after the epoch's checkpoint."""
     out = job.out
     final = None
-    with (out / rundir.LOG).open("a") as log_file:
+    with (out / rundir.LOG).open("a") as log_file, stop_requests() as stop:
         def say(line: str) -> None:
             emit(line)
             log_file.write(line + "\n")
@@ -126,9 +161,11 @@ def run(job: Job, emit=print) -> EarlyExitMetrics:
             for note in job.notes():
                 say(note)
             say(job.epoch_line(record))
-            if last or (epoch + 1) % every == 0:
+            if last or (epoch + 1) % every == 0 or stop:
                 save_checkpoint(job.state(epoch + 1), out / rundir.CHECKPOINT)
             write_json(metrics_document(job, rundir.COMPLETED if last else rundir.RUNNING,
                                         final=test if last else None), out / rundir.METRICS)
             final = test if last else None
+            if stop and not last:
+                raise Stopped(epoch + 1, stop[0])
     return final if final is not None else job.evaluate(final=True)

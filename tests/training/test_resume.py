@@ -1,7 +1,9 @@
 """Checkpoints, resume after a real kill, and divergence detection."""
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -70,6 +72,32 @@ def test_eval_every_skips_evaluations_without_changing_training(data_dir, tmp_pa
     assert log[0].startswith("Epoch 1\t") and log[0].endswith("Test Acc: not evaluated")
     assert "Test Acc: not evaluated" not in log[1] and json.loads((sparse / "config.json").read_text())[
         "config"]["eval_every"] == 2
+
+
+def test_sigterm_stops_after_the_epoch_under_way_with_its_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "run"
+    # Checkpoints only at the end (every 10 of 3 epochs): the one a stopped run has is the stop's own.
+    cmd = train_cmd(out, data_dir, "--data-path", "device", "--checkpoint-every", "10")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "train.log").is_file() or "Epoch 1\t" not in (out / "train.log").read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, "epoch 1 never ended"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    stopped_at = load(out / "checkpoint.pt")["epoch"]
+    assert stopped_at in (1, 2), "the run should stop at the end of the epoch under way"
+    assert f"stopped by SIGTERM after epoch {stopped_at}, checkpointed: continue with --resume" in stderr
+    assert "Traceback" not in stderr
+    epochs = [line.split("\t")[0] for line in (out / "train.log").read_text().splitlines() if line.startswith("Epoch")]
+    assert epochs[-1] == f"Epoch {stopped_at}"
+    assert json.loads((out / "metrics.json").read_text())["status"] == "running"
+
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {out} from epoch {stopped_at}" in done.stdout
+    assert json.loads((out / "metrics.json").read_text())["status"] == "completed"
 
 
 def test_nan_loss_is_reported_as_divergence_with_epoch(data_dir, tmp_path):
