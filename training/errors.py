@@ -24,8 +24,8 @@ class Diverged(TrainingError):
 
 
 class Stopped(TrainingError):
-    """SIGTERM or SIGINT: the loop finished the epoch under way, checkpointed it and stopped; the run
-    stays resumable. Exit code 128 + the signal's number, as a shell reports a signalled process."""
+    """SIGTERM (loop.stop_requests): the loop finished the epoch under way, checkpointed it and
+    stopped; the run stays resumable. Exit code 128 + the signal's number, as a shell reports a signalled process."""
 
     def __init__(self, epoch: int, signum: int):
         import signal  # noqa: PLC0415
