@@ -2,6 +2,8 @@
 bug and keeps its traceback."""
 from __future__ import annotations
 
+import signal
+
 EXIT_OK, EXIT_USAGE, EXIT_DIVERGED = 0, 2, 3  # `train`/`fit-exits`: a diverged run is a result
 
 
@@ -25,10 +27,10 @@ class Diverged(TrainingError):
 
 class Stopped(TrainingError):
     """SIGTERM (loop.stop_requests): the loop finished the epoch under way, checkpointed it and
-    stopped; the run stays resumable. Exit code 128 + the signal's number, as a shell reports a signalled process."""
+    stopped; the run stays resumable. Exit code 128 + the signal's number, as a shell reports a
+    signalled process."""
 
     def __init__(self, epoch: int, signum: int):
-        import signal  # noqa: PLC0415
         super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}, checkpointed: "
                          "continue with --resume")
         self.epoch = epoch
