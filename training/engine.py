@@ -77,6 +77,9 @@ class Run:
         self.history: list[dict] = []
         self.start_epoch = 0
         self.provenance = runinfo.provenance(self.device)
+        # Where each resumption ran ({"epoch": epochs done before it, **provenance}): a run cut on
+        # one machine may go on on another (scripts/device_study.py's runs go on on the CPU).
+        self.resumes: list[dict] = []
 
     # -- data ---------------------------------------------------------------------------------
     def epoch_seed(self, epoch: int) -> int:
@@ -203,13 +206,14 @@ class Run:
     def metrics_header(self) -> dict:
         return {"variant": self.variant.name, "imbalance": self.config.imbalance, "seed": self.config.seed,
                 "threshold": self.threshold, "exit_costs": self.costs,
-                "compile": {"mode": self.config.compile, "fallback": self.compile_fallback}}
+                "compile": {"mode": self.config.compile, "fallback": self.compile_fallback},
+                "resumes": self.resumes}
 
     def state(self, epoch: int) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": epoch, "config": self.config.to_dict(), "variant": self.variant.to_dict(),
                 "history": self.history, "class_counts": self.class_counts,
-                "provenance": self.provenance}
+                "provenance": self.provenance, "resumes": self.resumes}
 
     def restore(self, state: dict) -> None:
         if loss_rule(state.get("variant", {})) != LOSS_RULE:
@@ -221,6 +225,7 @@ class Run:
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = list(state["history"])
         self.start_epoch = int(state["epoch"])
+        self.resumes = [*state.get("resumes", []), {"epoch": self.start_epoch, **self.provenance}]
 
 
 def check_collapse(config: TrainConfig, epoch: int, test: EarlyExitMetrics) -> None:

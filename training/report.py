@@ -40,7 +40,14 @@ class RunResult:
 
     @property
     def device(self) -> str:
-        return self.config.get("provenance", {}).get("device", "?")
+        """The machine the run started on, and each other one it was resumed on, from its epoch."""
+        device = self.config.get("provenance", {}).get("device", "?")
+        text, current = device, device
+        for resume in self.metrics.get("resumes", []):
+            if resume.get("device", current) != current:
+                current = resume["device"]
+                text += f"; from epoch {resume['epoch'] + 1}: {current}"
+        return text
 
     @property
     def train_config(self) -> TrainConfig | None:
