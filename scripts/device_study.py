@@ -33,7 +33,7 @@ from training.config import default_path  # noqa: E402
 from training.variants import get_variant  # noqa: E402
 
 # variant:IF, most wanted first.
-PLAN = ["hybrid-lt:100", "hybrid-lt-mid:100", "hybrid-lt-sam:100",
+PLAN = ["hybrid-la:100", "hybrid-lt:100", "hybrid-lt-mid:100", "hybrid-lt-sam:100",
         "model7:100", "model14:100", "model12:50", "model13:10", "model15:50", "model16:10",
         "model8-linear:100", "model8-reslt-official:100",
         "model1:100", "model2:100", "model3:100", "model4:100", "model5:100", "model6:100",

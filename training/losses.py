@@ -169,19 +169,26 @@ class SimulatedExitLoss:
 class DistilledExitLoss:
     """An early exit trained with the network from the start (joint routing), learning from the
     final exit of the same forward pass (self-distillation, no gradient into the teacher):
-    (1 - beta) * simulated loss + beta * w_y * T^2 * KL(final || exit), the fit-exits loss."""
+    (1 - beta) * simulated loss + beta * w_y * T^2 * KL(final || exit), the fit-exits loss.
+    `weighted=False` drops the simulated loss's split weights w_y (the "distilled_plain" loss), for
+    a base loss that is balanced already (logit-adjusted): the two together favour the tail twice."""
 
-    def __init__(self, base, temperature: float = DISTILL_TEMPERATURE, beta: float = DISTILL_WEIGHT):
-        self.simulated = SimulatedExitLoss(base)
+    def __init__(self, base, temperature: float = DISTILL_TEMPERATURE, beta: float = DISTILL_WEIGHT,
+                 weighted: bool = True):
+        self.label_loss = SimulatedExitLoss(base) if weighted else PlainExitLoss(base)
+        self.weights = split_weights() if weighted else torch.ones(NUM_CLASSES)
         self.temperature, self.beta = temperature, beta
 
     def __call__(self, out: ExitOutput, t: Targets, teacher: ExitOutput | None = None) -> torch.Tensor:
         if teacher is None:
             raise ValueError("the distilled exit loss needs the final exit's output")
-        weights = self.simulated.weights.to(out.logits.device)
+        weights = self.weights.to(out.logits.device)
         sample_weight = sum(w * weights[y] for y, w in t.terms())
-        return ((1 - self.beta) * self.simulated(out, t)
+        return ((1 - self.beta) * self.label_loss(out, t)
                 + self.beta * sample_weight * distillation(out.logits, teacher.logits.detach(), self.temperature))
+
+
+EXIT_LOSSES.register("distilled_plain")(lambda base: DistilledExitLoss(base, weighted=False))
 
 
 @EXIT_LOSSES.register("reslt")

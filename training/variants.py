@@ -196,6 +196,19 @@ register(dataclasses.replace(
                 "the start and distilled from the final exit, light2 early heads"))
 
 
+# hybrid-lt measured (H200 to epoch 173, held-out training images, scripts in results/DEFAULT_MODEL.md):
+# the logit-adjusted loss balances the ResLT head's H branch (73.6% alone), but the M and T branches,
+# which see only medium / few classes, keep their low logits for the head classes, so their sum
+# favours the tail (60.9%; the head classes get 0-5% of the predictions). With CE (model8) H's head
+# bias cancels theirs. So with a balanced loss the final head is one linear classifier, and the early
+# exits' label loss drops the simulated split weights too (distilled_plain).
+register(dataclasses.replace(
+    _REGISTRY["hybrid-lt"], name="hybrid-la", exit_heads=("light2", "light2", "linear"),
+    exit_losses=("distilled_plain", "distilled_plain", "plain"),
+    description="product candidate: hybrid-lt with a linear final head and unweighted distillation "
+                "(logit adjustment already balances; ResLT's branches and split weights would favour "
+                "the tail twice)"))
+
 # The same with a fourth exit inside stage 2, after its third block (issue 19: whether an exit
 # between exit 1 (0.42 of the full MACs) and exit 2 (0.80) buys MACs).
 register(dataclasses.replace(

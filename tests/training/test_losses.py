@@ -287,3 +287,16 @@ def test_distilled_exit_loss_learns_from_the_final_exit_without_moving_it():
     assert final.grad is None and logits.grad.abs().sum() > 0
     same = DistilledExitLoss(base)(ExitOutput(final.detach()), Targets.plain(y), teacher=ExitOutput(final))
     torch.testing.assert_close(same, 0.5 * w * base(final.detach(), y))  # no KL to itself
+
+
+def test_distilled_plain_exit_loss_drops_the_split_weights_under_a_balanced_loss():
+    from training.losses import EXIT_LOSSES, LogitAdjustedLoss, distillation
+    logits, final = torch.randn(6, 10), torch.randn(6, 10)
+    y = torch.tensor([0, 1, 4, 6, 8, 9])
+    base = LogitAdjustedLoss([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])
+    plain = EXIT_LOSSES.get("distilled_plain")(base)
+    got = plain(ExitOutput(logits), Targets.plain(y), teacher=ExitOutput(final))
+    torch.testing.assert_close(got, 0.5 * base(logits, y) + 0.5 * distillation(logits, final, 2.0))
+    # The weighted form counts a few-class sample three times, a many-class one once.
+    weighted = EXIT_LOSSES.get("distilled")(base)(ExitOutput(logits), Targets.plain(y), teacher=ExitOutput(final))
+    torch.testing.assert_close(weighted, split_weights()[y] * got)
