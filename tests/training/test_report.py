@@ -24,6 +24,7 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
                  *smoke_flags(epochs=3), "--checkpoint-every", "1", "--eval-every", "2"]) == 0
     doc = json.loads((stopped / "metrics.json").read_text())
     doc["status"], doc["epochs"] = "running", doc["epochs"][:1]  # as a run cut off after epoch 1 (not evaluated)
+    doc["resumes"] = [{"epoch": 1, "device": "NVIDIA H200"}]  # and resumed on another machine
     (stopped / "metrics.json").write_text(json.dumps(doc))
     old = runs / "model1-if100-seed0-old-rule"  # as written before the SPEC §4 correction
     shutil.copytree(runs / "model1-if100-seed0", old)
@@ -41,12 +42,14 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     assert f"| {overall - 56.90:+.2f} | {overall + (70.36 - erm) - 56.90:+.2f} (erm IF 100) |" in model1
     assert f"IF 100: {70.36 - erm:.2f} points" in text
     assert "not yet measured: stopped at epoch 1 of 3" in text
+    model8 = next(line for line in text.splitlines() if "stopped at epoch 1 of 3" in line)
+    assert "| CPU (" in model8 and "; from epoch 2: NVIDIA H200 |" in model8
     from training.config import cpu_has_bf16
     amp = "--amp" if cpu_has_bf16() else "--no-amp"  # the CPU default's
     assert (f"--variant model8 --imbalance 100 --seed 0 --data-path device {amp} --channels-last --compile off "
             "--eval-every 2 --out results/runs/model8-if100-seed0 --resume") in text
     # the table's, the erm IF 1 control, the ablations, the product candidates
-    assert text.count("| not yet measured |") == 17 + 1 + 2 + 3
+    assert text.count("| not yet measured |") == 17 + 1 + 2 + 4
     products = text.split("## Product candidates (issue 19, IF 100)")[1].split("\n## ")[0]
     assert "| hybrid-lt-sam | 100 | – | not yet measured |" in products and "held-out" in products
     assert "python -m training train --variant hybrid-lt-sam --imbalance 100" in text

@@ -52,6 +52,8 @@ def test_resume_after_kill_matches_uninterrupted_run(data_dir, tmp_path, data_pa
     ma = json.loads((straight / "metrics.json").read_text())
     mb = json.loads((killed / "metrics.json").read_text())
     assert [e["loss"] for e in ma["epochs"]] == [e["loss"] for e in mb["epochs"]]
+    assert ma["resumes"] == [] and [r["epoch"] for r in mb["resumes"]] == [interrupted_at]
+    assert mb["resumes"][0]["device"].startswith("CPU") and b["resumes"] == mb["resumes"]
     assert ma["final"]["predictions"] == mb["final"]["predictions"]
     log = (killed / "train.log").read_text().splitlines()
     assert [line.split("\t")[0] for line in log if line.startswith("Epoch")] == ["Epoch 1", "Epoch 2", "Epoch 3"]
