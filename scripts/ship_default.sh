@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Build models/default from a finished model8 training run, as README "The shipped model" does:
-# light2 early heads fitted on the frozen network (20 epochs), then mixed fine-tuning of backbone
-# and heads (30 epochs, lr 0.02), then every exit's classifier re-balanced (rebalance, MiSLAS's
-# stage 2, 10 epochs), export with each exit's tau and the thresholds calibrated on held-out
-# training images (at most 1 point below threshold 1.0), and the accuracy-vs-MACs curve. A step
-# that was cut resumes from its checkpoint when the script is run again.
+# Build models/default from a finished training run, as README "The shipped model" does. A model8
+# run: light2 early heads fitted on the frozen network (20 epochs), then mixed fine-tuning of
+# backbone and heads (30 epochs, lr 0.02). A run whose exits were trained with the network from the
+# start (joint routing, issue 19's candidates) skips both. Then every exit's classifier is
+# re-balanced (rebalance, MiSLAS's stage 2, 10 epochs; for a joint run the folder cpu_study.sh
+# uses), exported with each exit's tau and the thresholds calibrated on held-out training images
+# (at most 1 point below threshold 1.0), and the accuracy-vs-MACs curve is drawn. A step that was
+# cut resumes from its checkpoint when the script is run again.
 #
 #   scripts/ship_default.sh results/runs/model8-if100-seed0
+#   scripts/ship_default.sh results/runs/hybrid-la-if100-seed0
 #
 # Smoke run (plumbing only): FIT_FLAGS="--max-batches 2 --max-test-samples 200" MODEL_OUT=/tmp/m \
 #   FITS=/tmp/fits scripts/ship_default.sh RUN_DIR
@@ -24,12 +27,18 @@ step() {  # step OUT COMMAND ARGS...: a fresh run of fit-exits or rebalance, or 
   python -m training "$@" "${extra[@]}" --out "$out" "${resume[@]}"
 }
 
-frozen=$fits/$name-fit-frozen-light2
-mixed=$fits/$name-fit-light2-mixed30
-rebalanced=$mixed-rebalance
-step "$frozen" fit-exits --checkpoint "$run/checkpoint.pt" --early-heads light2 --epochs 20
-step "$mixed" fit-exits --checkpoint "$frozen/checkpoint.pt" --mode mixed --epochs 30 --lr 0.02 --head-lr 0.02
-step "$rebalanced" rebalance --checkpoint "$mixed/checkpoint.pt"
+routing=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["variant"]["routing"])' "$run/config.json")
+if [ "$routing" = joint ]; then
+  parent=$run
+  rebalanced=$fits/$name-rebalance
+else
+  frozen=$fits/$name-fit-frozen-light2
+  parent=$fits/$name-fit-light2-mixed30
+  rebalanced=$parent-rebalance
+  step "$frozen" fit-exits --checkpoint "$run/checkpoint.pt" --early-heads light2 --epochs 20
+  step "$parent" fit-exits --checkpoint "$frozen/checkpoint.pt" --mode mixed --epochs 30 --lr 0.02 --head-lr 0.02
+fi
+step "$rebalanced" rebalance --checkpoint "$parent/checkpoint.pt"
 # Export beside the shipped model, then swap, so a failed export leaves the old one serving.
 rm -rf "$model_out.new"
 python -m training export --checkpoint "$rebalanced/checkpoint.pt" --out "$model_out.new" --calibrate-drop 1 \

@@ -36,3 +36,19 @@ def test_ship_default_replaces_the_model_and_names_it_after_its_folder(tmp_path,
     assert rebalanced["kind"] == "rebalance" and rebalanced["status"] == "completed"
     assert manifest.provenance.rebalance.epochs == 10 and manifest.provenance.fit.mode == "mixed"
     assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+def test_ship_default_skips_the_fits_for_exits_trained_jointly(tmp_path, data_dir):
+    """A run of issue 19's candidates (joint routing): no fit-exits, only rebalance, then export."""
+    run = REPO / "results" / "runs" / "hybrid-lt-if100-seed0"
+    fits, model = tmp_path / "fits", tmp_path / "models" / "default"
+    env = {**os.environ, "CIFAR10_DIR": str(data_dir), "FITS": str(fits), "MODEL_OUT": str(model),
+           "CURVE_OUT": str(tmp_path / "curve.png"), "FIT_FLAGS": "--max-batches 2 --max-test-samples 200",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "scripts/ship_default.sh", str(run)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert sorted(p.name for p in fits.iterdir()) == [f"{run.name}-rebalance"]
+    manifest = load_manifest(model)
+    assert manifest.variant == "hybrid-lt" and manifest.num_exits == 3
+    assert manifest.provenance.rebalance.epochs == 10
