@@ -189,6 +189,49 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
     return "\n".join(lines), missing
 
 
+# (with, without, what the difference measures): contrasts of the ablation section, IF 100.
+ABLATION_CONTRASTS = (
+    ("model8", "model8-linear", "the ResLT head and loss, against a linear head with plain CE"),
+    ("model8-reslt-official", "model8", "the official ResLT code's branch masks, against ours"),
+)
+
+
+def contrasts(runs: list[RunResult], pairs=ABLATION_CONTRASTS, imbalance: int = 100) -> list[str]:
+    """One line per pair whose two runs (current rule, IF `imbalance`) have both completed: the
+    last-epoch difference overall and per split, with the paths when they differ (one seed each)."""
+    done: dict[str, RunResult] = {}
+    for r in runs:
+        if r.rule == LOSS_RULE and r.status == "completed" and r.imbalance == imbalance:
+            done.setdefault(r.variant, r)
+    lines = []
+    for a, b, what in pairs:
+        if a not in done or b not in done:
+            continue
+        ea, eb = done[a].last, done[b].last
+        splits = ", ".join(f"{s} {ea[s] - eb[s]:+.2f}" for s in SPLITS)
+        paths = "" if done[a].path == done[b].path else f"; paths: {done[a].path} vs {done[b].path}"
+        lines.append(f"- {what}: **{ea['overall'] - eb['overall']:+.2f}** points ({a} {ea['overall']:.2f} − "
+                     f"{b} {eb['overall']:.2f}; {splits}{paths}; one seed each)")
+    return lines
+
+
+def heldout_choices(fits: Path) -> str:
+    """Markdown table of every second-stage model calibrated on held-out training images
+    (<fit>/calibration-heldout.json, written by `calibrate --json`): the numbers candidates are
+    chosen by."""
+    rows = []
+    for path in sorted(Path(fits).glob("*/calibration-heldout.json")):
+        c = json.loads(path.read_text())
+        thresholds = c["threshold"] if isinstance(c["threshold"], list) else [c["threshold"]]
+        rows.append(f"| {path.parent.name} | {c['final_exit_accuracy']:.2f} | {c['heldout_accuracy']:.2f} "
+                    f"| {c['mean_macs_share']:.3f} | {' / '.join(f'{t:.2f}' for t in thresholds)} "
+                    f"| {' / '.join(f'{t:g}' for t in c.get('taus', [c.get('tau')]))} | {c['heldout_images']} |")
+    if not rows:
+        return ""
+    return "\n".join(["| model (results/fits/) | final exit | at its thresholds | MACs share | thresholds | τ | images |",
+                      "|---|---|---|---|---|---|---|", *rows])
+
+
 def retired_table(runs: list[RunResult]) -> str:
     """Markdown: runs trained under the old loss rule (simulated loss at every exit of the
     simulated family), kept for their history and checkpoints but not results of the table."""

@@ -86,3 +86,36 @@ def test_report_sets_fast_path_runs_beside_reference_runs(data_dir, tmp_path):
     assert ("| yes |" in row) == (abs(fast - reference) <= 1.5) and "| `reference` | `cpu-fast` |" in row
     table_rows = [line for line in text.splitlines() if line.startswith("| model1 | 100 | 56.90")]
     assert [line.rsplit("|", 2)[1].strip() for line in table_rows] == ["reference", "cpu-fast"]
+
+
+def _completed(variant: str, overall: float, path_flags: dict, tmp_path):
+    from training.report import RunResult
+    from training.variants import get_variant
+    last = {"overall": overall, "many": overall + 10, "medium": overall, "few": overall - 10}
+    config = {"config": {"variant": variant, "imbalance": 100, **path_flags},
+              "variant": get_variant(variant).to_dict()}
+    return RunResult(f"{variant}-if100-seed0", variant, 100, 0, tmp_path, {"status": "completed", "epochs": [last]},
+                     config)
+
+
+def test_ablation_contrasts_need_both_runs_completed_and_name_differing_paths(tmp_path):
+    from training.config import CPU_FAST_PATH, REFERENCE_PATH
+    from training.report import contrasts
+    model8 = _completed("model8", 72.5, REFERENCE_PATH, tmp_path)
+    linear = _completed("model8-linear", 65.25, CPU_FAST_PATH, tmp_path)
+    assert contrasts([model8]) == []
+    [line] = contrasts([model8, linear])
+    assert "**+7.25** points (model8 72.50 − model8-linear 65.25; many +7.25" in line
+    assert "paths: reference vs cpu-fast; one seed each" in line
+
+
+def test_heldout_choices_list_every_calibrated_second_stage(tmp_path):
+    from training.report import heldout_choices
+    assert heldout_choices(tmp_path) == ""
+    fit = tmp_path / "hybrid-la-if100-seed0-rebalance"
+    fit.mkdir()
+    (fit / "calibration-heldout.json").write_text(json.dumps({
+        "threshold": [0.6, 0.55], "taus": [0.0, 0.25, 0.5], "final_exit_accuracy": 78.4, "heldout_accuracy": 77.5,
+        "mean_macs_share": 0.5812, "heldout_images": 4500}))
+    table = heldout_choices(tmp_path)
+    assert "| hybrid-la-if100-seed0-rebalance | 78.40 | 77.50 | 0.581 | 0.60 / 0.55 | 0 / 0.25 / 0.5 | 4500 |" in table

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from ..data import load_cifar10
 from ..config import FAST_PATH_FLAGS
-from ..report import (SWEEP, collect_runs, jpeg_penalties, measured_commands, path_agreement, plot_all,
-                      results_table, retired_table, train_command)
+from ..report import (SWEEP, collect_runs, contrasts, heldout_choices, jpeg_penalties, measured_commands,
+                      path_agreement, plot_all, results_table, retired_table, train_command)
 from ..variants import ablation_runs, control_runs, get_variant, product_runs
 from .common import DEFAULT_DATA_DIR
 
@@ -19,6 +19,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--runs", type=Path, default=Path("results/runs"), help="folder of run directories")
     parser.add_argument("--retired", type=Path, default=Path("results/retired-runs"),
                         help="folder of run directories trained under the old loss rule (listed apart)")
+    parser.add_argument("--fits", type=Path, default=Path("results/fits"),
+                        help="folder of second-stage models (their held-out calibrations are listed)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="writes RESULTS.md and plots/ here")
     parser.add_argument("--no-sweep", action="store_true",
                         help="skip the threshold sweep (it evaluates each completed run's checkpoint)")
@@ -62,16 +64,22 @@ def run(args) -> int:
               + (", ".join(f"IF {f}: {p:.2f} points" for f, p in sorted(penalties.items()))
                  or "not yet measured") + ".", "", controls, ""]
     missing += control_missing
-    for title, intro, planned, beside in (
+    choices = heldout_choices(args.fits)
+    for title, intro, planned, beside, findings in (
             ("Ablations of model8 (IF 100)", "What the ResLT head and our reading of its loss contribute on "
-             "this copy; run beside model8, not rows of the report's table.", ablation_runs(), [("model8", 100)]),
+             "this copy; run beside model8, not rows of the report's table.", ablation_runs(), [("model8", 100)],
+             contrasts(runs)),
             ("Product candidates (issue 19, IF 100)", "Recipes for `models/default`, not rows of the report's "
              "table. Their test-set numbers are shown, never used to choose: each candidate goes on to "
              "`rebalance` (results/fits/<run>-rebalance) and the choice is made on held-out training images "
-             "(`calibrate`).", product_runs(), [])):
+             "(`calibrate`).", product_runs(), [],
+             ["Chosen by: each second-stage model on the held-out training images (`calibrate --max-drop 1 "
+              "--json <fit>/calibration-heldout.json`; the shipped one is model8's `fit-light2-mixed30-rebalance`):",
+              "", choices] if choices else [])):
         table_lines, section_missing = results_table(runs, [*beside, *planned], penalties)
         lines += [f"## {title}", "", intro, "",
                   *[f"- `{name}`: {get_variant(name).description}" for name, _ in planned], "", table_lines, ""]
+        lines += [*findings, ""] if findings else []
         missing += [m for m in section_missing if m not in missing]
     retired = retired_table(runs + (collect_runs(args.retired) if args.retired.is_dir() else []))
     if retired:
