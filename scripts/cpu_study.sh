@@ -19,7 +19,7 @@ py=${PYTHON:-.venv/bin/python}
 root=${RUNS:-results/runs}
 fits=${FITS:-results/fits}
 # variant:IF[:run directory name]
-plan=(model8-reslt-official:100 hybrid-lt:100 model12:50 hybrid-la:100 hybrid-lt-mid:100
+plan=(model8-reslt-official:100 hybrid-lt:100 hybrid-la:100 model12:50 hybrid-lt-mid:100
       model8:100:model8-if100-seed0-cpufast model13:10 model1:100 model7:100 model14:100
       hybrid-lt-sam:100 model15:50 model16:10 model2:100
       erm:100 reslt:100 elf:100 model8-linear:100
