@@ -10,6 +10,10 @@ call brings back. A run whose new start fails is tried once more on the referenc
 
 On the device machine, from the repo root, .carry/ holding the dataset archive:
     python3 scripts/device_study.py --budget 460 --parallel 12
+results/ is too large to travel with a call, so runs already under way travel apart: copy their
+directories into .carry/runs/ and pass `--runs .carry/runs`, and name the open runs with `--plan`
+(a finished run that is not there would be trained again), e.g.
+    --plan model12:50 hybrid-lt-mid:100 model13:10 --runs .carry/runs
 Try the plumbing on a CPU first:
     OUT=/tmp/out python3 scripts/device_study.py --device cpu --budget 60 --parallel 2 \
         --smoke "--epochs 2 --max-batches 2 --max-test-samples 200"
@@ -29,40 +33,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training import rundir  # noqa: E402
-from training.config import default_path  # noqa: E402
+from training.config import TrainConfig, default_path  # noqa: E402
 from training.variants import get_variant  # noqa: E402
 
-# variant:IF, most wanted first.
-PLAN = ["hybrid-la:100", "hybrid-lt:100", "hybrid-lt-mid:100", "hybrid-lt-sam:100",
+# variant:IF, most wanted first (the default of --plan: this project's open runs on 2026-12-04).
+PLAN = ["hybrid-lt-mid:100", "hybrid-lt-sam:100",
         "model7:100", "model14:100", "model12:50", "model13:10", "model15:50", "model16:10",
-        "model8-linear:100", "model8-reslt-official:100",
         "model1:100", "model2:100", "model3:100", "model4:100", "model5:100", "model6:100",
-        "reslt:50", "reslt:10", "elf:50", "elf:10", "hybrid-lt:50", "hybrid-lt:10", "erm:1"]
+        "reslt:50", "reslt:10", "elf:50", "elf:10", "erm:1"]
 # What a device call brings back: 8 files of at most 16 MiB (one is the log archive).
 ARCHIVE_BYTES, ARCHIVES = 15 * 2**20, 7
-
-
-def path_flags(variant: str) -> list[str]:
-    path = default_path("cpu", get_variant(variant).widths, bf16=True)
-    return ["--data-path", path["data_path"], "--amp", "--channels-last" if path["channels_last"]
-            else "--no-channels-last", "--compile", path["compile"]]
 
 
 def train_command(args, variant: str, imbalance: int, run_dir: Path, reference: bool) -> list[str]:
     cmd = [sys.executable, "-m", "training", "train", "--variant", variant, "--imbalance", str(imbalance),
            "--seed", "0", "--device", args.device, "--data-dir", str(args.data), "--out", str(run_dir),
            "--checkpoint-every", "5", *shlex.split(args.smoke)]
-    if rundir.has_checkpoint(run_dir):
-        saved = json.loads((run_dir / rundir.CONFIG).read_text())["config"]
-        return cmd + ["--eval-every", str(saved.get("eval_every", 1)), "--resume",
-                      "--data-path", saved["data_path"], "--amp" if saved["amp"] else "--no-amp",
-                      "--channels-last" if saved["channels_last"] else "--no-channels-last",
-                      "--compile", saved["compile"]]
-    flags = path_flags(variant)
+    if rundir.has_checkpoint(run_dir):  # resumed on the flags it was started with
+        saved = TrainConfig.from_dict(json.loads((run_dir / rundir.CONFIG).read_text())["config"])
+        return cmd + ["--eval-every", str(saved.eval_every), "--resume", *saved.path_flags()]
+    path = default_path("cpu", get_variant(variant).widths, bf16=True)
     if reference:
-        flags[1] = "reference"
+        path["data_path"] = "reference"
         cmd += ["--workers", "2"]
-    return cmd + ["--eval-every", "1" if variant == "model4" else "5", *flags]
+    return cmd + ["--eval-every", "1" if variant == "model4" else "5",
+                  *TrainConfig(variant, imbalance, **path).path_flags()]
 
 
 def gpu_sampler(out: Path):
@@ -92,7 +87,7 @@ def start_mps(out: Path) -> bool:
 
 def run_all(args) -> dict:
     deadline = time.monotonic() + args.budget
-    pending = [(v, int(f)) for v, f in (e.split(":") for e in PLAN)]
+    pending = [(v, int(f)) for v, f in (e.split(":") for e in args.plan)]
     active, retried, events = {}, set(), []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     t0 = time.monotonic()
@@ -145,11 +140,11 @@ def last_epoch(run_dir: Path) -> int:
         return 0
 
 
-def pack(runs: Path, meta: Path, out: Path) -> list[str]:
+def pack(runs: Path, meta: Path, out: Path, plan: list[str]) -> list[str]:
     """Logs and metrics of every run (and this machine's notes, under _device/) in one archive;
     checkpoints, most wanted first, in up to ARCHIVES archives of ARCHIVE_BYTES (a checkpoint that
     does not fit is said, not sent)."""
-    order = [rundir.run_name(v, int(f), 0) for v, f in (e.split(":") for e in PLAN)]
+    order = [rundir.run_name(v, int(f), 0) for v, f in (e.split(":") for e in plan)]
     dirs = sorted((d for d in runs.iterdir() if d.is_dir()),
                   key=lambda d: order.index(d.name) if d.name in order else len(order))
     with tarfile.open(out / "runs-metrics.tar.gz", "w:gz") as tar:
@@ -182,6 +177,7 @@ def pack(runs: Path, meta: Path, out: Path) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, required=True, help="seconds of training before the cut")
+    parser.add_argument("--plan", nargs="+", default=PLAN, metavar="VARIANT:IF", help="runs, most wanted first")
     parser.add_argument("--parallel", type=int, default=12)
     parser.add_argument("--grace", type=float, default=40, help="seconds for cut runs to checkpoint")
     parser.add_argument("--device", default="cuda")
@@ -206,7 +202,7 @@ def main() -> int:
     summary["runs"] = {d.name: {"status": rundir.status(d), "epochs": last_epoch(d)}
                        for d in sorted(args.runs.iterdir()) if d.is_dir()}
     (meta / "summary.json").write_text(json.dumps(summary, indent=1))
-    print("checkpoints left out:", pack(args.runs, meta, out))
+    print("checkpoints left out:", pack(args.runs, meta, out, args.plan))
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -161,11 +161,14 @@ def run(job: Job, emit=print) -> EarlyExitMetrics:
             for note in job.notes():
                 say(note)
             say(job.epoch_line(record))
-            if last or (epoch + 1) % every == 0 or stop:
+            # Read once: a SIGTERM that lands after this line waits for the next epoch's end, so a
+            # run never stops at an epoch it did not checkpoint.
+            stopping = bool(stop) and not last
+            if last or (epoch + 1) % every == 0 or stopping:
                 save_checkpoint(job.state(epoch + 1), out / rundir.CHECKPOINT)
             write_json(metrics_document(job, rundir.COMPLETED if last else rundir.RUNNING,
                                         final=test if last else None), out / rundir.METRICS)
             final = test if last else None
-            if stop and not last:
+            if stopping:
                 raise Stopped(epoch + 1, stop[0])
     return final if final is not None else job.evaluate(final=True)
