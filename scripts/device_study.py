@@ -38,7 +38,7 @@ from training.variants import get_variant  # noqa: E402
 
 # variant:IF, most wanted first (the default of --plan: this project's open runs on 2026-12-04).
 PLAN = ["hybrid-lt-mid:100", "hybrid-lt-sam:100",
-        "model7:100", "model14:100", "model12:50", "model13:10", "model15:50", "model16:10",
+        "model7:100", "model14:100", "model13:10", "model15:50", "model16:10",
         "model1:100", "model2:100", "model3:100", "model4:100", "model5:100", "model6:100",
         "reslt:50", "reslt:10", "elf:50", "elf:10", "erm:1"]
 # What a device call brings back: 8 files of at most 16 MiB (one is the log archive).
