@@ -36,13 +36,23 @@ from training import rundir  # noqa: E402
 from training.config import TrainConfig, default_path  # noqa: E402
 from training.variants import get_variant  # noqa: E402
 
-# variant:IF, most wanted first (the default of --plan: this project's open runs on 2026-12-04).
-PLAN = ["hybrid-lt-mid:100", "hybrid-lt-sam:100",
-        "model7:100", "model14:100", "model13:10", "model15:50", "model16:10",
-        "model1:100", "model2:100", "model3:100", "model4:100", "model5:100", "model6:100",
-        "reslt:50", "reslt:10", "elf:50", "elf:10", "erm:1"]
 # What a device call brings back: 8 files of at most 16 MiB (one is the log archive).
 ARCHIVE_BYTES, ARCHIVES = 15 * 2**20, 7
+
+
+def plan_entry(text: str) -> tuple[str, int]:
+    variant, _, imbalance = text.partition(":")
+    try:
+        return get_variant(variant).name, int(imbalance)
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected VARIANT:IF with a known variant, got {text!r}") from None
+
+
+# (variant, IF), most wanted first (the default of --plan: this project's open runs on 2026-12-04).
+PLAN = [plan_entry(entry) for entry in ("hybrid-lt-mid:100", "hybrid-lt-sam:100",
+        "model7:100", "model14:100", "model13:10", "model15:50", "model16:10",
+        "model1:100", "model2:100", "model3:100", "model4:100", "model5:100", "model6:100",
+        "reslt:50", "reslt:10", "elf:50", "elf:10", "erm:1")]
 
 
 def train_command(args, variant: str, imbalance: int, run_dir: Path, reference: bool) -> list[str]:
@@ -87,7 +97,7 @@ def start_mps(out: Path) -> bool:
 
 def run_all(args) -> dict:
     deadline = time.monotonic() + args.budget
-    pending = [(v, int(f)) for v, f in (e.split(":") for e in args.plan)]
+    pending = list(args.plan)
     active, retried, events = {}, set(), []
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     t0 = time.monotonic()
@@ -140,11 +150,11 @@ def last_epoch(run_dir: Path) -> int:
         return 0
 
 
-def pack(runs: Path, meta: Path, out: Path, plan: list[str]) -> list[str]:
+def pack(runs: Path, meta: Path, out: Path, plan: list[tuple[str, int]]) -> list[str]:
     """Logs and metrics of every run (and this machine's notes, under _device/) in one archive;
     checkpoints, most wanted first, in up to ARCHIVES archives of ARCHIVE_BYTES (a checkpoint that
     does not fit is said, not sent)."""
-    order = [rundir.run_name(v, int(f), 0) for v, f in (e.split(":") for e in plan)]
+    order = [rundir.run_name(variant, imbalance, 0) for variant, imbalance in plan]
     dirs = sorted((d for d in runs.iterdir() if d.is_dir()),
                   key=lambda d: order.index(d.name) if d.name in order else len(order))
     with tarfile.open(out / "runs-metrics.tar.gz", "w:gz") as tar:
@@ -177,7 +187,7 @@ def pack(runs: Path, meta: Path, out: Path, plan: list[str]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, required=True, help="seconds of training before the cut")
-    parser.add_argument("--plan", nargs="+", default=PLAN, metavar="VARIANT:IF", help="runs, most wanted first")
+    parser.add_argument("--plan", nargs="+", type=plan_entry, default=PLAN, metavar="VARIANT:IF", help="runs, most wanted first")
     parser.add_argument("--parallel", type=int, default=12)
     parser.add_argument("--grace", type=float, default=40, help="seconds for cut runs to checkpoint")
     parser.add_argument("--device", default="cuda")
