@@ -224,6 +224,15 @@ register(dataclasses.replace(
     description="product candidate: hybrid-lt trained with SAM (rho 0.5), two forward-backward passes a step"))
 
 
+# hybrid-lt and hybrid-la measured (results/DEFAULT_MODEL.md): jointly trained, distilled exits were
+# the best early exits so far (exit 1 +5 to +7 points over fitted ones), while model8's final exit,
+# CE under ResLT's head, stayed the most accurate after re-balancing. So: model8's loss and final
+# head as they are, with hybrid-lt's jointly trained, distilled light2 exits.
+register(dataclasses.replace(
+    _REGISTRY["hybrid-lt"], name="hybrid-ce", loss=_REGISTRY["model8"].loss,
+    description="product candidate: model8's loss and ResLT head (CE, Mixup) with hybrid-lt's exits, "
+                "trained jointly from the start and distilled from the final exit"))
+
 class UnknownVariantError(TrainingError, KeyError):
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]

@@ -122,11 +122,11 @@ def test_variants_lists_the_table():
     for name in ["model1", "model8", "model12", "model16", "elf", "reslt", "erm"]:
         assert f"\n{name} " in result.stdout
     table = json.loads(cli("variants", "--json").stdout)
-    # The report's 13 models and 2 baselines, the erm control, two model8 ablations, four product candidates.
-    assert len(table) == 15 + 1 + 2 + 4
+    # The report's 13 models and 2 baselines, the erm control, two model8 ablations, five product candidates.
+    assert len(table) == 15 + 1 + 2 + 5
     assert {v["name"] for v in table if v["family"] == "ablation"} == {"model8-linear", "model8-reslt-official"}
     assert {v["name"] for v in table if v["family"] == "product"} == {"hybrid-lt", "hybrid-la", "hybrid-lt-mid",
-                                                                                 "hybrid-lt-sam"}
+                                                                                 "hybrid-lt-sam", "hybrid-ce"}
 
 
 def test_unexpected_errors_keep_their_traceback_known_ones_are_one_line(monkeypatch, tmp_path, capsys):

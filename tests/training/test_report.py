@@ -49,7 +49,7 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     assert (f"--variant model8 --imbalance 100 --seed 0 --data-path device {amp} --channels-last --compile off "
             "--eval-every 2 --out results/runs/model8-if100-seed0 --resume") in text
     # the table's, the erm IF 1 control, the ablations, the product candidates
-    assert text.count("| not yet measured |") == 17 + 1 + 2 + 4
+    assert text.count("| not yet measured |") == 17 + 1 + 2 + 5
     products = text.split("## Product candidates (issue 19, IF 100)")[1].split("\n## ")[0]
     assert "| hybrid-lt-sam | 100 | – | not yet measured |" in products and "held-out" in products
     assert "python -m training train --variant hybrid-lt-sam --imbalance 100" in text
