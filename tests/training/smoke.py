@@ -24,6 +24,21 @@ def kill_at_first_checkpoint(cmd: list[str], run_dir) -> None:
     proc.wait()
 
 
+def processes_of(run_dir, within_s: float = 2.0) -> list:
+    """Processes still running with `run_dir` in their command line after `within_s` seconds (a
+    killed run's DataLoader workers must end with it)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while True:
+        left = [p for p in psutil.process_iter(["cmdline"]) if str(run_dir) in " ".join(p.info["cmdline"] or ())]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
 def check_second_stage_resumes_bit_for_bit(cmd, tmp_path, record: str, epochs: int = 3) -> None:
     """cmd(out, *extra) of fit-exits or rebalance, `epochs` long: killed at its first checkpoint and
     resumed, it ends with the uninterrupted run's weights and losses."""

@@ -14,7 +14,7 @@ from training.engine import check_collapse
 from training.errors import Diverged
 from training.evaluation import early_exit_metrics
 
-from .smoke import kill_at_first_checkpoint
+from .smoke import kill_at_first_checkpoint, processes_of
 
 RUN = ["--variant", "model8", "--epochs", "3", "--checkpoint-every", "1", "--batch-size", "32",
        "--max-train-samples", "400", "--max-batches", "6", "--max-test-samples", "200", "--workers", "1"]
@@ -37,6 +37,7 @@ def test_resume_after_kill_matches_uninterrupted_run(data_dir, tmp_path, data_pa
 
     killed = tmp_path / "killed"
     kill_at_first_checkpoint(train_cmd(killed, data_dir, *flags), killed)
+    assert not processes_of(killed), "a DataLoader worker outlived its killed run"
     interrupted_at = load(killed / "checkpoint.pt")["epoch"]
     assert interrupted_at < 3, "the run finished before it could be killed"
 
