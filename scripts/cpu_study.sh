@@ -3,7 +3,8 @@
 # (scripts/device_study.py; they resume here on the same flags), nearest to their end first, issue
 # 19's product candidates before the rest, and `elf` IF 100 (fp32, started before the fast path
 # existed) right after them: the last of the baselines that say what our data copy costs, which
-# issue 19's default model waits for, then hybrid-ce (the candidate the others' numbers pointed to);
+# issue 19's default model waits for, then hybrid-ce (the candidate the others' numbers pointed to)
+# and the shipped recipe (hybrid-lt-mid) at IF 50 and 10, as issue 19 asks;
 # then issue 16's order for what no GPU reached: model8's
 # fast-path parity run, the report's baselines, the numbered models, the baselines at IF 50/10, erm
 # at IF 1. The product candidates' choice is made on held-out images (`calibrate`), never on the
@@ -23,6 +24,7 @@ root=${RUNS:-results/runs}
 fits=${FITS:-results/fits}
 # variant:IF[:run directory name]
 plan=(model8-reslt-official:100 hybrid-lt:100 hybrid-la:100 model12:50 hybrid-lt-mid:100 elf:100 hybrid-ce:100
+      hybrid-lt-mid:50 hybrid-lt-mid:10
       model8:100:model8-if100-seed0-cpufast model13:10 model1:100 model7:100 model14:100
       hybrid-lt-sam:100 model15:50 model16:10 model2:100
       erm:100 reslt:100 model8-linear:100

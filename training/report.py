@@ -152,7 +152,7 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
         by_key.setdefault((r.variant, r.imbalance), []).append(r)
     penalties = {} if penalties is None else penalties
     lines = ["| variant | IF | report: overall (many / medium / few) | ours: overall | many | medium | few "
-             "| ours − report | ours + JPEG penalty − report | exits (1/2/3 %) | mean MACs | seed | status "
+             "| ours − report | ours + JPEG penalty − report | exits (% by exit) | mean MACs | seed | status "
              "| machine | path |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     missing = []

@@ -1,4 +1,5 @@
 import io
+import json
 import os
 import socket
 import subprocess
@@ -15,7 +16,14 @@ from ..conftest import REPO
 
 MODELS = REPO / "models"
 # The checkpoint models/default was exported from (scripts/ship_default.sh).
-DEFAULT_CHECKPOINT = REPO / "results" / "fits" / "model8-if100-seed0-fit-light2-mixed30-rebalance" / "checkpoint.pt"
+DEFAULT_CHECKPOINT = REPO / "results" / "fits" / "hybrid-lt-mid-if100-seed0-rebalance" / "checkpoint.pt"
+# The shipped model's number of exits (its manifest): tests that count exits follow it.
+DEFAULT_EXITS = len(json.loads((MODELS / "default" / "manifest.json").read_text())["stages"])
+
+
+def exit_mix(first: int, last: int) -> dict[str, float]:
+    """elf_exits_total by exit label after `first` images left at exit 1 and `last` at the final exit."""
+    return {str(k): float(first if k == 1 else last if k == DEFAULT_EXITS else 0) for k in range(1, DEFAULT_EXITS + 1)}
 
 
 def png(array: np.ndarray) -> bytes:

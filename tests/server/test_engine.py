@@ -23,8 +23,8 @@ def test_stages_after_the_exit_are_never_run(model, x):
     everyone_early = model.run(x, np.zeros(n, np.float32))
     assert (everyone_early.exit == 1).all() and len(everyone_early.stages) == 1
     nobody_early = model.run(x, np.ones(n, np.float32))
-    assert (nobody_early.exit == 3).all()
-    assert [s.batch_size for s in nobody_early.stages] == [n, n, n]
+    assert (nobody_early.exit == model.manifest.num_exits).all()
+    assert [s.batch_size for s in nobody_early.stages] == [n] * model.manifest.num_exits
 
 
 def test_threshold_one_runs_every_stage_even_at_confidence_one(model, x):
@@ -34,7 +34,7 @@ def test_threshold_one_runs_every_stage_even_at_confidence_one(model, x):
     _, confidence, _ = model._run_stage(0, loud)
     certain = confidence == 1.0
     assert certain.sum() > 32
-    assert (model.run(loud, np.ones(64, np.float32)).exit == 3).all()
+    assert (model.run(loud, np.ones(64, np.float32)).exit == model.manifest.num_exits).all()
     below = model.run(loud, np.full(64, np.nextafter(np.float32(1), np.float32(0))))
     assert (below.exit[certain] == 1).all()
 
@@ -71,15 +71,16 @@ def test_mixed_thresholds_route_each_image(model, x):
     n = len(x)
     thresholds = np.where(np.arange(n) % 2 == 0, 0.0, 1.0).astype(np.float32)
     result = model.run(x, thresholds)
-    assert (result.exit[::2] == 1).all() and (result.exit[1::2] == 3).all()
-    assert [s.batch_size for s in result.stages] == [n, n // 2, n // 2]
+    last = model.manifest.num_exits
+    assert (result.exit[::2] == 1).all() and (result.exit[1::2] == last).all()
+    assert [s.batch_size for s in result.stages] == [n] + [n // 2] * (last - 1)
 
 
 def test_staged_answers_equal_full_run(model, x):
     """Whatever the exit, an image's answer is that exit's own prediction."""
     full = [model.run(x, np.full(len(x), t, np.float32)) for t in (0.0, 1.0)]
     mid = model.run(x, np.full(len(x), 0.3, np.float32))
-    for e in (1, 3):
+    for e in (1, model.manifest.num_exits):
         sel = mid.exit == e
         np.testing.assert_array_equal(mid.class_id[sel], full[0 if e == 1 else 1].class_id[sel])
 
@@ -99,10 +100,10 @@ def test_repository_loads_default(tmp_path):
 
 def test_per_exit_thresholds(model, x):
     """A threshold per early exit: 0 at exit 2 alone sends everyone not leaving at exit 1 out there."""
-    n = len(x)
-    only_exit2 = model.run(x, np.tile(np.array([1.0, 0.0], np.float32), (n, 1)))
+    n, early = len(x), model.manifest.num_exits - 1
+    only_exit2 = model.run(x, np.tile(np.array([1.0, 0.0] + [1.0] * (early - 2), np.float32), (n, 1)))
     assert set(only_exit2.exit.tolist()) == {2} and [s.batch_size for s in only_exit2.stages] == [n, n]
-    same = model.run(x, np.full((n, 2), 0.3, np.float32))
+    same = model.run(x, np.full((n, early), 0.3, np.float32))
     broadcast = model.run(x, np.full(n, 0.3, np.float32))
     assert same.exit.tolist() == broadcast.exit.tolist() and same.class_id.tolist() == broadcast.class_id.tolist()
 

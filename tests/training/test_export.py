@@ -161,3 +161,6 @@ def test_a_four_exit_network_exports_and_serves_every_exit(data_dir, tmp_path, c
         thresholds = np.ones((8, 3), np.float32)
         thresholds[:, k - 1] = 0.0
         assert (staged.run(x, thresholds).exit == k).all()
+    from training.commands.curve import table
+    header = table(manifest).splitlines()[0]  # `curve` names the exits the manifest has
+    assert "exits (1/2/3/4 %)" in header and "(exits 1/2/3 %)" in header

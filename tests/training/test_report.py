@@ -26,6 +26,8 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     doc["status"], doc["epochs"] = "running", doc["epochs"][:1]  # as a run cut off after epoch 1 (not evaluated)
     doc["resumes"] = [{"epoch": 1, "device": "NVIDIA H200"}]  # and resumed on another machine
     (stopped / "metrics.json").write_text(json.dumps(doc))
+    assert main(["train", "--variant", "hybrid-ce", "--imbalance", "50", "--out", str(runs / "hybrid-ce-if50-seed0"),
+                 "--data-dir", str(data_dir), *SMOKE]) == 0  # a product candidate at another IF than its own
     old = runs / "model1-if100-seed0-old-rule"  # as written before the SPEC §4 correction
     shutil.copytree(runs / "model1-if100-seed0", old)
     config = json.loads((old / "config.json").read_text())
@@ -50,8 +52,10 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
             "--eval-every 2 --out results/runs/model8-if100-seed0 --resume") in text
     # the table's, the erm IF 1 control, the ablations, the product candidates
     assert text.count("| not yet measured |") == 17 + 1 + 2 + 5
-    products = text.split("## Product candidates (issue 19, IF 100)")[1].split("\n## ")[0]
+    products = text.split("## Product candidates (issue 19)")[1].split("\n## ")[0]
     assert "| hybrid-lt-sam | 100 | – | not yet measured |" in products and "held-out" in products
+    assert "| hybrid-ce | 100 | – | not yet measured |" in products and "\n| hybrid-ce | 50 | – | " in products
+    assert products.count("- `hybrid-ce`:") == 1
     assert "python -m training train --variant hybrid-lt-sam --imbalance 100" in text
     assert len([line for line in text.splitlines() if line.startswith("| model1 |")]) == 1
     retired = text.split("## Retired: runs of the old loss rule")[1]

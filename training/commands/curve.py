@@ -18,8 +18,9 @@ def add_arguments(parser) -> None:
 
 def table(manifest) -> str:
     m = manifest.metrics
-    rows = ["| operating point | threshold | accuracy | many | medium | few | exits (1/2/3 %) | MACs (share of full) "
-            "| agreement with final exit (exits 1/2 %) |",
+    exits = range(1, manifest.num_exits + 1)
+    rows = [f"| operating point | threshold | accuracy | many | medium | few | exits ({'/'.join(map(str, exits))} %) "
+            f"| MACs (share of full) | agreement with final exit (exits {'/'.join(map(str, exits[:-1]))} %) |",
             "|---|---|---|---|---|---|---|---|---|"]
 
     def row(label, p):

@@ -69,16 +69,20 @@ def run(args) -> int:
             ("Ablations of model8 (IF 100)", "What the ResLT head and our reading of its loss contribute on "
              "this copy; run beside model8, not rows of the report's table.", ablation_runs(), [("model8", 100)],
              contrasts(runs)),
-            ("Product candidates (issue 19, IF 100)", "Recipes for `models/default`, not rows of the report's "
+            ("Product candidates (issue 19)", "Recipes for `models/default`, not rows of the report's "
              "table. Their test-set numbers are shown, never used to choose: each candidate goes on to "
              "`rebalance` (results/fits/<run>-rebalance) and the choice is made on held-out training images "
-             "(`calibrate`).", product_runs(), [],
+             "(`calibrate`).",
+             # and a candidate's runs at other IFs (the shipped recipe at IF 50 and 10) once they exist
+             product_runs() + sorted({(r.variant, r.imbalance) for r in runs
+                                      if get_variant(r.variant).family == "product"} - set(product_runs())), [],
              ["Chosen by: each second-stage model on the held-out training images (`calibrate --max-drop 1 "
-              "--json <fit>/calibration-heldout.json`; the shipped one is model8's `fit-light2-mixed30-rebalance`):",
-              "", choices] if choices else [])):
+              "--json <fit>/calibration-heldout.json`; results/DEFAULT_MODEL.md says which one ships and by "
+              "what rule):", "", choices] if choices else [])):
         table_lines, section_missing = results_table(runs, [*beside, *planned], penalties)
         lines += [f"## {title}", "", intro, "",
-                  *[f"- `{name}`: {get_variant(name).description}" for name, _ in planned], "", table_lines, ""]
+                  *[f"- `{name}`: {get_variant(name).description}" for name in dict.fromkeys(n for n, _ in planned)],
+                  "", table_lines, ""]
         lines += [*findings, ""] if findings else []
         missing += [m for m in section_missing if m not in missing]
     retired = retired_table(runs + (collect_runs(args.retired) if args.retired.is_dir() else []))
