@@ -67,11 +67,7 @@ for entry in "${plan[@]}"; do
     here=$($py -c "import json, sys; from training.config import cpu_has_bf16
 print(not json.load(open(sys.argv[1]))['config']['amp'] or cpu_has_bf16())" "$dir/config.json")
     if [ "$here" != True ]; then echo "$(date -u +%FT%TZ) skip $dir: a bf16 run, and this CPU has no bf16"; continue; fi
-    # The run's own path (an fp32 run started before the fast path goes on in fp32 on a bf16 CPU),
-    # since `--resume` takes only the flags it started with.
-    resume=(--resume $($py -c "import json, sys; c = json.load(open(sys.argv[1]))['config']
-print('--data-path', c['data_path'], '--amp' if c['amp'] else '--no-amp',
-      '--channels-last' if c['channels_last'] else '--no-channels-last', '--compile', c['compile'])" "$dir/config.json"))
+    resume=(--resume)  # on the run's own path (an fp32 run stays fp32 on this bf16 CPU)
     every=$($py -c "import json, sys; print(json.load(open(sys.argv[1]))['config'].get('eval_every', 1))" "$dir/config.json")
   fi
   echo "$(date -u +%FT%TZ) start $dir ${resume[*]}"

@@ -146,3 +146,26 @@ def test_old_rule_run_is_not_resumed_under_the_corrected_rule(data_dir, tmp_path
     shutil.copytree(REPO / "results" / "retired-runs" / "model8-if100-seed0", old)
     assert main(["train", "--variant", "model8", "--out", str(old), "--resume", "--data-dir", str(data_dir)]) == 2
     assert "old loss rule" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_runs_own_path_unless_a_flag_says_otherwise(data_dir, tmp_path, capsys):
+    """A run started on a path other than this machine's default (as an fp32 run started before
+    the bf16 fast path became the default) resumes on its own path with no path flags; a path flag
+    that contradicts it is refused."""
+    from training.cli import main
+
+    out = tmp_path / "run"
+    own = ["--data-path", "reference", "--no-amp", "--no-channels-last", "--compile", "off"]
+    assert main(["train", *RUN, "--epochs", "1", "--out", str(out), "--data-dir", str(data_dir), *own]) == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["data_path"], config["amp"], config["channels_last"]) == ("reference", False, False)
+    # marked as cut after its last epoch (--epochs 2 would be another config): it resumes to its final evaluation
+    doc = json.loads((out / "metrics.json").read_text())
+    doc["status"] = "running"
+    (out / "metrics.json").write_text(json.dumps(doc))
+    assert main(["train", *RUN, "--epochs", "1", "--out", str(out), "--data-dir", str(data_dir), "--resume"]) == 0
+    assert f"resuming {out} from epoch 1" in capsys.readouterr().out
+    assert main(["train", *RUN, "--epochs", "1", "--out", str(out), "--data-dir", str(data_dir), "--resume",
+                 "--data-path", "device"]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "data_path: run has 'reference', flags give 'device'" in err

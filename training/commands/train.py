@@ -7,6 +7,7 @@ checkpoint.pt (written atomically every --checkpoint-every epochs and at the end
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="run directory (default: runs/<variant>-if<IF>-seed<S>)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last checkpoint (same flags)")
+                        help="continue the run in --out from its last checkpoint (same flags; the data path "
+                             "and speed options default to the run's own)")
     parser.add_argument("--checkpoint-every", type=positive_int, default=5, help="epochs")
     parser.add_argument("--eval-every", type=positive_int, default=1,
                         help="evaluate every N epochs (the curve, the collapse check; the last epoch always)")
@@ -59,7 +61,8 @@ def add_arguments(parser) -> None:
         "data path and speed options", "default on a CPU: the CPU fast path (--data-path device --amp "
         "--channels-last --compile off; --no-channels-last for networks whose widths are not multiples of "
         "16); elsewhere the reference path (--data-path reference --no-amp --no-channels-last --compile "
-        "off). Each flag given overrides its part")
+        "off); with --resume: the run's own path, whatever the machine's default. Each flag given "
+        "overrides its part")
     path.add_argument("--data-path", choices=("reference", "device"), default=None,
                       help="reference: DataLoader workers + PIL transforms; device: the training set "
                            "on the device as uint8, augmented in batches")
@@ -76,14 +79,25 @@ def add_arguments(parser) -> None:
     add_data_args(parser)
 
 
-def path_from_args(args, device_type: str) -> dict:
-    """The device's default path for the variant, with each path flag given replacing its part."""
+def path_from_args(args, device_type: str, saved: dict | None = None) -> dict:
+    """The path of the run being resumed (`saved`: its config), else the device's default path for
+    the variant, with each path flag given replacing its part. A resumed run must keep its path, and
+    the machine's default may differ from the one it started on (bf16 only where the CPU has it)."""
     given = {"data_path": args.data_path, "amp": args.amp, "channels_last": args.channels_last,
              "compile": args.compile}
-    return {**default_path(device_type, args.variant.widths), **{k: v for k, v in given.items() if v is not None}}
+    base = {**default_path(device_type, args.variant.widths), **{k: v for k, v in (saved or {}).items() if k in given}}
+    return {**base, **{k: v for k, v in given.items() if v is not None}}
 
 
-def config_from_args(args, device_type: str) -> TrainConfig:
+def saved_config(out: Path) -> dict | None:
+    """The resolved config of the run in `out`, if there is one."""
+    try:
+        return json.loads((out / rundir.CONFIG).read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def config_from_args(args, device_type: str, saved: dict | None = None) -> TrainConfig:
     variant, epochs = args.variant, args.epochs
     return TrainConfig(
         variant=variant.name, imbalance=args.imbalance or variant.imbalance, epochs=epochs,
@@ -92,13 +106,14 @@ def config_from_args(args, device_type: str) -> TrainConfig:
         max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
         max_batches=args.max_batches, checkpoint_every=args.checkpoint_every, threshold=args.threshold,
         eval_every=args.eval_every, eval_split=args.eval_split,
-        **path_from_args(args, device_type))
+        **path_from_args(args, device_type, saved))
 
 
 def run(args) -> int:
     device = resolve_device(args.device)
-    config = config_from_args(args, device.type)
-    out = args.out or Path("runs") / rundir.run_name(config.variant, config.imbalance, config.seed)
+    out = args.out or Path("runs") / rundir.run_name(args.variant.name, args.imbalance or args.variant.imbalance,
+                                                     args.seed)
+    config = config_from_args(args, device.type, saved_config(out) if args.resume else None)
     if args.workers < 0:
         raise TrainingError(f"--workers must be >= 0, got {args.workers}")
     run_ = Run(config, out, device, args.data_dir, workers=args.workers, variant=args.variant)
