@@ -61,18 +61,17 @@ for entry in "${plan[@]}"; do
   resume=()
   # The test set every 5th epoch (and the last): in fp32 here a test-set pass is ~20% of an epoch.
   # Model4 every epoch, so that a collapse is dated to its epoch (a non-finite loss always is).
-  every=5; [ "$variant" = model4 ] && every=1
+  every=(--eval-every 5); [ "$variant" = model4 ] && every=(--eval-every 1)
   if [ -f "$dir/checkpoint.pt" ]; then
     # A bf16 run goes on only on a CPU with bf16 instructions (elsewhere bf16 is emulated, 10x slower).
     here=$($py -c "import json, sys; from training.config import cpu_has_bf16
 print(not json.load(open(sys.argv[1]))['config']['amp'] or cpu_has_bf16())" "$dir/config.json")
     if [ "$here" != True ]; then echo "$(date -u +%FT%TZ) skip $dir: a bf16 run, and this CPU has no bf16"; continue; fi
-    resume=(--resume)  # on the run's own path (an fp32 run stays fp32 on this bf16 CPU)
-    every=$($py -c "import json, sys; print(json.load(open(sys.argv[1]))['config'].get('eval_every', 1))" "$dir/config.json")
+    resume=(--resume) every=()  # on the run's own path and evaluation interval (an fp32 run stays fp32 here)
   fi
   echo "$(date -u +%FT%TZ) start $dir ${resume[*]}"
   PYTHONUNBUFFERED=1 $py -m training train --variant "$variant" --imbalance "$imbalance" --seed 0 \
-    --eval-every "$every" --out "$dir" "${resume[@]}" >>"runs/$(basename "$dir").out" 2>&1 &
+    "${every[@]}" --out "$dir" "${resume[@]}" >>"runs/$(basename "$dir").out" 2>&1 &
   echo $! >runs/study.pid
   wait $!; rc=$?
   echo "$(date -u +%FT%TZ) end $dir exit $rc status $(status "$dir")"

@@ -59,9 +59,8 @@ def train_command(args, variant: str, imbalance: int, run_dir: Path, reference: 
     cmd = [sys.executable, "-m", "training", "train", "--variant", variant, "--imbalance", str(imbalance),
            "--seed", "0", "--device", args.device, "--data-dir", str(args.data), "--out", str(run_dir),
            "--checkpoint-every", "5", *shlex.split(args.smoke)]
-    if rundir.has_checkpoint(run_dir):  # resumed on the flags it was started with
-        saved = TrainConfig.from_dict(json.loads((run_dir / rundir.CONFIG).read_text())["config"])
-        return cmd + ["--eval-every", str(saved.eval_every), "--resume", *saved.path_flags()]
+    if rundir.has_checkpoint(run_dir):  # `--resume` keeps the run's own path and evaluation interval
+        return cmd + ["--resume"]
     path = default_path("cpu", get_variant(variant).widths, bf16=True)
     if reference:
         path["data_path"] = "reference"

@@ -150,15 +150,16 @@ def test_old_rule_run_is_not_resumed_under_the_corrected_rule(data_dir, tmp_path
 
 def test_resume_keeps_the_runs_own_path_unless_a_flag_says_otherwise(data_dir, tmp_path, capsys):
     """A run started on a path other than this machine's default (as an fp32 run started before
-    the bf16 fast path became the default) resumes on its own path with no path flags; a path flag
-    that contradicts it is refused."""
+    the bf16 fast path became the default), and evaluating every 2nd epoch, resumes on its own path
+    and interval with no flags for them; a path flag that contradicts it is refused."""
     from training.cli import main
 
     out = tmp_path / "run"
-    own = ["--data-path", "reference", "--no-amp", "--no-channels-last", "--compile", "off"]
+    own = ["--data-path", "reference", "--no-amp", "--no-channels-last", "--compile", "off", "--eval-every", "2"]
     assert main(["train", *RUN, "--epochs", "1", "--out", str(out), "--data-dir", str(data_dir), *own]) == 0
     config = json.loads((out / "config.json").read_text())["config"]
-    assert (config["data_path"], config["amp"], config["channels_last"]) == ("reference", False, False)
+    assert (config["data_path"], config["amp"], config["channels_last"], config["eval_every"]) == (
+        "reference", False, False, 2)
     # marked as cut after its last epoch (--epochs 2 would be another config): it resumes to its final evaluation
     doc = json.loads((out / "metrics.json").read_text())
     doc["status"] = "running"

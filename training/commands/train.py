@@ -41,11 +41,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="run directory (default: runs/<variant>-if<IF>-seed<S>)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last checkpoint (same flags; the data path "
-                             "and speed options default to the run's own)")
+                        help="continue the run in --out from its last checkpoint (same flags; --eval-every "
+                             "and the data path and speed options default to the run's own)")
     parser.add_argument("--checkpoint-every", type=positive_int, default=5, help="epochs")
-    parser.add_argument("--eval-every", type=positive_int, default=1,
-                        help="evaluate every N epochs (the curve, the collapse check; the last epoch always)")
+    parser.add_argument("--eval-every", type=positive_int, default=None,
+                        help="evaluate every N epochs (the curve, the collapse check; the last epoch always); "
+                             "default 1, with --resume the run's own")
     parser.add_argument("--threshold", type=unit_interval, default=None,
                         help="inference threshold for evaluation (default: the variant's)")
     parser.add_argument("--max-train-samples", type=positive_int, default=None,
@@ -105,7 +106,7 @@ def config_from_args(args, device_type: str, saved: dict | None = None) -> Train
         milestones=scaled_milestones(epochs), seed=args.seed,
         max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
         max_batches=args.max_batches, checkpoint_every=args.checkpoint_every, threshold=args.threshold,
-        eval_every=args.eval_every, eval_split=args.eval_split,
+        eval_every=args.eval_every or (saved or {}).get("eval_every", 1), eval_split=args.eval_split,
         **path_from_args(args, device_type, saved))
 
 
