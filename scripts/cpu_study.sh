@@ -59,9 +59,9 @@ for entry in "${plan[@]}"; do
     diverged) continue ;;
   esac
   resume=()
-  # The test set every 5th epoch (and the last): in fp32 here a test-set pass is ~20% of an epoch.
-  # Model4 every epoch, so that a collapse is dated to its epoch (a non-finite loss always is).
-  every=(--eval-every 5); [ "$variant" = model4 ] && every=(--eval-every 1)
+  # How often a new run meets the test set: the variant table says (Variant.study_eval_every).
+  every=(--eval-every "$($py -c "import sys; from training.variants import get_variant
+print(get_variant(sys.argv[1]).study_eval_every)" "$variant")")
   if [ -f "$dir/checkpoint.pt" ]; then
     # A bf16 run goes on only on a CPU with bf16 instructions (elsewhere bf16 is emulated, 10x slower).
     here=$($py -c "import json, sys; from training.config import cpu_has_bf16

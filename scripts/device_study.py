@@ -65,7 +65,7 @@ def train_command(args, variant: str, imbalance: int, run_dir: Path, reference: 
     if reference:
         path["data_path"] = "reference"
         cmd += ["--workers", "2"]
-    return cmd + ["--eval-every", "1" if variant == "model4" else "5",
+    return cmd + ["--eval-every", str(get_variant(variant).study_eval_every),
                   *TrainConfig(variant, imbalance, **path).path_flags()]
 
 

@@ -108,11 +108,7 @@ def _fmt(x) -> str:
 
 def _reported(variant: str, imbalance: int) -> str:
     r = get_variant(variant).reported.get(imbalance)
-    if r is None:
-        return "–"
-    if r.overall is None:
-        return r.note
-    return f"{r.overall:.2f}" + (f" ({r.many:.2f} / {r.medium:.2f} / {r.few:.2f})" if r.many is not None else "")
+    return "–" if r is None else r.summary()
 
 
 def jpeg_penalties(runs: list[RunResult]) -> dict[int, float]:

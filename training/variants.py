@@ -33,6 +33,15 @@ class Reported:
     medium: float | None = None
     few: float | None = None
     note: str = ""
+    diverged_at: int | None = None  # the epoch the report's run diverged at (no accuracy then)
+
+    def summary(self, sep: str = " / ") -> str:
+        if self.diverged_at is not None:
+            return f"diverged at epoch {self.diverged_at}"
+        if self.overall is None:
+            return self.note
+        splits = f" ({sep.join(f'{x:.2f}' for x in (self.many, self.medium, self.few))})" if self.many is not None else ""
+        return f"{self.overall:.2f}{splits}"
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,12 @@ class Variant:
     exit_blocks: tuple[int, ...] | None = None
     # SAM's neighbourhood radius (optim.py); 0: plain SGD, as every variant of the report.
     sam_rho: float = 0.0
+
+    @property
+    def study_eval_every(self) -> int:
+        """Epochs between test-set passes in the study's runs: every 5th (in fp32 on a CPU a pass is ~20%
+        of an epoch), but every epoch for a variant the report saw diverge, so a collapse is dated."""
+        return 1 if any(r.diverged_at is not None for r in self.reported.values()) else 5
 
     def __post_init__(self):
         # Validated against the registries of the modules that implement each name.
@@ -132,7 +147,7 @@ for _v in (
     _simulated("model3", "ldam", "accumulative", "autoaugment", (0.8, 0.25), 100, {100: R(68.09)},
                "accumulative hybrid, LDAM, high training threshold"),
     _simulated("model4", "ldam", "routed", "autoaugment", (0.5, 0.5), 100,
-               {100: R(None, note="diverged at epoch 111")}, "routed hybrid, LDAM"),
+               {100: R(None, diverged_at=111)}, "routed hybrid, LDAM"),
     _full_power("model5", "ldam", "accumulative", 100, {100: R(60.26, 29.33, 57.10, 85.83)},
                 "full power (ResLT head at every exit), LDAM, accumulative"),
     _full_power("model6", "ce", "accumulative", 100, {100: R(62.71, 79.80, 56.00, 54.80)},

@@ -58,3 +58,10 @@ def test_hybrid_ce_is_model8_with_hybrid_lt_exits():
     assert (ce.routing, ce.exit_heads, ce.exit_losses, ce.exit_blocks) == (
         lt.routing, lt.exit_heads, lt.exit_losses, lt.exit_blocks)
     assert ce.loss != lt.loss and ce.family == "product" and ce.sam_rho == 0
+
+
+def test_study_evaluates_every_epoch_only_where_the_report_saw_a_divergence():
+    diverged = [v for v, _imbalance in study_runs() if get_variant(v).study_eval_every == 1]
+    assert diverged == ["model4"]
+    assert get_variant("model4").reported[100].summary() == "diverged at epoch 111"
+    assert get_variant("model8").reported[100].summary(sep="/") == "79.59 (90.40/69.93/78.72)"

@@ -98,10 +98,10 @@ def saved_config(out: Path) -> dict | None:
         return None
 
 
-def config_from_args(args, device_type: str, saved: dict | None = None) -> TrainConfig:
-    variant, epochs = args.variant, args.epochs
+def config_from_args(args, imbalance: int, device_type: str, saved: dict | None = None) -> TrainConfig:
+    epochs = args.epochs
     return TrainConfig(
-        variant=variant.name, imbalance=args.imbalance or variant.imbalance, epochs=epochs,
+        variant=args.variant.name, imbalance=imbalance, epochs=epochs,
         batch_size=args.batch_size, lr=args.lr, warmup_epochs=min(5, epochs),
         milestones=scaled_milestones(epochs), seed=args.seed,
         max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
@@ -112,9 +112,9 @@ def config_from_args(args, device_type: str, saved: dict | None = None) -> Train
 
 def run(args) -> int:
     device = resolve_device(args.device)
-    out = args.out or Path("runs") / rundir.run_name(args.variant.name, args.imbalance or args.variant.imbalance,
-                                                     args.seed)
-    config = config_from_args(args, device.type, saved_config(out) if args.resume else None)
+    imbalance = args.imbalance or args.variant.imbalance
+    out = args.out or Path("runs") / rundir.run_name(args.variant.name, imbalance, args.seed)
+    config = config_from_args(args, imbalance, device.type, saved_config(out) if args.resume else None)
     if args.workers < 0:
         raise TrainingError(f"--workers must be >= 0, got {args.workers}")
     run_ = Run(config, out, device, args.data_dir, workers=args.workers, variant=args.variant)

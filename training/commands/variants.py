@@ -12,12 +12,7 @@ def add_arguments(parser) -> None:
 
 def _reported(v) -> str:
     r = v.reported.get(v.imbalance)
-    if r is None:
-        return "-"
-    if r.overall is None:
-        return r.note
-    splits = f" ({r.many:.2f}/{r.medium:.2f}/{r.few:.2f})" if r.many is not None else ""
-    return f"{r.overall:.2f}{splits}"
+    return "-" if r is None else r.summary(sep="/")
 
 
 def run(args) -> int:
