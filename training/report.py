@@ -148,22 +148,22 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
         by_key.setdefault((r.variant, r.imbalance), []).append(r)
     penalties = {} if penalties is None else penalties
     lines = ["| variant | IF | report: overall (many / medium / few) | ours: overall | many | medium | few "
-             "| ours − report | ours + JPEG penalty − report | exits (% by exit) | mean MACs | seed | status "
-             "| machine | path |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ours − report | ours + JPEG penalty − report | final exit alone (+ JPEG penalty − report) "
+             "| exits (% by exit) | mean MACs | seed | status | machine | path |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     missing = []
     for variant, imbalance in (study_runs() if planned is None else planned):
         found = by_key.get((variant, imbalance), [])
         if not found:
             lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured "
-                         "| | | | | | | | | | | |")
+                         "| | | | | | | | | | | | |")
             missing.append(train_command(variant, imbalance))
         for r in found:
             e, total = r.last, r.config.get("config", {}).get("epochs", "?")
             if r.status not in rundir.FINISHED:
                 trained = len(r.metrics["epochs"])
                 lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "
-                             f"stopped at epoch {trained} of {total} | | | | | | | | {r.seed} "
+                             f"stopped at epoch {trained} of {total} | | | | | | | | | {r.seed} "
                              f"| resumable | {r.device} | {r.path} |")
                 missing.append(train_command(variant, imbalance, r.seed, r.flags, resume=True, name=r.name))
                 continue
@@ -173,15 +173,20 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
             share = e.get("mean_macs_share")
             macs = f"{e['mean_macs'] / 1e6:.1f}M ({100 * share:.0f}%)" if share is not None else "–"
             published = get_variant(variant).reported.get(imbalance)
+            # The final exit alone (every image at full depth) parts the network's accuracy from the exit rule's.
+            final = e["per_exit"][-1]["overall"] if e.get("per_exit") else None
             diff = adjusted = "–"
+            final_cell = _fmt(final)
             if r.status == "completed" and published is not None and published.overall is not None:
                 diff = f"{e['overall'] - published.overall:+.2f}"
                 penalty = penalty_at(penalties, imbalance)
                 if penalty is not None:
                     adjusted = f"{e['overall'] + penalty[0] - published.overall:+.2f} ({penalty[1]})"
+                    if final is not None:
+                        final_cell += f" ({final + penalty[0] - published.overall:+.2f})"
             lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | {_fmt(e.get('overall'))} "
                          f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} | {diff} "
-                         f"| {adjusted} | {exits} | {macs} | {r.seed} | {status} | {r.device} | {r.path} |")
+                         f"| {adjusted} | {final_cell} | {exits} | {macs} | {r.seed} | {status} | {r.device} | {r.path} |")
     return "\n".join(lines), missing
 
 
