@@ -10,6 +10,7 @@
 #
 #   scripts/ship_default.sh results/runs/model8-if100-seed0
 #   scripts/ship_default.sh results/runs/hybrid-la-if100-seed0
+#   EARLY_EXITS_AFTER="5 8 10" scripts/ship_default.sh results/runs/model8-if100-seed0  # fitted exits elsewhere
 #
 # Smoke run (plumbing only): FIT_FLAGS="--max-batches 2 --max-test-samples 200" MODEL_OUT=/tmp/m \
 #   FITS=/tmp/fits scripts/ship_default.sh RUN_DIR
@@ -19,6 +20,9 @@ name=$(basename "$run")
 fits=${FITS:-results/fits}
 model_out=${MODEL_OUT:-models/default}
 read -r -a extra <<< "${FIT_FLAGS:-}"
+read -r -a after <<< "${EARLY_EXITS_AFTER:-}"  # blocks (1-based, of 15) the fitted early heads follow
+moved=() tag=""
+if [ ${#after[@]} -gt 0 ]; then moved=(--early-exits-after "${after[@]}"); tag=$(printf -- '-%s' "${after[@]}"); tag=-after${tag#-}; fi
 
 step() {  # step OUT COMMAND ARGS...: a fresh run of fit-exits or rebalance, or the cut one in OUT resumed
   local out=$1; shift
@@ -32,10 +36,10 @@ if [ "$routing" = joint ]; then
   parent=$run
   rebalanced=$fits/$name-rebalance
 else
-  frozen=$fits/$name-fit-frozen-light2
-  parent=$fits/$name-fit-light2-mixed30
+  frozen=$fits/$name-fit-frozen-light2$tag
+  parent=$fits/$name-fit-light2$tag-mixed30
   rebalanced=$parent-rebalance
-  step "$frozen" fit-exits --checkpoint "$run/checkpoint.pt" --early-heads light2 --epochs 20
+  step "$frozen" fit-exits --checkpoint "$run/checkpoint.pt" --early-heads light2 "${moved[@]}" --epochs 20
   step "$parent" fit-exits --checkpoint "$frozen/checkpoint.pt" --mode mixed --epochs 30 --lr 0.02 --head-lr 0.02
 fi
 step "$rebalanced" rebalance --checkpoint "$parent/checkpoint.pt"

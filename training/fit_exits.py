@@ -35,7 +35,7 @@ from .losses import (DISTILL_TEMPERATURE, DISTILL_WEIGHT, SimulatedExitLoss, Tar
                      distillation, make_base_loss, make_exit_losses, split_weights)
 from .constants import NUM_CLASSES
 from .macs import exit_costs
-from .network import init_weights, make_head
+from .network import build_model, check_exit_blocks, init_weights, make_head
 from .second_stage import SecondStage, StageConfig
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,12 @@ class FitConfig(StageConfig):
     temperature: float = DISTILL_TEMPERATURE
     distill_weight: float = DISTILL_WEIGHT  # beta: share of the distillation term, the label loss gets 1 - beta
     early_heads: str | None = None  # replace the early heads with fresh ones of this kind (e.g. light2)
+    # Blocks (0-based, 0..13) the fresh early heads follow; None: where the parent's are.
+    early_exit_blocks: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        if self.early_exit_blocks is not None and self.early_heads is None:
+            raise TrainingError("moving the early exits needs fresh heads: give --early-heads too")
         if self.mode not in MODES:
             raise TrainingError(f"unknown fit mode {self.mode!r}; expected one of {MODES}")
         if not 0.0 <= self.distill_weight <= 1.0:
@@ -76,7 +80,7 @@ class ExitFitter(SecondStage):
         if self.variant.num_exits < 2:
             raise TrainingError(f"{parent}: variant {self.variant.name} has a single exit; nothing to fit")
         if config.early_heads is not None:
-            self.replace_early_heads(config.early_heads)
+            self.replace_early_heads(config.early_heads, config.early_exit_blocks)
         self.train_set, self.test_set = build_datasets(
             data_dir, self.train_config.imbalance, config.max_train_samples, config.max_test_samples)
         self.class_counts = np.bincount(self.train_set.labels, minlength=10).tolist()
@@ -103,12 +107,31 @@ class ExitFitter(SecondStage):
         self.history: list[dict] = []
         self.start_epoch = 0
 
-    def replace_early_heads(self, kind: str) -> None:
-        """Fresh early heads of another kind (their MACs are counted like any head's)."""
-        heads = (kind,) * (self.variant.num_exits - 1) + self.variant.exit_heads[-1:]
-        self.variant = dataclasses.replace(self.variant, exit_heads=heads)
+    def replace_early_heads(self, kind: str, blocks: tuple[int, ...] | None = None) -> None:
+        """Fresh early heads of another kind (their MACs are counted like any head's), after `blocks`
+        if given (the parent's backbone and final exit carried over), else where the parent's were."""
+        moved = blocks is not None
+        blocks = tuple(blocks) if moved else self.model.exit_blocks[:-1]
+        try:
+            check_exit_blocks((*blocks, self.model.exit_blocks[-1]), len(blocks) + 1)
+        except ValueError as exc:
+            raise TrainingError(f"early exits after blocks {[b + 1 for b in blocks]} (1-based): {exc}") from None
+        v = self.variant  # as many early exits (and their losses, for the record) as blocks
+        self.variant = dataclasses.replace(
+            v, exit_heads=(kind,) * len(blocks) + v.exit_heads[-1:],
+            exit_losses=v.exit_losses[:1] * len(blocks) + v.exit_losses[-1:],
+            exit_blocks=(*blocks, self.model.exit_blocks[-1]) if moved else v.exit_blocks)
+        parent, final = self.model.state_dict(), f"exits.{self.model.num_exits - 1}."
+        self.model = build_model(self.variant).to(self.device)
+        kept = {k: v for k, v in parent.items() if not k.startswith("exits.")}
+        kept |= {f"exits.{self.variant.num_exits - 1}.{k[len(final):]}": v for k, v in parent.items()
+                 if k.startswith(final)}
+        missing, unexpected = self.model.load_state_dict(kept, strict=False)
+        fresh = tuple(f"exits.{k}." for k in range(self.variant.num_exits - 1))
+        assert not unexpected and all(k.startswith(fresh) for k in missing), (missing, unexpected)
+        self.model.eval()
         classifier = "normed" if self.variant.loss == "ldam" else "linear"
-        torch.manual_seed(self.config.seed)
+        torch.manual_seed(self.config.seed)  # the heads' initialisation depends on the seed alone
         for k in range(self.variant.num_exits - 1):
             head = make_head(kind, self.model.exit_channels[k], classifier, NUM_CLASSES)
             head.apply(init_weights)
@@ -167,7 +190,9 @@ class ExitFitter(SecondStage):
     def state(self, epoch: int) -> dict:
         """A checkpoint `evaluate`, `calibrate` and `export` read like a training one: the parent's
         training config and record, the fitted weights, and the fit's own record."""
-        return self.stage_state(epoch, self.model.state_dict(), exit_heads=list(self.variant.exit_heads),
+        # The layout, where the exits are not at the variant's own places (a parent's fit may have moved them).
+        blocks = {} if self.variant.exit_blocks is None else {"exit_blocks": list(self.variant.exit_blocks)}
+        return self.stage_state(epoch, self.model.state_dict(), exit_heads=list(self.variant.exit_heads), **blocks,
                                 optimizer=self.optimizer.state_dict())
 
     def restore(self, state: dict) -> None:

@@ -54,8 +54,12 @@ def checkpoint_model(path: Path, device="cpu"):
         raise TrainingError(f"{path} is not a training checkpoint of this project")
     config = TrainConfig.from_dict(state["config"])
     variant = get_variant(config.variant)
-    if state.get("fit", {}).get("exit_heads"):  # fit-exits may have replaced the early heads
-        variant = dataclasses.replace(variant, exit_heads=tuple(state["fit"]["exit_heads"]))
+    fit = state.get("fit", {})
+    if fit.get("exit_heads"):  # fit-exits may have replaced the early heads (and moved them)
+        heads = tuple(fit["exit_heads"])
+        variant = dataclasses.replace(variant, exit_heads=heads,
+                                      exit_losses=variant.exit_losses[:1] * (len(heads) - 1) + variant.exit_losses[-1:],
+                                      exit_blocks=tuple(fit["exit_blocks"]) if fit.get("exit_blocks") else None)
     model = build_model(variant).to(device)
     model.load_state_dict(state["model"])
     model.eval()

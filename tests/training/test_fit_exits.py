@@ -111,3 +111,47 @@ def test_a_fit_whose_loss_is_not_finite_ends_as_diverged(data_dir, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["kind"] == "fit-exits" and metrics["status"] == "diverged" and metrics["diverged_at"] == 1
     assert "DIVERGED at epoch 1" in (out / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_early_exits_moved_inside_a_stage_keep_the_parents_backbone_and_final_exit(data_dir, tmp_path):
+    """A fourth exit after block 8 (inside stage 2): the backbone and the final exit come over bit for
+    bit, the checkpoint reads back with the new layout, and the export's stages follow it."""
+    import onnxruntime as ort
+    from modelrepo.manifest import load_manifest
+
+    out = tmp_path / "moved"
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--epochs", "1", "--early-heads", "light2",
+                 "--early-exits-after", "5", "8", "10", "--out", str(out), "--data-dir", str(data_dir), *TINY]) == 0
+    model, variant, _, state = checkpoint_model(out / "checkpoint.pt")
+    assert model.exit_blocks == variant.exit_blocks == (4, 7, 9, 14) and state["fit"]["exit_blocks"] == [4, 7, 9, 14]
+    assert variant.exit_heads == ("light2",) * 3 + ("reslt",)
+    parent = torch.load(PARENT, map_location="cpu", weights_only=False)["model"]
+    fitted = state["model"]
+    backbone = [k for k in parent if not k.startswith("exits.")]
+    assert len(backbone) > 100 and all(torch.equal(parent[k], fitted[k]) for k in backbone)
+    final = [k for k in parent if k.startswith("exits.2.")]
+    assert final and all(torch.equal(parent[k], fitted[k.replace("exits.2.", "exits.3.", 1)]) for k in final)
+
+    mixed = tmp_path / "mixed"  # a fit of the moved exits' own heads keeps their layout
+    assert main(["fit-exits", "--checkpoint", str(out / "checkpoint.pt"), "--mode", "mixed", "--epochs", "1",
+                 "--out", str(mixed), "--data-dir", str(data_dir), *TINY]) == 0
+    assert checkpoint_model(mixed / "checkpoint.pt")[0].exit_blocks == (4, 7, 9, 14)
+
+    repo = tmp_path / "repo"
+    assert main(["export", "--checkpoint", str(mixed / "checkpoint.pt"), "--out", str(repo), "--data-dir",
+                 str(data_dir), "--parity-images", "200"]) == 0
+    manifest = load_manifest(repo)
+    assert len(manifest.stages) == 4 and manifest.variant_config["exit_blocks"] == [4, 7, 9, 14]
+    inputs = [ort.InferenceSession(str(repo / stage.file), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+              for stage in manifest.stages]
+    assert [shape[1:] for shape in inputs] == [[3, 32, 32], [16, 32, 32], [32, 16, 16], [32, 16, 16]]
+
+
+def test_moving_early_exits_is_refused_without_fresh_heads_or_past_the_last_block(data_dir, tmp_path, capsys):
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--early-exits-after", "5", "8",
+                 "--out", str(tmp_path / "a"), "--data-dir", str(data_dir), *TINY]) == 2
+    assert "--early-heads" in capsys.readouterr().err
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--early-heads", "light2", "--early-exits-after", "8", "5",
+                 "--out", str(tmp_path / "b"), "--data-dir", str(data_dir), *TINY]) == 2
+    assert "early exits after blocks [8, 5]" in capsys.readouterr().err

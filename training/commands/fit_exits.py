@@ -29,6 +29,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--early-heads", choices=HEADS.names(), default=None,
                         help="replace the early heads with fresh ones of this kind (light2: two convs, "
                              "about 2.4M MACs); default: fit the parent's own")
+    parser.add_argument("--early-exits-after", type=positive_int, nargs="+", default=None, metavar="BLOCK",
+                        help="with --early-heads: put the fresh early heads after these blocks (1-based, of "
+                             "15; e.g. 5 8 10 adds one inside stage 2); default: where the parent's are")
     add_second_stage_args(parser, "fit-<mode>")
 
 
@@ -38,7 +41,9 @@ def run(args) -> int:
         lr=args.lr if args.lr is not None else (0.1 if args.mode == "frozen" else 0.01),
         head_lr=args.head_lr if args.head_lr is not None else (None if args.mode == "frozen" else 0.1),
         batch_size=args.batch_size, temperature=args.temperature, distill_weight=args.distill_weight,
-        seed=args.seed, early_heads=args.early_heads, max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
+        seed=args.seed, early_heads=args.early_heads,
+        early_exit_blocks=None if args.early_exits_after is None else tuple(b - 1 for b in args.early_exits_after),
+        max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
         max_batches=args.max_batches, checkpoint_every=args.checkpoint_every)
     out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-fit-{args.mode}"
     fitter = ExitFitter(args.checkpoint, config, out, args.data_dir, resolve_device(args.device))
