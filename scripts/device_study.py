@@ -49,8 +49,8 @@ def plan_entry(text: str) -> tuple[str, int]:
 
 
 # (variant, IF), most wanted first (the default of --plan: this project's open runs on 2026-12-04, 23:00 UTC).
-PLAN = [plan_entry(entry) for entry in ("hybrid-lt-mid:50", "hybrid-lt-mid:10", "hybrid-lt-sam:100",
-        "model7:100", "model14:100", "model13:10", "model15:50", "model16:10",
+PLAN = [plan_entry(entry) for entry in ("model13:10", "hybrid-lt-sam:100",
+        "model7:100", "model14:100", "model15:50", "model16:10",
         "model1:100", "model2:100", "model3:100", "model4:100", "model5:100", "model6:100",
         "reslt:50", "reslt:10", "elf:50", "elf:10", "erm:1")]
 
