@@ -19,7 +19,6 @@ Logits stay unadjusted here (they keep the final exit's prior), so one post-hoc 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,11 +115,8 @@ class ExitFitter(SecondStage):
             check_exit_blocks((*blocks, self.model.exit_blocks[-1]), len(blocks) + 1)
         except ValueError as exc:
             raise TrainingError(f"early exits after blocks {[b + 1 for b in blocks]} (1-based): {exc}") from None
-        v = self.variant  # as many early exits (and their losses, for the record) as blocks
-        self.variant = dataclasses.replace(
-            v, exit_heads=(kind,) * len(blocks) + v.exit_heads[-1:],
-            exit_losses=v.exit_losses[:1] * len(blocks) + v.exit_losses[-1:],
-            exit_blocks=(*blocks, self.model.exit_blocks[-1]) if moved else v.exit_blocks)
+        self.variant = self.variant.with_early_heads((kind,) * len(blocks),
+                                                     (*blocks, self.model.exit_blocks[-1]) if moved else None)
         parent, final = self.model.state_dict(), f"exits.{self.model.num_exits - 1}."
         self.model = build_model(self.variant).to(self.device)
         kept = {k: v for k, v in parent.items() if not k.startswith("exits.")}

@@ -6,7 +6,6 @@ is the one place that knows the layout.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -56,10 +55,7 @@ def checkpoint_model(path: Path, device="cpu"):
     variant = get_variant(config.variant)
     fit = state.get("fit", {})
     if fit.get("exit_heads"):  # fit-exits may have replaced the early heads (and moved them)
-        heads = tuple(fit["exit_heads"])
-        variant = dataclasses.replace(variant, exit_heads=heads,
-                                      exit_losses=variant.exit_losses[:1] * (len(heads) - 1) + variant.exit_losses[-1:],
-                                      exit_blocks=tuple(fit["exit_blocks"]) if fit.get("exit_blocks") else None)
+        variant = variant.with_early_heads(tuple(fit["exit_heads"][:-1]), fit.get("exit_blocks"))
     model = build_model(variant).to(device)
     model.load_state_dict(state["model"])
     model.eval()

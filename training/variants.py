@@ -38,8 +38,6 @@ class Reported:
     def summary(self, sep: str = " / ") -> str:
         if self.diverged_at is not None:
             return f"diverged at epoch {self.diverged_at}"
-        if self.overall is None:
-            return self.note
         splits = f" ({sep.join(f'{x:.2f}' for x in (self.many, self.medium, self.few))})" if self.many is not None else ""
         return f"{self.overall:.2f}{splits}"
 
@@ -69,6 +67,13 @@ class Variant:
         """Epochs between test-set passes in the study's runs: every 5th (in fp32 on a CPU a pass is ~20%
         of an epoch), but every epoch for a variant the report saw diverge, so a collapse is dated."""
         return 1 if any(r.diverged_at is not None for r in self.reported.values()) else 5
+
+    def with_early_heads(self, heads: tuple[str, ...], exit_blocks: tuple[int, ...] | None = None) -> "Variant":
+        """This variant with other early exit heads (the final one kept), after `exit_blocks` (None: the
+        variant's own places); each early exit keeps the first early exit's loss, for the record."""
+        return dataclasses.replace(self, exit_heads=(*heads, self.exit_heads[-1]),
+                                   exit_losses=self.exit_losses[:1] * len(heads) + self.exit_losses[-1:],
+                                   exit_blocks=self.exit_blocks if exit_blocks is None else tuple(exit_blocks))
 
     def __post_init__(self):
         # Validated against the registries of the modules that implement each name.
