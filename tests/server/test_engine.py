@@ -98,6 +98,26 @@ def test_repository_loads_default(tmp_path):
     assert "default" in models and models["default"].provider == "CPUExecutionProvider"
 
 
+@pytest.mark.parametrize("repository", [MODELS, MODELS.parent / "results" / "models"], ids=["models", "results-models"])
+def test_committed_models_score_what_their_manifests_say(repository, cifar):
+    """Every committed model loads (schema, stage hashes) and, run by ONNX Runtime on the whole test
+    set at its default thresholds, scores the accuracy and exit split its manifest (and the docs
+    quoting it) claim: the numbers were measured by PyTorch at export."""
+    test = cifar[1]
+    names = sorted(p.name for p in repository.iterdir() if (p / "manifest.json").exists())
+    assert names, f"{repository}: no model"
+    for name, model in load_repository(repository, names[0], "cpu").items():
+        thresholds = np.broadcast_to(np.asarray(model.manifest.thresholds.inference, np.float32),
+                                     (model.manifest.num_exits - 1,))
+        runs = [model.run(model.preprocess(test.images[i:i + 1000]), np.tile(thresholds, (1000, 1)))
+                for i in range(0, len(test.labels), 1000)]
+        classes, exits = (np.concatenate([getattr(r, f) for r in runs]) for f in ("class_id", "exit"))
+        claimed = model.manifest.metrics
+        assert 100 * np.mean(classes == test.labels) == pytest.approx(claimed.overall, abs=0.05), name
+        split = [np.mean(exits == k + 1) for k in range(model.manifest.num_exits)]  # fractions
+        assert split == pytest.approx(claimed.exit_distribution, abs=5e-4), name
+
+
 def test_per_exit_thresholds(model, x):
     """A threshold per early exit: 0 at exit 2 alone sends everyone not leaving at exit 1 out there."""
     n, early = len(x), model.manifest.num_exits - 1
