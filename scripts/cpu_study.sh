@@ -4,9 +4,9 @@
 # `elf` IF 100 (the last of the baselines that say what our data copy costs) and hybrid-ce (the
 # candidate the others' numbers pointed to); then the cut runs of issue 16's table nearest to their
 # end, in issue 16's order (model8's fast-path parity run; model13 first of the rest, the shipped
-# recipe's network at IF 10 for issue 19, whose exits scripts/ship_default.sh fits; models 7, 14, 15,
-# 16, then model1: 45-90 min each on this CPU), then hybrid-lt-sam, then the rest of issue 16's order: the
-# numbered models no GPU reached, the baselines at IF 50/10, erm at IF 1. The product candidates'
+# recipe's network at IF 10 for issue 19, whose exits scripts/ship_default.sh fits; models 7, 14,
+# 15, 16, then model1: 45-90 min each on this CPU), then hybrid-lt-sam, then the rest of issue 16's
+# order: the numbered models no GPU reached, the baselines at IF 50/10, erm at IF 1. The product candidates'
 # choice is made on held-out images (`calibrate`), never on the test set.
 # Every run takes `train`'s CPU default, the fast path (bf16 only on a CPU with bf16 instructions:
 # training/config.py).
