@@ -6,7 +6,7 @@
 # re-balanced (rebalance, MiSLAS's stage 2, 10 epochs; for a joint run the folder cpu_study.sh
 # uses), exported with each exit's tau and the thresholds calibrated on held-out training images
 # (at most 1 point below threshold 1.0), and the accuracy-vs-MACs curve is drawn. A step that was
-# cut resumes from its checkpoint when the script is run again.
+# cut resumes from its checkpoint when the script is run again; one that completed is kept.
 #
 #   scripts/ship_default.sh results/runs/model8-if100-seed0
 #   scripts/ship_default.sh results/runs/hybrid-la-if100-seed0
@@ -24,9 +24,12 @@ read -r -a after <<< "${EARLY_EXITS_AFTER:-}"  # blocks (1-based, of 15) the fit
 moved=() tag=""
 if [ ${#after[@]} -gt 0 ]; then moved=(--early-exits-after "${after[@]}"); tag=$(printf -- '-%s' "${after[@]}"); tag=-after${tag#-}; fi
 
-step() {  # step OUT COMMAND ARGS...: a fresh run of fit-exits or rebalance, or the cut one in OUT resumed
+step() {  # step OUT COMMAND ARGS...: a fresh run of fit-exits or rebalance, the cut one in OUT resumed, or none if it completed
   local out=$1; shift
   local resume=()
+  if [ "$(python -c 'import sys; from training import rundir; print(rundir.status(sys.argv[1]))' "$out")" = completed ]; then
+    echo "$out: completed, kept"; return
+  fi
   [ -f "$out/checkpoint.pt" ] && resume=(--resume)
   python -m training "$@" "${extra[@]}" --out "$out" "${resume[@]}"
 }

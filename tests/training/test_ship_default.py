@@ -37,6 +37,15 @@ def test_ship_default_replaces_the_model_and_names_it_after_its_folder(tmp_path,
     assert manifest.provenance.rebalance.epochs == 10 and manifest.provenance.fit.mode == "mixed"
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 
+    # Run again: the completed steps are kept as they are (not resumed, re-evaluated or re-logged).
+    fits = sorted((tmp_path / "fits").glob("*/metrics.json"))
+    before = {p: p.read_bytes() for p in fits}
+    again = subprocess.run(["bash", "scripts/ship_default.sh", str(RUN)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert again.stdout.count("completed, kept") == 3
+    assert {p: p.read_bytes() for p in fits} == before
+
 
 def test_ship_default_skips_the_fits_for_exits_trained_jointly(tmp_path, data_dir):
     """A run of issue 19's candidates (joint routing): no fit-exits, only rebalance, then export."""
