@@ -24,7 +24,9 @@ read -r -a after <<< "${EARLY_EXITS_AFTER:-}"  # blocks (1-based, of 15) the fit
 moved=() tag=""
 if [ ${#after[@]} -gt 0 ]; then moved=(--early-exits-after "${after[@]}"); tag=$(printf -- '-%s' "${after[@]}"); tag=-after${tag#-}; fi
 
-step() {  # step OUT COMMAND ARGS...: a fresh run of fit-exits or rebalance, the cut one in OUT resumed, or none if it completed
+# step OUT COMMAND ARGS...: a fresh run of fit-exits or rebalance, the cut one in OUT resumed, or
+# nothing where OUT completed.
+step() {
   local out=$1; shift
   local resume=()
   if [ "$(python -c 'import sys; from training import rundir; print(rundir.status(sys.argv[1]))' "$out")" = completed ]; then
