@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-FORMAT_VERSION = "1.2"  # 1.1: logit adjustment, per-exit thresholds, report threshold, sweep; 1.2: tau per stage
+FORMAT_VERSION = "1.3"  # 1.1: logit adjustment, per-exit thresholds, report threshold, sweep; 1.2: tau per stage;
+# 1.3: calibration with a confidence margin on the drop
 MANIFEST = "manifest.json"
 
 
@@ -148,6 +149,9 @@ class Calibration(_Strict):
     """How thresholds.inference was chosen, when export calibrated it (held-out training images)."""
 
     max_drop: float
+    # 1.3: the drop's one-sided upper confidence bound at this level was held within max_drop
+    # (None: older manifests, where the point estimate was)
+    drop_confidence: float | None = None
     threshold_mode: Literal["single", "per-exit", "auto"] = "single"
     tau: float = 0.0  # the final exit's
     tau_mode: Literal["shared", "per-exit"] = "shared"  # per-exit: each exit's own tau (1.2)

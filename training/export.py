@@ -181,7 +181,7 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
                     "smooth_tail": state["rebalance"]["config"]["smooth_tail"],
                     "parent_sha256": state["rebalance"]["parent"]["sha256"]}},
             "calibration": None if calibration is None else {
-                k: calibration[k] for k in ("max_drop", "threshold_mode", "tau", "tau_mode", "heldout_images",
+                k: calibration[k] for k in ("max_drop", "drop_confidence", "threshold_mode", "tau", "tau_mode", "heldout_images",
                                             "heldout_classes", "heldout_accuracy", "final_exit_accuracy",
                                             "final_exit_accuracy_unadjusted", "mean_macs_share")},
         })

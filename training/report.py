@@ -226,11 +226,20 @@ def heldout_choices(fits: Path) -> str:
         thresholds = c["threshold"] if isinstance(c["threshold"], list) else [c["threshold"]]
         rows.append(f"| {path.parent.name} | {c['final_exit_accuracy']:.2f} | {c['heldout_accuracy']:.2f} "
                     f"| {c['mean_macs_share']:.3f} | {' / '.join(f'{t:.2f}' for t in thresholds)} "
-                    f"| {' / '.join(f'{t:g}' for t in c.get('taus', [c.get('tau')]))} | {c['heldout_images']} |")
+                    f"| {' / '.join(f'{t:g}' for t in c.get('taus', [c.get('tau')]))} | {c['heldout_images']} "
+                    f"| {drop_rule(c)} |")
     if not rows:
         return ""
-    return "\n".join(["| model (results/fits/) | final exit | at its thresholds | MACs share | thresholds | τ | images |",
-                      "|---|---|---|---|---|---|---|", *rows])
+    return "\n".join(["| model (results/fits/) | final exit | at its thresholds | MACs share | thresholds | τ | images "
+                      "| drop within the allowed one |", "|---|---|---|---|---|---|---|---|", *rows])
+
+
+def drop_rule(calibration: dict) -> str:
+    """How the drop was held within max_drop: its point estimate (before 2026-12-05) or a bound."""
+    confidence = calibration.get("drop_confidence", 0.5)
+    if confidence == 0.5:
+        return "point estimate"
+    return f"{100 * confidence:g}% bound ({calibration['drop_upper_bound']:.2f})"
 
 
 def retired_table(runs: list[RunResult]) -> str:

@@ -34,17 +34,62 @@ def test_calibrate_then_export_writes_threshold_and_provenance(data_dir, tmp_pat
     assert main(["calibrate", "--checkpoint", str(run / "checkpoint.pt"), "--max-drop", "2",
                  "--json", str(tmp_path / "cal.json"), "--data-dir", str(data_dir)]) == 0
     cal = json.loads((tmp_path / "cal.json").read_text())
-    assert cal["heldout_accuracy"] >= cal["final_exit_accuracy"] - 2
+    assert cal["drop_confidence"] == 0.95  # the default
+    assert cal["heldout_accuracy"] >= cal["final_exit_accuracy"] - cal["drop_upper_bound"] >= cal["final_exit_accuracy"] - 2
     cheaper = [r for r in cal["sweep"] if r["mean_macs"] < cal["mean_macs"]]
-    assert all(r["accuracy"] < cal["final_exit_accuracy"] - 2 for r in cheaper)
+    assert all(r["drop_upper_bound"] > 2 for r in cheaper)
     assert main(["export", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path / "m"),
                  "--calibrate-drop", "2", "--parity-images", "100", "--data-dir", str(data_dir)]) == 0
     manifest = load_manifest(tmp_path / "m")
     assert manifest.thresholds.inference == cal["threshold"] == manifest.metrics.threshold
     assert manifest.calibration.max_drop == 2 and manifest.calibration.heldout_images == 4500
+    assert manifest.calibration.drop_confidence == 0.95
     assert manifest.calibration.tau_mode == "per-exit" and len(cal["taus"]) == 3
     shift = manifest.logit_adjustment
     assert (shift.taus(3) if shift else [0.0] * 3) == cal["taus"]
+
+
+def test_drop_bound_is_the_paired_balanced_drop_plus_z_standard_errors():
+    """Class 1: 100 images, the final exit right on all, the early answer wrong on 10 (drop 10
+    points, each image's difference 1 or 0); class 2: 100 images, both right on all (drop 0)."""
+    from statistics import NormalDist
+
+    from training.calibration import DropBound
+
+    labels = np.repeat([1, 2], 100)
+    early = labels.copy()
+    early[:10] = 2
+    drop, upper = DropBound(labels, labels, 0.5)(early)
+    assert drop == pytest.approx(5.0) and upper == pytest.approx(5.0)  # 0.5: the point estimate
+    se_class1 = np.std(np.r_[np.ones(10), np.zeros(90)], ddof=1) / np.sqrt(100)
+    drop, upper = DropBound(labels, labels, 0.95)(early)
+    assert upper == pytest.approx(5.0 + NormalDist().inv_cdf(0.95) * 100 * se_class1 / 2)
+    # An answer right where the final exit is wrong counts for it: the drop can be negative.
+    final = labels.copy()
+    final[:10] = 2
+    assert DropBound(labels, final, 0.5)(labels)[0] == pytest.approx(-5.0)
+    with pytest.raises(ValueError, match="confidence"):
+        DropBound(labels, labels, 1.0)
+
+
+def test_a_higher_confidence_never_picks_a_cheaper_threshold():
+    """Real numbers of a noisy exit: the margin can only move the choice towards the final exit."""
+    import torch
+
+    from training.calibration import DropBound, _per_exit_search
+
+    rng = np.random.default_rng(2)
+    n = 900
+    labels = np.arange(n) % 9 + 1
+    logits = torch.tensor(rng.standard_normal((3, n, 10)), dtype=torch.float32)
+    logits[:, np.arange(n), labels] += torch.tensor([[1.5], [2.0], [3.0]])
+    probs = logits.softmax(dim=2)
+    final = probs[-1].argmax(1).numpy()
+    choices = [_per_exit_search(probs, labels, np.array([1.0, 2.0, 3.0]), DropBound(labels, final, c), 1.0)
+               for c in (0.5, 0.8, 0.95, 0.99)]
+    macs = [c["mean_macs"] for c in choices]
+    assert macs == sorted(macs) and macs[0] < macs[-1]
+    assert all(c["drop_upper_bound"] <= 1.0 + 1e-9 for c in choices)
 
 
 def test_tau_undoes_a_skewed_prior():
@@ -88,7 +133,7 @@ def test_per_exit_thresholds_spend_fewer_macs_when_exits_differ():
     threshold must serve both, a threshold per exit need not."""
     import torch
 
-    from training.calibration import _per_exit_search
+    from training.calibration import DropBound, _per_exit_search
 
     n = 400
     labels = np.arange(n) % 4 + 1
@@ -99,7 +144,7 @@ def test_per_exit_thresholds_spend_fewer_macs_when_exits_differ():
     probs[1, np.arange(n), labels] = 0.6  # always right, fairly confident
     probs[2, np.arange(n), labels] = 0.5
     cumulative = np.array([1.0, 2.0, 3.0])
-    best = _per_exit_search(probs, labels, cumulative, floor=100.0)
-    assert best["accuracy"] == 100.0
+    best = _per_exit_search(probs, labels, cumulative, DropBound(labels, labels, 0.95), max_drop=0.0)
+    assert best["accuracy"] == 100.0 and best["drop_upper_bound"] == 0.0
     assert best["threshold"][0] > 0.65 and best["threshold"][1] <= 0.6
     assert best["exit_distribution"] == [0.5, 0.5, 0.0]

@@ -116,7 +116,7 @@ def test_each_stages_logit_adjustment_is_baked_into_its_graph(checkpoint, data_d
     taus = [0.5, 0.0, 1.0]
     calibration = {"threshold": [0.6, 0.7], "threshold_mode": "per-exit", "tau": 1.0, "taus": taus,
                    "tau_mode": "per-exit", "class_counts": counts,
-                   "max_drop": 1.0, "heldout_images": 0, "heldout_classes": [], "heldout_accuracy": 0.0,
+                   "max_drop": 1.0, "drop_confidence": 0.95, "heldout_images": 0, "heldout_classes": [], "heldout_accuracy": 0.0,
                    "final_exit_accuracy": 0.0, "final_exit_accuracy_unadjusted": 0.0, "mean_macs_share": 1.0}
     before = exit_logits(model, test)
     manifest = export_model(model, variant, config, state, test, tmp_path / "m", "m", parity_images=300,

@@ -123,5 +123,12 @@ def test_heldout_choices_list_every_calibrated_second_stage(tmp_path):
     (fit / "calibration-heldout.json").write_text(json.dumps({
         "threshold": [0.6, 0.55], "taus": [0.0, 0.25, 0.5], "final_exit_accuracy": 78.4, "heldout_accuracy": 77.5,
         "mean_macs_share": 0.5812, "heldout_images": 4500}))
+    newer = tmp_path / "model13-if10-seed0-rebalance"
+    newer.mkdir()
+    (newer / "calibration-heldout.json").write_text(json.dumps({
+        "threshold": 0.7, "taus": [0.0, 0.5], "final_exit_accuracy": 85.4, "heldout_accuracy": 84.9,
+        "mean_macs_share": 0.638, "heldout_images": 4500, "drop_confidence": 0.95, "drop_upper_bound": 0.981}))
     table = heldout_choices(tmp_path)
-    assert "| hybrid-la-if100-seed0-rebalance | 78.40 | 77.50 | 0.581 | 0.60 / 0.55 | 0 / 0.25 / 0.5 | 4500 |" in table
+    assert ("| hybrid-la-if100-seed0-rebalance | 78.40 | 77.50 | 0.581 | 0.60 / 0.55 | 0 / 0.25 / 0.5 | 4500 "
+            "| point estimate |") in table  # written before the margin existed
+    assert "| model13-if10-seed0-rebalance | 85.40 | 84.90 | 0.638 | 0.70 | 0 / 0.5 | 4500 | 95% bound (0.98) |" in table

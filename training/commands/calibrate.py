@@ -25,14 +25,17 @@ def run(args) -> int:
     model, variant, config, state = checkpoint_model(args.checkpoint)
     heldout = heldout_split(args.data_dir, config.imbalance)
     result = calibrate(model, heldout, args.max_drop, state["class_counts"], args.thresholds,
-                       not args.no_logit_adjustment, tau_mode="shared" if args.shared_tau else "per-exit")
+                       not args.no_logit_adjustment, tau_mode="shared" if args.shared_tau else "per-exit",
+                       confidence=args.drop_confidence)
     print(f"{variant.name}: {result['heldout_images']} held-out training images, classes "
           f"{result['heldout_classes']}")
     print(f"tau {'/'.join(f'{t:g}' for t in result['taus'])} (exit by exit): final exit {result['final_exit_accuracy']:.2f}% (balanced; "
           f"{result['final_exit_accuracy_unadjusted']:.2f}% at tau 0)")
     print(f"threshold {format_threshold(result['threshold'])}: {result['heldout_accuracy']:.2f}% at "
           f"{result['mean_macs'] / 1e6:.2f}M MACs ({100 * result['mean_macs_share']:.1f}% of the full network), "
-          "exits " + "/".join(f"{100 * d:.1f}" for d in result["exit_distribution"]) + "%")
+          "exits " + "/".join(f"{100 * d:.1f}" for d in result["exit_distribution"]) + "%; "
+          f"drop {result['final_exit_accuracy'] - result['heldout_accuracy']:.2f} points, "
+          f"{100 * result['drop_confidence']:g}% upper bound {result['drop_upper_bound']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -28,6 +28,7 @@ def _number(convert, accept, expected: str):
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
 unit_interval = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 non_negative = _number(float, lambda v: v >= 0, "a number >= 0")  # NaN is refused too
+confidence_level = _number(float, lambda v: 0.5 <= v < 1.0, "a number in [0.5, 1)")
 
 
 def add_calibration_args(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,9 @@ def add_calibration_args(parser: argparse.ArgumentParser) -> None:
                         help="keep tau = 0 (no post-hoc logit adjustment)")
     parser.add_argument("--shared-tau", action="store_true",
                         help="one tau for every exit (the final exit's best) instead of each exit's own")
+    parser.add_argument("--drop-confidence", type=confidence_level, default=0.95,
+                        help="the held-out drop's one-sided upper confidence bound at this level must be within "
+                             "the allowed drop (0.5: its point estimate)")
 
 
 def add_second_stage_args(parser: argparse.ArgumentParser, what: str) -> None:

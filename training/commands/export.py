@@ -45,7 +45,7 @@ def run(args) -> int:
     if args.calibrate_drop is not None:
         calibration = calibrate(model, heldout_split(args.data_dir, config.imbalance), args.calibrate_drop,
                                 state["class_counts"], args.thresholds, not args.no_logit_adjustment,
-                                tau_mode="shared" if args.shared_tau else "per-exit")
+                                tau_mode="shared" if args.shared_tau else "per-exit", confidence=args.drop_confidence)
     manifest = export_model(model, variant, config, state, test, args.out, args.name or args.out.name,
                             args.parity_images, args.threshold, calibration)
     m = manifest.metrics
