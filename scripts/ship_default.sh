@@ -5,8 +5,9 @@
 # start (joint routing, issue 19's candidates) skips both. Then every exit's classifier is
 # re-balanced (rebalance, MiSLAS's stage 2, 10 epochs; for a joint run the folder cpu_study.sh
 # uses), exported with each exit's tau and the thresholds calibrated on held-out training images
-# (at most 1 point below threshold 1.0), and the accuracy-vs-MACs curve is drawn. A step that was
-# cut resumes from its checkpoint when the script is run again; one that completed is kept.
+# (at most 1 point below threshold 1.0, with 95% confidence), and the accuracy-vs-MACs curve is
+# drawn. A step that was cut resumes from its checkpoint when the script is run again; one that
+# completed is kept.
 #
 #   scripts/ship_default.sh results/runs/model8-if100-seed0
 #   scripts/ship_default.sh results/runs/hybrid-la-if100-seed0
