@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.calibration import _per_exit_search, balanced_accuracy, choose_taus, heldout_split  # noqa: E402
+from training.calibration import DropBound, _per_exit_search, balanced_accuracy, choose_taus, heldout_split  # noqa: E402
 from training.data import default_data_dir  # noqa: E402
 from training.evaluation import exit_logits  # noqa: E402
 from training.logit_adjust import log_prior  # noqa: E402
@@ -30,6 +30,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--drop-confidence", type=float, default=0.5,
+                        help="as calibrate's; 0.5 (the point estimate) is what results/DEFAULT_MODEL.md's numbers used")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     args = parser.parse_args()
     model, _, config, state = checkpoint_model(args.checkpoint)
@@ -43,7 +45,8 @@ def main() -> int:
     print(f"{len(heldout)} held-out images, tau {'/'.join(f'{t:g}' for t in taus)}")
     for name, logp in (("each exit alone", alone), ("ensemble of exits 1..k", ensemble)):
         accuracy = [balanced_accuracy(z.argmax(1).numpy(), labels) for z in logp]
-        best = _per_exit_search(logp.softmax(2), labels, cumulative, accuracy[-1] - args.max_drop)
+        bound = DropBound(labels, logp[-1].argmax(1).numpy(), args.drop_confidence)
+        best = _per_exit_search(logp.softmax(2), cumulative, bound, args.max_drop)
         print(f"{name}: exits {' / '.join(f'{a:.2f}' for a in accuracy)}; thresholds "
               f"{'/'.join(f'{t:g}' for t in best['threshold'])}: {best['accuracy']:.2f} at "
               f"{best['mean_macs'] / cumulative[-1]:.3f} of the MACs")

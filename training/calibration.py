@@ -78,7 +78,7 @@ class DropBound:
         self.classes = np.searchsorted(np.unique(labels), labels)
         self.size = np.bincount(self.classes)
         self.final = (final_pred == labels).astype(np.float64)
-        self.final_accuracy = 100.0 * float(np.mean(np.bincount(self.classes, weights=self.final) / self.size))
+        self.final_accuracy = balanced_accuracy(final_pred, labels)
         self.z = NormalDist().inv_cdf(confidence)
 
     def __call__(self, pred: np.ndarray) -> tuple[float, float]:
@@ -90,8 +90,7 @@ class DropBound:
         return drop, drop + self.z * 100.0 * float(np.sqrt(var_of_mean.sum())) / len(self.size)
 
 
-def _per_exit_search(probs: torch.Tensor, labels: np.ndarray, cumulative: np.ndarray, bound: DropBound,
-                     max_drop: float):
+def _per_exit_search(probs: torch.Tensor, cumulative: np.ndarray, bound: DropBound, max_drop: float):
     """Cheapest per-early-exit thresholds whose drop bound is within max_drop (None when K == 1)."""
     conf, pred = (t.numpy() for t in probs.max(dim=2))
     k, n = conf.shape
@@ -136,7 +135,7 @@ def calibrate(model, heldout: Split, max_drop: float, class_counts, threshold_mo
     # Threshold 1 always qualifies (no image leaves early: drop and bound 0); among equal costs
     # prefer accuracy, then the safer higher threshold.
     best = min(ok, key=lambda row: (row["mean_macs"], -row["accuracy"], -row["threshold"]))
-    per_exit = (_per_exit_search(probs, heldout.labels, cumulative, bound, max_drop)
+    per_exit = (_per_exit_search(probs, cumulative, bound, max_drop)
                 if threshold_mode != "single" else None)
     if threshold_mode == "per-exit" or (per_exit is not None and per_exit["mean_macs"] < best["mean_macs"]):
         best = per_exit or best

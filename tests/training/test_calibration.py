@@ -85,7 +85,7 @@ def test_a_higher_confidence_never_picks_a_cheaper_threshold():
     logits[:, np.arange(n), labels] += torch.tensor([[1.5], [2.0], [3.0]])
     probs = logits.softmax(dim=2)
     final = probs[-1].argmax(1).numpy()
-    choices = [_per_exit_search(probs, labels, np.array([1.0, 2.0, 3.0]), DropBound(labels, final, c), 1.0)
+    choices = [_per_exit_search(probs, np.array([1.0, 2.0, 3.0]), DropBound(labels, final, c), 1.0)
                for c in (0.5, 0.8, 0.95, 0.99)]
     macs = [c["mean_macs"] for c in choices]
     assert macs == sorted(macs) and macs[0] < macs[-1]
@@ -144,7 +144,7 @@ def test_per_exit_thresholds_spend_fewer_macs_when_exits_differ():
     probs[1, np.arange(n), labels] = 0.6  # always right, fairly confident
     probs[2, np.arange(n), labels] = 0.5
     cumulative = np.array([1.0, 2.0, 3.0])
-    best = _per_exit_search(probs, labels, cumulative, DropBound(labels, labels, 0.95), max_drop=0.0)
+    best = _per_exit_search(probs, cumulative, DropBound(labels, labels, 0.95), max_drop=0.0)
     assert best["accuracy"] == 100.0 and best["drop_upper_bound"] == 0.0
     assert best["threshold"][0] > 0.65 and best["threshold"][1] <= 0.6
     assert best["exit_distribution"] == [0.5, 0.5, 0.0]
