@@ -20,19 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.calibration import DropBound, calibrate, heldout_split  # noqa: E402
+from training.calibration import DropBound, calibrate, heldout_split, stratified_half  # noqa: E402
 from training.data import default_data_dir  # noqa: E402
 from training.evaluation import early_exit_metrics, exit_logits  # noqa: E402
 from training.logit_adjust import log_prior  # noqa: E402
 from training.macs import exit_costs  # noqa: E402
 from training.rundir import checkpoint_model  # noqa: E402
-
-
-def halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    a = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:(labels == c).sum() // 2]
-                                for c in np.unique(labels)]))
-    return a, np.setdiff1d(np.arange(len(labels)), a)
 
 
 def main() -> None:
@@ -52,7 +45,8 @@ def main() -> None:
         logits = exit_logits(model, heldout, 500)
         prior = log_prior(state["class_counts"])
         for split in range(args.splits):
-            a, b = halves(heldout.labels, 100 + split)
+            half = stratified_half(heldout.labels, 100 + split)
+            a, b = np.flatnonzero(half), np.flatnonzero(~half)
             for confidence in args.confidence:
                 chosen = calibrate(model, heldout.subset(a), args.max_drop, state["class_counts"], "auto",
                                    confidence=confidence)

@@ -52,6 +52,17 @@ def heldout_split(data_dir, imbalance: int, per_class: int = 500, seed: int = 0)
     return train.subset(np.sort(keep))
 
 
+def stratified_half(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A random half of every class (rounded down), as a mask: for checking a choice made on one
+    half of the held-out images against the other."""
+    rng = np.random.default_rng(seed)
+    half = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        half[rng.permutation(idx)[:len(idx) // 2]] = True
+    return half
+
+
 def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     classes = np.unique(labels)
     return float(np.mean([100.0 * (pred[labels == c] == c).mean() for c in classes]))

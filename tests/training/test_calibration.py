@@ -22,6 +22,15 @@ def test_heldout_images_were_never_in_the_training_set(data_dir):
     assert np.bincount(heldout.labels, minlength=10).tolist() == [0] + [50] * 9
 
 
+def test_stratified_half_takes_half_of_every_class():
+    from training.calibration import stratified_half
+
+    labels = np.repeat([1, 2, 3], [10, 7, 4])
+    half = stratified_half(labels, 0)
+    assert np.bincount(labels[half], minlength=4).tolist() == [0, 5, 3, 2]
+    assert np.array_equal(half, stratified_half(labels, 0)) and not np.array_equal(half, stratified_half(labels, 1))
+
+
 def test_balanced_accuracy_weights_classes_equally():
     labels = np.array([1, 1, 1, 1, 2])
     assert balanced_accuracy(np.array([1, 1, 1, 1, 0]), labels) == pytest.approx(50.0)
