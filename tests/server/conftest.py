@@ -16,7 +16,7 @@ from ..conftest import REPO
 
 MODELS = REPO / "models"
 # The checkpoint models/default was exported from (scripts/ship_default.sh).
-DEFAULT_CHECKPOINT = REPO / "results" / "fits" / "model8-if100-seed0-fit-light2-after5-8-10-mixed30-rebalance" / "checkpoint.pt"
+DEFAULT_CHECKPOINT = REPO / "results" / "fits" / "hybrid-lt-mid-if100-seed0-rebalance" / "checkpoint.pt"
 # The shipped model's number of exits (its manifest): tests that count exits follow it.
 DEFAULT_EXITS = len(json.loads((MODELS / "default" / "manifest.json").read_text())["stages"])
 
