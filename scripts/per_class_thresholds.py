@@ -7,7 +7,7 @@ On the held-out training images that `calibrate` uses, at the checkpoint's calib
    all held-out images;
 3. the same search fitted on one stratified half and checked on the other, at several fitting
    budgets: how far the thresholds carry to images they were not chosen on.
-Never the test set. README "The shipped model" quotes its output for models/default's checkpoint.
+Never the test set. results/DEFAULT_MODEL.md ("An earlier default") quotes its output for four model8 fits.
 
     python scripts/per_class_thresholds.py --checkpoint results/fits/model8-if100-seed0-fit-light2-mixed30-rebalance/checkpoint.pt
 """
