@@ -36,7 +36,7 @@ if [ "$($py -c 'from training.config import cpu_has_bf16; print(cpu_has_bf16())'
   echo "$(date -u +%FT%TZ) this CPU has no bf16 instructions: the study waits for one that has (STUDY_FP32=1 runs it in fp32)"
   exit 0
 fi
-status() { $py -c "import sys; from training import rundir; print(rundir.status(sys.argv[1]))" "$1"; }
+status() { $py -m training status "$1" | cut -f1; }
 # Issue 19's candidates (jointly trained exits) go on to `rebalance`, their second stage, into
 # results/fits/<run>-rebalance; the choice between them is made there, on held-out images.
 rebalance_product() {

@@ -30,7 +30,7 @@ if [ ${#after[@]} -gt 0 ]; then moved=(--early-exits-after "${after[@]}"); tag=$
 step() {
   local out=$1; shift
   local resume=()
-  if [ "$(python -c 'import sys; from training import rundir; print(rundir.status(sys.argv[1]))' "$out")" = completed ]; then
+  if [ "$(python -m training status "$out" | cut -f1)" = completed ]; then
     echo "$out: completed, kept"; return
   fi
   [ -f "$out/checkpoint.pt" ] && resume=(--resume)

@@ -68,6 +68,17 @@ def test_existing_run_needs_resume(data_dir, tmp_path, capsys):
     assert "batch_size" in capsys.readouterr().err
 
 
+def test_status_says_where_run_directories_stand(data_dir, tmp_path):
+    """`status` (what scripts/cpu_study.sh and ship_default.sh read with `cut -f1`): one line per
+    directory, in the order given, the status first."""
+    done = tmp_path / "done"
+    assert main(["train", "--variant", "model1", "--out", str(done), "--data-dir", str(data_dir),
+                 *smoke_flags(epochs=2)]) == 0
+    result = cli("status", tmp_path / "not-yet", done)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"new\t0/?\t{tmp_path / 'not-yet'}", f"completed\t2/2\t{done}"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "--variant", "model99"], "unknown variant 'model99'; known variants: model1"),
     (["train", "--variant", "model8", "--imbalance", "7"], "invalid choice"),
