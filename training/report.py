@@ -159,7 +159,7 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
                          "| | | | | | | | | | | | |")
             missing.append(train_command(variant, imbalance))
         for r in found:
-            e, total = r.last, r.config.get("config", {}).get("epochs", "?")
+            e, total = r.last, rundir.planned_epochs(r.config) or "?"
             if r.status not in rundir.FINISHED:
                 trained = len(r.metrics["epochs"])
                 lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "

@@ -37,17 +37,20 @@ def status(run_dir: Path) -> str:
     return read_json(metrics).get("status", RUNNING)
 
 
+def planned_epochs(config: dict) -> int | None:
+    """The epochs a run's config.json plans. Each command keeps its own in its own block (a fit's
+    or rebalance's "config" is its parent's training config)."""
+    block = next((config[k] for k in ("rebalance_config", "fit_config", "config") if k in config), None)
+    return None if block is None else block["epochs"]
+
+
 def progress(run_dir: Path) -> tuple[int, int | None]:
     """(epochs done, epochs planned) of a `train`, `fit-exits` or `rebalance` run directory; the
-    plan is None before config.json exists. Each command keeps its own epochs in its own config
-    block (a fit's "config" is its parent's training config)."""
+    plan is None before config.json exists."""
     run_dir = Path(run_dir)
     done = len(read_json(run_dir / METRICS).get("epochs", [])) if (run_dir / METRICS).is_file() else 0
-    if not (run_dir / CONFIG).is_file():
-        return done, None
-    config = read_json(run_dir / CONFIG)
-    block = next(config[k] for k in ("rebalance_config", "fit_config", "config") if k in config)
-    return done, block["epochs"]
+    planned = planned_epochs(read_json(run_dir / CONFIG)) if (run_dir / CONFIG).is_file() else None
+    return done, planned
 
 
 def has_checkpoint(run_dir: Path) -> bool:
