@@ -6,8 +6,10 @@ from pathlib import Path
 
 import torch
 
+from .. import loop
 from ..data import default_data_dir
 from ..errors import TrainingError
+from ..evaluation import format_report
 
 DEFAULT_DATA_DIR = default_data_dir()
 
@@ -56,6 +58,19 @@ def add_second_stage_args(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--max-test-samples", type=positive_int, default=None, help="smoke runs")
     parser.add_argument("--max-batches", type=positive_int, default=None, help="smoke runs")
     add_data_args(parser)
+
+
+def run_second_stage(job_class, config, args, what: str, describe) -> int:
+    """Build, resume (with --resume) and run a second-stage job (`fit-exits`, `rebalance`) of
+    args.checkpoint into args.out; `describe(job)` opens the run's first line."""
+    out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-{what}"
+    job = job_class(args.checkpoint, config, out, args.data_dir, resolve_device(args.device))
+    loop.prepare(job, args.resume)
+    if job.start_epoch:
+        print(f"resuming {out} from epoch {job.start_epoch}")
+    print(f"{describe(job)}, run dir {out}")
+    print(format_report(loop.run(job)))
+    return 0
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:

@@ -5,13 +5,9 @@ its parent checkpoint and the parent's sha256.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from .. import loop
-from ..evaluation import format_report
 from ..fit_exits import MODES, ExitFitter, FitConfig
 from ..network import HEADS
-from .common import add_second_stage_args, non_negative, positive_int, resolve_device, unit_interval
+from .common import add_second_stage_args, non_negative, positive_int, run_second_stage, unit_interval
 
 
 def add_arguments(parser) -> None:
@@ -45,12 +41,7 @@ def run(args) -> int:
         early_exit_blocks=None if args.early_exits_after is None else tuple(b - 1 for b in args.early_exits_after),
         max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples,
         max_batches=args.max_batches, checkpoint_every=args.checkpoint_every)
-    out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-fit-{args.mode}"
-    fitter = ExitFitter(args.checkpoint, config, out, args.data_dir, resolve_device(args.device))
-    loop.prepare(fitter, args.resume)
-    if fitter.start_epoch:
-        print(f"resuming {out} from epoch {fitter.start_epoch}")
-    print(f"fit-exits ({config.mode}) of {args.checkpoint} ({fitter.variant.name}, sha256 "
-          f"{fitter.parent_sha256[:12]}…): {len(fitter.train_set)} training images, run dir {out}")
-    print(format_report(loop.run(fitter)))
-    return 0
+    return run_second_stage(
+        ExitFitter, config, args, f"fit-{args.mode}",
+        lambda job: f"fit-exits ({config.mode}) of {args.checkpoint} ({job.variant.name}, sha256 "
+                    f"{job.parent_sha256[:12]}…): {len(job.train_set)} training images")

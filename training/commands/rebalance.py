@@ -6,12 +6,8 @@ its parent checkpoint and the parent's sha256.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from .. import loop
-from ..evaluation import format_report
 from ..rebalance import ClassifierRebalancer, RebalanceConfig
-from .common import add_second_stage_args, non_negative, positive_int, resolve_device, unit_interval
+from .common import add_second_stage_args, non_negative, positive_int, run_second_stage, unit_interval
 
 DEFAULTS = RebalanceConfig()
 
@@ -38,13 +34,8 @@ def run(args) -> int:
         shift_bn=args.shift_bn, seed=args.seed, max_train_samples=args.max_train_samples,
         max_test_samples=args.max_test_samples, max_batches=args.max_batches,
         checkpoint_every=args.checkpoint_every)
-    out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-rebalance"
-    job = ClassifierRebalancer(args.checkpoint, config, out, args.data_dir, resolve_device(args.device))
-    loop.prepare(job, args.resume)
-    if job.start_epoch:
-        print(f"resuming {out} from epoch {job.start_epoch}")
-    print(f"rebalance of {args.checkpoint} ({job.variant.name}, sha256 {job.parent_sha256[:12]}…): "
-          f"{len(job.train_set)} training images drawn class-balanced, smoothing "
-          f"{args.smooth_head:g} -> {args.smooth_tail:g}, run dir {out}")
-    print(format_report(loop.run(job)))
-    return 0
+    return run_second_stage(
+        ClassifierRebalancer, config, args, "rebalance",
+        lambda job: f"rebalance of {args.checkpoint} ({job.variant.name}, sha256 {job.parent_sha256[:12]}…): "
+                    f"{len(job.train_set)} training images drawn class-balanced, smoothing "
+                    f"{args.smooth_head:g} -> {args.smooth_tail:g}")
