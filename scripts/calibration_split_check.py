@@ -49,7 +49,7 @@ def main() -> None:
             a, b = np.flatnonzero(half), np.flatnonzero(~half)
             for confidence in args.confidence:
                 chosen = calibrate(model, heldout.subset(a), args.max_drop, state["class_counts"], "auto",
-                                   confidence=confidence)
+                                   confidence=confidence, logits=logits[:, a])
                 probs = (logits[:, b] - torch.tensor(chosen["taus"])[:, None, None] * prior).softmax(dim=2)
                 m = early_exit_metrics(probs, heldout.labels[b], chosen["threshold"], costs)
                 drop_b, _ = DropBound(heldout.labels[b], probs[-1].argmax(1).numpy(), 0.5)(m.predictions)

@@ -122,13 +122,16 @@ def _per_exit_search(probs: torch.Tensor, cumulative: np.ndarray, bound: DropBou
 
 def calibrate(model, heldout: Split, max_drop: float, class_counts, threshold_mode: str = "single",
               adjust: bool = True, batch_size: int = 500, tau_mode: str = "per-exit",
-              confidence: float = 0.95) -> dict:
-    """tau(s) (unless adjust is False), then the threshold(s); every number on held-out images."""
+              confidence: float = 0.95, logits: torch.Tensor | None = None) -> dict:
+    """tau(s) (unless adjust is False), then the threshold(s); every number on held-out images.
+    `logits`: the model's exit logits of `heldout`, when the caller has them (scripts that
+    calibrate many subsets of one held-out set)."""
     if threshold_mode not in THRESHOLD_MODES:
         raise ValueError(f"unknown threshold mode {threshold_mode!r}; expected one of {THRESHOLD_MODES}")
     if tau_mode not in TAU_MODES:
         raise ValueError(f"unknown tau mode {tau_mode!r}; expected one of {TAU_MODES}")
-    logits = exit_logits(model, heldout, batch_size)
+    if logits is None:
+        logits = exit_logits(model, heldout, batch_size)
     prior = log_prior(class_counts)
     taus, tau_sweep = choose_taus(logits, heldout.labels, prior, TAU_GRID if adjust else [0.0],
                                   tau_mode == "per-exit")

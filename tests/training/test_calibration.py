@@ -157,3 +157,30 @@ def test_per_exit_thresholds_spend_fewer_macs_when_exits_differ():
     assert best["accuracy"] == 100.0 and best["drop_upper_bound"] == 0.0
     assert best["threshold"][0] > 0.65 and best["threshold"][1] <= 0.6
     assert best["exit_distribution"] == [0.5, 0.5, 0.0]
+
+
+def test_calibrate_reads_the_logits_it_is_given(data_dir):
+    """Precomputed exit logits (scripts calibrating many subsets) give the same choice as the
+    model's own, and are what the choice is made on."""
+    import torch
+
+    from training.calibration import calibrate
+    from training.evaluation import exit_logits
+    from training.network import build_model
+    from training.variants import get_variant
+
+    torch.manual_seed(0)
+    model = build_model(get_variant("model1")).eval()
+    heldout = heldout_split(data_dir, 100, per_class=20)
+    counts = [int(5000 * 0.01 ** (i / 9)) for i in range(10)]
+    logits = exit_logits(model, heldout)
+    own = calibrate(model, heldout, 1.0, counts)
+    given = calibrate(model, heldout, 1.0, counts, logits=logits)
+    assert given["threshold"] == own["threshold"] and given["taus"] == own["taus"]
+    assert given["final_exit_accuracy"] == pytest.approx(own["final_exit_accuracy"])
+    # Exits that are all right and sure: every image may leave at the first.
+    perfect = torch.full_like(logits, -10.0)
+    perfect[:, np.arange(len(heldout)), heldout.labels] = 10.0
+    sure = calibrate(model, heldout, 1.0, counts, logits=perfect)
+    assert sure["final_exit_accuracy"] == 100.0 and sure["exit_distribution"][0] == 1.0
+    assert own["final_exit_accuracy"] < 50
