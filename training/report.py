@@ -1,4 +1,4 @@
-"""Results page: the report's table beside ours, and plots, from run directories' metrics.json.
+"""Results page: the report's table beside ours, from run directories' metrics.json (figures: plots.py).
 
 Every run of the study (variants.study_runs) that has no completed metrics file is listed as
 "not yet measured" with the exact command that produces it; no number is ever filled in.
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .constants import SPLIT_OF_CLASS, SPLITS
+from .constants import SPLITS
 from . import rundir
 from .variants import LOSS_RULE, get_variant, loss_rule, study_runs
 
@@ -272,78 +272,3 @@ def path_agreement(runs: list[RunResult], goal: float = 1.5) -> str:
         lines.append(f"| {r.variant} | {r.imbalance} | {r.seed} | {a:.2f} | {b:.2f} | {b - a:+.2f} "
                      f"| {'yes' if abs(b - a) <= goal else 'no'} | `{ref.path}` | `{r.path}` |")
     return "\n".join(lines) if len(lines) > 2 else ""
-
-
-def exit_share_by_split(final: dict, labels: np.ndarray, num_exits: int) -> dict[str, list[float]]:
-    exits = np.asarray(final["exits"])
-    split = np.array([SPLIT_OF_CLASS[c] for c in labels[:len(exits)]])
-    return {name: (np.bincount(exits[split == name], minlength=num_exits + 1)[1:]
-                   / max((split == name).sum(), 1)).tolist() for name in SPLITS}
-
-
-def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[str, dict]) -> list[Path]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for r in runs:
-        epochs = [e for e in r.metrics["epochs"] if "overall" in e]
-        status = "stopped" if r.status == "running" else r.status
-        ax.plot([e["epoch"] for e in epochs], [e["overall"] for e in epochs], label=f"{r.name} ({status})")
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Training curves (early-exit inference)")
-    ax.grid(alpha=0.3)
-    if runs:
-        ax.legend(fontsize=8)
-    written.append(_save(fig, out / "training_curves.png"))
-
-    done = [r for r in runs if r.status == "completed" and r.metrics.get("final")]
-    if done:
-        fig, ax = plt.subplots(figsize=(10, 5))
-        width = 0.8 / len(done)
-        for i, r in enumerate(done):
-            ax.bar(np.arange(10) + i * width, r.metrics["final"]["per_class"], width, label=r.name)
-        ax.set(xticks=np.arange(10) + 0.4 - width / 2, xticklabels=[str(c) for c in range(10)],
-               xlabel="class (0-2 many, 3-5 medium, 6-9 few)", ylabel="accuracy (%)", title="Per-class accuracy")
-        ax.legend(fontsize=8)
-        written.append(_save(fig, out / "per_class_accuracy.png"))
-
-        fig, axes = plt.subplots(1, len(done), figsize=(4 * len(done), 4), squeeze=False)
-        for ax, r in zip(axes[0], done):
-            k = len(r.metrics["final"]["exit_distribution"])
-            shares = exit_share_by_split(r.metrics["final"], labels, k)
-            bottom = np.zeros(len(shares))
-            for e in range(k):
-                vals = np.array([100 * shares[s][e] for s in shares])
-                ax.bar(list(shares), vals, bottom=bottom, label=f"exit {e + 1}")
-                bottom += vals
-            ax.set(title=r.name, ylabel="% of test images")
-        axes[0][0].legend(fontsize=8)
-        fig.suptitle("Exit distribution per class split")
-        written.append(_save(fig, out / "exit_distribution_by_split.png"))
-
-    if sweeps:
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for name, s in sweeps.items():
-            rows = s["sweep"]
-            line, = ax.plot([r["mean_macs"] / 1e6 for r in rows], [r["overall"] for r in rows], label=name)
-            for p in s["per_exit"]:
-                ax.scatter(p["cumulative_macs"] / 1e6, p["overall"], color=line.get_color(), marker="s")
-                ax.annotate(f"exit {p['exit']} alone", (p["cumulative_macs"] / 1e6, p["overall"]), fontsize=7)
-        ax.set(xlabel="mean MACs per image (M)", ylabel="test accuracy (%)",
-               title="Accuracy vs compute as the inference threshold sweeps 0 → 1")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        written.append(_save(fig, out / "accuracy_vs_macs.png"))
-    return written
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return path

@@ -6,7 +6,8 @@ from pathlib import Path
 from ..data import load_cifar10
 from ..config import FAST_PATH_FLAGS
 from ..report import (SWEEP, collect_runs, contrasts, heldout_choices, jpeg_penalties, measured_commands,
-                      path_agreement, plot_all, results_table, retired_table, train_command)
+                      path_agreement, results_table, retired_table, train_command)
+from ..plots import plot_all
 from ..variants import ablation_runs, control_runs, get_variant, product_runs
 from .common import DEFAULT_DATA_DIR
 

@@ -1,0 +1,220 @@
+"""The report's figures (results/plots/*.png) from run directories' metrics.
+
+A study of some 30 runs does not fit one axes: each figure draws one panel per group of runs (the
+report's table by IF, the controls, the ablations beside model8, the product candidates), so a
+panel holds a dozen lines at most and every run keeps a colour of its own within it. Runs of the
+old loss rule are left out (RESULTS.md lists them apart).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import rundir
+from .constants import SPLIT_OF_CLASS, SPLITS
+from .report import RunResult
+from .variants import LOSS_RULE, get_variant
+
+# Groups of runs by variant family; any other family is a row of the report's table, grouped by IF.
+FAMILY_GROUPS = {"control": "controls (erm)", "ablation": "ablations (beside model8)",
+                 "product": "product candidates (issue 19)"}
+TABLE_IFS = (100, 50, 10)
+
+
+def group_of(r: RunResult) -> str:
+    return FAMILY_GROUPS.get(get_variant(r.variant).family, f"the report's table, IF {r.imbalance}")
+
+
+def plot_groups(runs: list[RunResult]) -> dict[str, list[RunResult]]:
+    """Current-rule runs by group, in the report's order; model8 at IF 100 also sits beside its
+    ablations."""
+    order = [f"the report's table, IF {f}" for f in TABLE_IFS] + list(FAMILY_GROUPS.values())
+    groups: dict[str, list[RunResult]] = {}
+    for r in runs:
+        if r.rule != LOSS_RULE:
+            continue
+        groups.setdefault(group_of(r), []).append(r)
+        if r.variant == "model8" and r.imbalance == 100:
+            groups.setdefault(FAMILY_GROUPS["ablation"], []).append(r)
+    rank = {name: i for i, name in enumerate(order)}
+    return dict(sorted(groups.items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0])))
+
+
+def exit_share_by_split(final: dict, labels: np.ndarray, num_exits: int) -> dict[str, list[float]]:
+    exits = np.asarray(final["exits"])
+    split = np.array([SPLIT_OF_CLASS[c] for c in labels[:len(exits)]])
+    return {name: (np.bincount(exits[split == name], minlength=num_exits + 1)[1:]
+                   / max((split == name).sum(), 1)).tolist() for name in SPLITS}
+
+
+def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[str, dict]) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+
+    out.mkdir(parents=True, exist_ok=True)
+    groups = plot_groups(runs)
+    written = [training_curves(groups, out / "training_curves.png")]
+    done = {name: [r for r in rs if r.status == rundir.COMPLETED and r.metrics.get("final")]
+            for name, rs in groups.items()}
+    done = {name: rs for name, rs in done.items() if rs}
+    if done:
+        written.append(per_class_heatmap(done, out / "per_class_accuracy.png"))
+        unique = {r.name: r for rs in done.values() for r in rs}.values()
+        early = [r for r in unique if len(r.metrics["final"]["exit_distribution"]) > 1]
+        if early:
+            written.append(exit_distribution(early, labels, out / "exit_distribution_by_split.png"))
+    # A one-exit network's sweep is one point: its group gets a panel only beside early-exit runs.
+    swept = {name: [r for r in rs if r.name in sweeps] for name, rs in groups.items()}
+    swept = {name: rs for name, rs in swept.items() if any(len(sweeps[r.name]["per_exit"]) > 1 for r in rs)}
+    if swept:
+        written.append(accuracy_vs_macs(swept, sweeps, out / "accuracy_vs_macs.png"))
+    return written
+
+
+def _colours(n: int) -> list:
+    """n distinct colours: tab10 up to 10, else tab20 with its dark shades first."""
+    import matplotlib.pyplot as plt
+    if n <= 10:
+        return list(plt.get_cmap("tab10").colors)
+    tab20 = plt.get_cmap("tab20").colors
+    return list(tab20[0::2] + tab20[1::2])
+
+
+def _panels(n: int, ncols: int, size: tuple[float, float], **kw):
+    import matplotlib.pyplot as plt
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
+                             layout="constrained", **kw)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _label(r: RunResult) -> str:
+    if r.status == rundir.COMPLETED:
+        return r.name
+    if r.status == rundir.DIVERGED:
+        return f"{r.name} (diverged at {r.metrics.get('diverged_at')})"
+    done, planned = len(r.metrics.get("epochs", [])), rundir.planned_epochs(r.config) or "?"
+    return f"{r.name} (stopped at {done}/{planned})"
+
+
+def _panel_per_group(groups: dict[str, list[RunResult]], draw, marker, path: Path, *, title: str,
+                     xlabel: str, ylabel: str) -> Path:
+    """One panel per group, its legend beside it: `draw(ax, run, colour)` each run; `marker(runs)`
+    is (marker, what it marks) for the legend, or None when the panel has no such marks."""
+    from matplotlib.lines import Line2D
+    fig, axes = _panels(max(len(groups), 1), 2, (8.5, 3.8), sharey=True)
+    for ax, (name, rs) in zip(axes, groups.items()):
+        for r, colour in zip(rs, _colours(len(rs))):
+            draw(ax, r, colour)
+        handles, names = ax.get_legend_handles_labels()
+        if (mark := marker(rs)) is not None:
+            handles.append(Line2D([], [], marker=mark[0], color="grey", ls="", ms=7))
+            names.append(mark[1])
+        ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.set(title=name, xlabel=xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _reported(r: RunResult) -> float | None:
+    reported = get_variant(r.variant).reported.get(r.imbalance)
+    return None if reported is None else reported.overall
+
+
+def training_curves(groups: dict[str, list[RunResult]], path: Path) -> Path:
+    """Test accuracy by evaluated epoch, the report's number marked at the right edge."""
+    def draw(ax, r, colour):
+        epochs = [e for e in r.metrics["epochs"] if "overall" in e]
+        ax.plot([e["epoch"] for e in epochs], [e["overall"] for e in epochs], color=colour, lw=1.2, label=_label(r))
+        if _reported(r) is not None:
+            ax.plot((rundir.planned_epochs(r.config) or epochs[-1]["epoch"]) + 6, _reported(r), marker="<",
+                    color=colour, ms=7, clip_on=False)
+
+    return _panel_per_group(
+        groups, draw, lambda rs: ("<", "the report's number") if any(_reported(r) is not None for r in rs) else None,
+        path, title="Training curves (evaluated epochs)", xlabel="epoch",
+        ylabel="test accuracy (%), early-exit inference")
+
+
+def per_class_heatmap(groups: dict[str, list[RunResult]], path: Path) -> Path:
+    """One row per completed run (grouped), one column per class and the overall accuracy."""
+    import matplotlib.pyplot as plt
+    rows, names, bounds, seen = [], [], [], set()
+    for rs in groups.values():
+        for r in rs:
+            if r.name in seen:  # model8 beside its ablations: one row is enough
+                continue
+            seen.add(r.name)
+            final = r.metrics["final"]
+            rows.append([*final["per_class"], final["overall"]])
+            names.append(r.name)
+        bounds.append(len(rows))
+    data = np.array(rows)
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.32 * len(rows)), layout="constrained")
+    ax.imshow(data, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    for (i, j), v in np.ndenumerate(data):
+        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, fontweight="bold" if j == 10 else None)
+    for b in bounds[:-1]:
+        ax.axhline(b - 0.5, color="black", lw=1.5)
+    for x in (2.5, 5.5, 9.5):
+        ax.axvline(x, color="white", lw=2)
+    ax.set_xticks(range(11), [*(f"{c}" for c in range(10)), "overall"])
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.xaxis.set_ticks_position("top")
+    ax.set_xlabel("class: 0-2 many, 3-5 medium, 6-9 few (last epoch, test set, %)")
+    ax.set_title("Per-class accuracy at each run's inference threshold")
+    return _save(fig, path)
+
+
+def exit_distribution(runs: list[RunResult], labels: np.ndarray, path: Path) -> Path:
+    """Where the test images of each split leave, for every completed run with early exits."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    early_colours = plt.get_cmap("tab10").colors
+    final_colour = "0.6"
+    fig, axes = _panels(len(runs), 6, (2.6, 2.6), sharey=True)
+    most = 0
+    for ax, r in zip(axes, runs):
+        k = len(r.metrics["final"]["exit_distribution"])
+        most = max(most, k - 1)
+        shares = exit_share_by_split(r.metrics["final"], labels, k)
+        bottom = np.zeros(len(shares))
+        for e in range(k):
+            vals = np.array([100 * shares[s][e] for s in shares])
+            ax.bar(list(shares), vals, bottom=bottom, color=final_colour if e == k - 1 else early_colours[e])
+            bottom += vals
+        ax.set_title(r.name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("% of test images")
+    handles = [Patch(color=early_colours[e], label=f"exit {e + 1}") for e in range(most)]
+    handles.append(Patch(color=final_colour, label="final exit"))
+    fig.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(handles))
+    fig.suptitle("Exit distribution per class split (runs with early exits, their inference threshold)",
+                 x=0.02, ha="left")
+    return _save(fig, path)
+
+
+def accuracy_vs_macs(groups: dict[str, list[RunResult]], sweeps: dict[str, dict], path: Path) -> Path:
+    def draw(ax, r, colour):
+        s = sweeps[r.name]
+        ax.plot([p["mean_macs"] / 1e6 for p in s["sweep"]], [p["overall"] for p in s["sweep"]], color=colour,
+                label=r.name)
+        ax.scatter([p["cumulative_macs"] / 1e6 for p in s["per_exit"]], [p["overall"] for p in s["per_exit"]],
+                   color=colour, marker="s", s=18)
+
+    return _panel_per_group(groups, draw, lambda rs: ("s", "one exit alone (every image there)"), path,
+                            title="Accuracy vs compute as the inference threshold sweeps 0 → 1",
+                            xlabel="mean MACs per image (M)", ylabel="test accuracy (%)")
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
