@@ -7,6 +7,7 @@ is the one place that knows the layout.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
@@ -51,6 +52,28 @@ def progress(run_dir: Path) -> tuple[int, int | None]:
     done = len(read_json(run_dir / METRICS).get("epochs", [])) if (run_dir / METRICS).is_file() else 0
     planned = planned_epochs(read_json(run_dir / CONFIG)) if (run_dir / CONFIG).is_file() else None
     return done, planned
+
+
+def epoch_pace(run_dir: Path, last: int = 20) -> tuple[float, str] | None:
+    """(median seconds of the last `last` epochs since the run's latest start, the machine they ran
+    on), or None before one epoch has run there. The median: one evaluated epoch or one slowed
+    by other work beside it does not move it; a run resumed on another machine is paced by that
+    machine's epochs only."""
+    run_dir = Path(run_dir)
+    if not (run_dir / METRICS).is_file():
+        return None
+    metrics = read_json(run_dir / METRICS)
+    resumes = metrics.get("resumes", [])
+    start = resumes[-1]["epoch"] if resumes else 0
+    seconds = [e["seconds"] for e in metrics.get("epochs", []) if e["epoch"] > start and "seconds" in e][-last:]
+    if not seconds:
+        return None
+    if resumes:
+        device = resumes[-1].get("device", "?")
+    else:
+        config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else {}
+        device = config.get("provenance", {}).get("device", "?")
+    return statistics.median(seconds), device
 
 
 def has_checkpoint(run_dir: Path) -> bool:

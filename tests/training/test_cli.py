@@ -1,5 +1,6 @@
 """The CLI end to end on real CIFAR-10: every variant trains a few batches and evaluates."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -74,9 +75,22 @@ def test_status_says_where_run_directories_stand(data_dir, tmp_path):
     done = tmp_path / "done"
     assert main(["train", "--variant", "model1", "--out", str(done), "--data-dir", str(data_dir),
                  *smoke_flags(epochs=2)]) == 0
-    result = cli("status", tmp_path / "not-yet", done)
+    cut = tmp_path / "cut"  # as a 200-epoch run cut after 3 epochs, resumed on another machine after 1
+    shutil.copytree(done, cut)
+    config = json.loads((cut / "config.json").read_text())
+    config["config"]["epochs"] = 200
+    (cut / "config.json").write_text(json.dumps(config))
+    metrics = json.loads((cut / "metrics.json").read_text())
+    metrics["status"] = "running"
+    metrics["epochs"] = [{"epoch": e, "seconds": s} for e, s in ((1, 7.0), (2, 30.0), (3, 300.0), (4, 29.0))]
+    metrics["resumes"] = [{"epoch": 1, "device": "CPU (x86_64, 2 threads)"}]
+    (cut / "metrics.json").write_text(json.dumps(metrics))
+    result = cli("status", tmp_path / "not-yet", done, cut)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"new\t0/?\t{tmp_path / 'not-yet'}", f"completed\t2/2\t{done}"]
+    # paced by the median of epochs 2-4 (after the resume; the slowed epoch 3 does not move it): 196 x 30 s
+    assert result.stdout.splitlines() == [
+        f"new\t0/?\t{tmp_path / 'not-yet'}", f"completed\t2/2\t{done}",
+        f"running\t4/200\t{cut}\t~1 h 38 min left at 30.0 s an epoch (CPU (x86_64, 2 threads))"]
 
 
 @pytest.mark.parametrize("args,message", [

@@ -1,5 +1,7 @@
 """`status`: where run directories stand: new, running (also a cut run that `--resume` continues),
-completed or diverged, with the epochs done of those planned. One tab-separated line each, the
+completed or diverged, with the epochs done of those planned and, for a run not finished, the time
+left at the median pace of its latest start's epochs and the machine that pace was measured on (a
+run cut on a GPU is paced by the GPU until it resumes here). One tab-separated line each, the
 status first, so a script reads it with `cut -f1` (scripts/cpu_study.sh, scripts/ship_default.sh)."""
 from __future__ import annotations
 
@@ -16,5 +18,16 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     for run_dir in args.run_dirs:
         done, planned = rundir.progress(run_dir)
-        print(f"{rundir.status(run_dir)}\t{done}/{'?' if planned is None else planned}\t{run_dir}")
+        status = rundir.status(run_dir)
+        line = f"{status}\t{done}/{'?' if planned is None else planned}\t{run_dir}"
+        pace = rundir.epoch_pace(run_dir) if status not in rundir.FINISHED and planned else None
+        if pace is not None:
+            print(f"{line}\t~{_duration(pace[0] * (planned - done))} left at {pace[0]:.1f} s an epoch ({pace[1]})")
+        else:
+            print(line)
     return 0
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
