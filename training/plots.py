@@ -13,7 +13,7 @@ import numpy as np
 
 from . import rundir
 from .constants import SPLIT_OF_CLASS, SPLITS
-from .report import RunResult
+from .report import ABLATIONS_BESIDE, RunResult
 from .variants import LOSS_RULE, get_variant
 
 # Groups of runs by variant family; any other family is a row of the report's table, grouped by IF.
@@ -27,15 +27,15 @@ def group_of(r: RunResult) -> str:
 
 
 def plot_groups(runs: list[RunResult]) -> dict[str, list[RunResult]]:
-    """Current-rule runs by group, in the report's order; model8 at IF 100 also sits beside its
-    ablations."""
+    """Current-rule runs by group, in the report's order; the run the ablations are read against
+    (model8 at IF 100) also sits beside them."""
     order = [f"the report's table, IF {f}" for f in TABLE_IFS] + list(FAMILY_GROUPS.values())
     groups: dict[str, list[RunResult]] = {}
     for r in runs:
         if r.rule != LOSS_RULE:
             continue
         groups.setdefault(group_of(r), []).append(r)
-        if r.variant == "model8" and r.imbalance == 100:
+        if (r.variant, r.imbalance) in ABLATIONS_BESIDE:
             groups.setdefault(FAMILY_GROUPS["ablation"], []).append(r)
     rank = {name: i for i, name in enumerate(order)}
     return dict(sorted(groups.items(), key=lambda kv: (rank.get(kv[0], len(order)), kv[0])))

@@ -190,6 +190,9 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
     return "\n".join(lines), missing
 
 
+# The run the ablations are read against (RESULTS.md's ablation section and its plot panel).
+ABLATIONS_BESIDE = [("model8", 100)]
+
 # (with, without, what the difference measures): contrasts of the ablation section, IF 100.
 ABLATION_CONTRASTS = (
     ("model8", "model8-linear", "the ResLT head and loss, against a linear head with plain CE"),

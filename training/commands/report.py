@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..data import load_cifar10
 from ..config import FAST_PATH_FLAGS
-from ..report import (SWEEP, collect_runs, contrasts, heldout_choices, jpeg_penalties, measured_commands,
+from ..report import (ABLATIONS_BESIDE, SWEEP, collect_runs, contrasts, heldout_choices, jpeg_penalties, measured_commands,
                       path_agreement, results_table, retired_table, train_command)
 from ..plots import plot_all
 from ..variants import ablation_runs, control_runs, get_variant, product_runs
@@ -68,7 +68,7 @@ def run(args) -> int:
     choices = heldout_choices(args.fits)
     for title, intro, planned, beside, findings in (
             ("Ablations of model8 (IF 100)", "What the ResLT head and our reading of its loss contribute on "
-             "this copy; run beside model8, not rows of the report's table.", ablation_runs(), [("model8", 100)],
+             "this copy; run beside model8, not rows of the report's table.", ablation_runs(), ABLATIONS_BESIDE,
              contrasts(runs)),
             ("Product candidates (issue 19)", "Recipes for `models/default`, not rows of the report's "
              "table. Their test-set numbers are shown, never used to choose: each candidate goes on to "
