@@ -41,13 +41,8 @@ class RunResult:
     @property
     def device(self) -> str:
         """The machine the run started on, and each other one it was resumed on, from its epoch."""
-        device = self.config.get("provenance", {}).get("device", "?")
-        text, current = device, device
-        for resume in self.metrics.get("resumes", []):
-            if resume.get("device", current) != current:
-                current = resume["device"]
-                text += f"; from epoch {resume['epoch'] + 1}: {current}"
-        return text
+        (_, first), *others = rundir.machines(self.config, self.metrics)
+        return "; ".join([first, *(f"from epoch {epoch}: {machine}" for epoch, machine in others)])
 
     @property
     def train_config(self) -> TrainConfig | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
@@ -31,13 +32,6 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def status(run_dir: Path) -> str:
-    metrics = Path(run_dir) / METRICS
-    if not metrics.is_file():
-        return NEW
-    return read_json(metrics).get("status", RUNNING)
-
-
 def planned_epochs(config: dict) -> int | None:
     """The epochs a run's config.json plans. Each command keeps its own in its own block (a fit's
     or rebalance's "config" is its parent's training config)."""
@@ -45,35 +39,51 @@ def planned_epochs(config: dict) -> int | None:
     return None if block is None else block["epochs"]
 
 
-def progress(run_dir: Path) -> tuple[int, int | None]:
-    """(epochs done, epochs planned) of a `train`, `fit-exits` or `rebalance` run directory; the
-    plan is None before config.json exists."""
-    run_dir = Path(run_dir)
-    done = len(read_json(run_dir / METRICS).get("epochs", [])) if (run_dir / METRICS).is_file() else 0
-    planned = planned_epochs(read_json(run_dir / CONFIG)) if (run_dir / CONFIG).is_file() else None
-    return done, planned
+def machines(config: dict, metrics: dict) -> list[tuple[int, str]]:
+    """(first epoch, machine) of each stretch of a run on one machine: where it started (its
+    config's provenance), then each resume on another machine."""
+    current = config.get("provenance", {}).get("device", "?")
+    stretches = [(1, current)]
+    for resume in metrics.get("resumes", []):
+        if resume.get("device", current) != current:
+            current = resume["device"]
+            stretches.append((resume["epoch"] + 1, current))
+    return stretches
 
 
-def epoch_pace(run_dir: Path, last: int = 20) -> tuple[float, str] | None:
-    """(median seconds of the last `last` epochs since the run's latest start, the machine they ran
-    on), or None before one epoch has run there. The median: one evaluated epoch or one slowed
-    by other work beside it does not move it; a run resumed on another machine is paced by that
-    machine's epochs only."""
+@dataclass(frozen=True)
+class RunState:
+    """Where a `train`, `fit-exits` or `rebalance` run directory stands, from one read of its files."""
+    status: str
+    done: int  # epochs done
+    planned: int | None  # None before config.json exists
+    config: dict
+    metrics: dict
+
+    def pace(self, last: int = 20) -> tuple[float, str] | None:
+        """(median seconds of the last `last` epochs since the run's latest start, the machine they
+        ran on), or None before one epoch has run there. The median: one evaluated epoch or one
+        slowed by other work beside it does not move it; a run resumed on another machine is paced
+        by that machine's epochs only."""
+        resumes = self.metrics.get("resumes", [])
+        start = resumes[-1]["epoch"] if resumes else 0
+        seconds = [e["seconds"] for e in self.metrics.get("epochs", []) if e["epoch"] > start and "seconds" in e]
+        if not seconds:
+            return None
+        return statistics.median(seconds[-last:]), machines(self.config, self.metrics)[-1][1]
+
+
+def state(run_dir: Path) -> RunState:
     run_dir = Path(run_dir)
-    if not (run_dir / METRICS).is_file():
-        return None
-    metrics = read_json(run_dir / METRICS)
-    resumes = metrics.get("resumes", [])
-    start = resumes[-1]["epoch"] if resumes else 0
-    seconds = [e["seconds"] for e in metrics.get("epochs", []) if e["epoch"] > start and "seconds" in e][-last:]
-    if not seconds:
-        return None
-    if resumes:
-        device = resumes[-1].get("device", "?")
-    else:
-        config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else {}
-        device = config.get("provenance", {}).get("device", "?")
-    return statistics.median(seconds), device
+    started = (run_dir / METRICS).is_file()
+    metrics = read_json(run_dir / METRICS) if started else {}
+    config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else {}
+    return RunState(status=metrics.get("status", RUNNING) if started else NEW, done=len(metrics.get("epochs", [])),
+                    planned=planned_epochs(config), config=config, metrics=metrics)
+
+
+def status(run_dir: Path) -> str:
+    return state(run_dir).status
 
 
 def has_checkpoint(run_dir: Path) -> bool:

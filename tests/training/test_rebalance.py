@@ -13,7 +13,8 @@ from training.device_data import DeviceBatches
 from training.errors import TrainingError
 from training.network import make_head
 from training.rebalance import ScaledExits, exit_classifiers, label_aware_smoothing, smoothed_cross_entropy
-from training.rundir import checkpoint_model, progress
+from training import rundir
+from training.rundir import checkpoint_model
 
 from ..conftest import REPO
 from .smoke import check_second_stage_resumes_bit_for_bit
@@ -100,7 +101,8 @@ def test_only_the_classifiers_move_and_the_checkpoint_reads_like_a_training_one(
     assert state["rebalance"]["epoch"] == 1 and len(state["rebalance"]["scales"]) == 3
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["kind"] == "rebalance" and metrics["status"] == "completed"
-    assert progress(out) == (1, 1)  # its own epochs, not those of the parent's training config (200)
+    run = rundir.state(out)
+    assert (run.done, run.planned) == (1, 1)  # its own epochs, not those of the parent's training config (200)
 
 
 def test_rebalance_resumes_after_kill_bit_for_bit(data_dir, tmp_path):

@@ -17,12 +17,12 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     for run_dir in args.run_dirs:
-        done, planned = rundir.progress(run_dir)
-        status = rundir.status(run_dir)
-        line = f"{status}\t{done}/{'?' if planned is None else planned}\t{run_dir}"
-        pace = rundir.epoch_pace(run_dir) if status not in rundir.FINISHED and planned else None
+        run = rundir.state(run_dir)
+        line = f"{run.status}\t{run.done}/{'?' if run.planned is None else run.planned}\t{run_dir}"
+        pace = run.pace() if run.status not in rundir.FINISHED and run.planned else None
         if pace is not None:
-            print(f"{line}\t~{_duration(pace[0] * (planned - done))} left at {pace[0]:.1f} s an epoch ({pace[1]})")
+            left = _duration(pace[0] * (run.planned - run.done))
+            print(f"{line}\t~{left} left at {pace[0]:.1f} s an epoch ({pace[1]})")
         else:
             print(line)
     return 0
