@@ -7,9 +7,11 @@
 # recipe's network at IF 10 for issue 19, whose exits scripts/ship_default.sh fits), then
 # hybrid-lt-sam (SAM, the last of issue 19's ingredients not yet measured), then model7; then the rest
 # of issue 16's table in its order: models 14, 15, 16 (full power: 25 s an epoch here at IF 100,
-# 30 s at IF 50), 1-6, the shipped recipe (hybrid-lt-mid, models/default) at IF 50 (cut at epoch
-# 86 when issue 19 was blocked), the baselines at IF 50/10, erm at IF 1, and hybrid-lt-mid at IF 10
-# last (issue 19 is blocked; its IF 50/10 models are a follow-up, issue 16's rows come first).
+# 30 s at IF 50; model16 at IF 10 55-68 s on 2026-12-05, when model14's benchmarked step took 383 ms
+# instead of an earlier session's 264: the machines this CPU study gets differ by ~1.45x), 1-6, the
+# shipped recipe (hybrid-lt-mid, models/default) at IF 50 (cut at epoch 86 when issue 19 was
+# blocked), the baselines at IF 50/10, erm at IF 1, and hybrid-lt-mid at IF 10 last (issue 19 is
+# blocked; its IF 50/10 models are a follow-up, issue 16's rows come first).
 # The product candidates' choice is made on held-out images (`calibrate`), never on the test set.
 # Every run takes `train`'s CPU default, the fast path (bf16 only on a CPU with bf16 instructions:
 # training/config.py).
