@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from training import rundir
 from training.augment import normalize_batch
 from training.cli import main
 from training.data import build_datasets
@@ -13,7 +14,6 @@ from training.device_data import DeviceBatches
 from training.errors import TrainingError
 from training.network import make_head
 from training.rebalance import ScaledExits, exit_classifiers, label_aware_smoothing, smoothed_cross_entropy
-from training import rundir
 from training.rundir import checkpoint_model
 
 from ..conftest import REPO
