@@ -70,11 +70,10 @@ class RunResult:
 def collect_runs(root: Path) -> list[RunResult]:
     runs = []
     for metrics_file in sorted(Path(root).glob(f"*/{rundir.METRICS}")):
-        m = json.loads(metrics_file.read_text())
+        run = rundir.state(metrics_file.parent)
+        m, config = run.metrics, run.config
         if m.get("kind", "train") != "train":  # fit-exits runs are derived models, not table runs
             continue
-        config_file = metrics_file.parent / rundir.CONFIG
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         if config.get("config", {}).get("eval_split", "test") != "test":  # pilots: not test-set results
             continue
         runs.append(RunResult(metrics_file.parent.name, m["variant"], m["imbalance"], m.get("seed", 0),
