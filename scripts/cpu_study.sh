@@ -33,6 +33,11 @@ plan=(model8-reslt-official:100 hybrid-lt:100 hybrid-la:100 model12:50 hybrid-lt
       model7:100 model14:100 model15:50 model16:10 model1:100 model2:100 model3:100 model4:100 model5:100 model6:100
       hybrid-lt-mid:50 reslt:50 reslt:10 elf:50 elf:10 erm:1 hybrid-lt-mid:10)
 mkdir -p runs
+# One study at a time: a second start would find the run under way refused (rundir.claim) and train
+# the plan's next run beside it. The lock passes to the runs started here, so a study stopped with
+# pkill while its run ends its epoch still counts as running.
+exec 9>runs/cpu_study.lock
+if ! flock -n 9; then echo "$(date -u +%FT%TZ) scripts/cpu_study.sh is already running (runs/cpu_study.lock)"; exit 1; fi
 # On a CPU without bf16 instructions every new run would take fp32 for all its epochs, 3.3x the cost
 # of bf16 on the project's AVX-512 BF16 machine (results/BENCHMARKS.md): wait for that machine.
 if [ "$($py -c 'from training.config import cpu_has_bf16; print(cpu_has_bf16())')" != True ] && [ "${STUDY_FP32:-0}" != 1 ]; then

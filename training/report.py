@@ -249,7 +249,7 @@ def retired_table(runs: list[RunResult]) -> str:
         e = r.last
         lines.append(f"| {r.name} | {r.variant} | {r.imbalance} | {e.get('epoch', 0)} | {_fmt(e.get('overall'))} "
                      f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} "
-                     f"| {'stopped' if r.status == rundir.RUNNING else r.status} |")
+                     f"| {r.status} |")
     return "\n".join(lines) if old else ""
 
 

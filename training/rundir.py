@@ -6,8 +6,12 @@ is the one place that knows the layout.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import statistics
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +23,9 @@ METRICS = "metrics.json"
 CONFIG = "config.json"
 LOG = "train.log"
 
-# metrics.json "status"; "new" is a directory without metrics yet.
-NEW, RUNNING, COMPLETED, DIVERGED = "new", "running", "completed", "diverged"
+# metrics.json "status"; "new" is a directory without metrics yet, "stopped" a "running" one that no
+# process holds (cut: `--resume` continues it).
+NEW, RUNNING, STOPPED, COMPLETED, DIVERGED = "new", "running", "stopped", "completed", "diverged"
 FINISHED = (COMPLETED, DIVERGED)
 
 
@@ -78,12 +83,57 @@ def state(run_dir: Path) -> RunState:
     started = (run_dir / METRICS).is_file()
     metrics = read_json(run_dir / METRICS) if started else {}
     config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else {}
-    return RunState(status=metrics.get("status", RUNNING) if started else NEW, done=len(metrics.get("epochs", [])),
+    status = metrics.get("status", RUNNING) if started else NEW
+    if status == RUNNING and not held(run_dir):
+        status = STOPPED
+    return RunState(status=status, done=len(metrics.get("epochs", [])),
                     planned=planned_epochs(config), config=config, metrics=metrics)
 
 
 def status(run_dir: Path) -> str:
     return state(run_dir).status
+
+
+@contextmanager
+def claim(run_dir: Path, wait_s: float = 1.0):
+    """Hold `run_dir` for this process while it trains there: a second trainer of the same
+    directory is refused (the two would write one checkpoint), and `held` tells a run under way
+    from a cut one. An flock on the directory itself: no file to leave behind, and the kernel lets
+    go when the process ends, however it ends. `held` takes the lock for an instant, hence the
+    short wait before refusing."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + wait_s
+        while not _try_lock(fd, fcntl.LOCK_EX):
+            if time.monotonic() >= deadline:
+                raise TrainingError(f"{run_dir} is being trained by another process (see `python -m training "
+                                    "status`); wait for it, or stop it (SIGTERM checkpoints it) and --resume")
+            time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def held(run_dir: Path) -> bool:
+    """Whether a process is training in `run_dir` now (holds its `claim`)."""
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        return not _try_lock(fd, fcntl.LOCK_SH)
+    finally:
+        os.close(fd)  # releases the shared lock, if it was taken
+
+
+def _try_lock(fd: int, kind: int) -> bool:
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def has_checkpoint(run_dir: Path) -> bool:

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from training import rundir
 from training.cli import main
 from training.variants import all_variants
 
@@ -87,10 +88,29 @@ def test_status_says_where_run_directories_stand(data_dir, tmp_path):
     (cut / "metrics.json").write_text(json.dumps(metrics))
     result = cli("status", tmp_path / "not-yet", done, cut)
     assert result.returncode == 0, result.stderr
-    # paced by the median of epochs 2-4 (after the resume; the slowed epoch 3 does not move it): 196 x 30 s
+    # paced by the median of epochs 2-4 (after the resume; the slowed epoch 3 does not move it): 196 x 30 s;
+    # "stopped": metrics.json says running, but no process holds the directory
+    left = "\t~1 h 38 min left at 30.0 s an epoch (CPU (x86_64, 2 threads))"
     assert result.stdout.splitlines() == [
-        f"new\t0/?\t{tmp_path / 'not-yet'}", f"completed\t2/2\t{done}",
-        f"running\t4/200\t{cut}\t~1 h 38 min left at 30.0 s an epoch (CPU (x86_64, 2 threads))"]
+        f"new\t0/?\t{tmp_path / 'not-yet'}", f"completed\t2/2\t{done}", f"stopped\t4/200\t{cut}{left}"]
+    with rundir.claim(cut):  # as `train --resume` holds it while it trains
+        assert cli("status", cut).stdout == f"running\t4/200\t{cut}{left}\n"
+    assert cli("status", cut).stdout.startswith("stopped\t")
+
+
+def test_a_directory_in_training_is_not_trained_twice(data_dir, tmp_path):
+    """Two trainers of one directory would write one checkpoint: the second is refused, and
+    touches nothing, while another process holds the directory."""
+    out = tmp_path / "run"
+    args = ["train", "--variant", "model1", "--out", out, "--data-dir", data_dir, *SMOKE]
+    with rundir.claim(out):
+        refused = cli(*args)
+        assert refused.returncode == 2
+        assert refused.stderr.strip() == (f"error: {out} is being trained by another process (see `python -m "
+                                          "training status`); wait for it, or stop it (SIGTERM checkpoints it) "
+                                          "and --resume")
+        assert list(out.iterdir()) == []
+    assert cli(*args).returncode == 0  # held no longer: the kernel let go with the holder
 
 
 @pytest.mark.parametrize("args,message", [

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from training import rundir
 from training.config import TrainConfig
 from training.engine import check_collapse
 from training.errors import Diverged
@@ -86,6 +87,7 @@ def test_sigterm_stops_after_the_epoch_under_way_with_its_checkpoint(data_dir, t
     while not (out / "train.log").is_file() or "Epoch 1\t" not in (out / "train.log").read_text():
         assert proc.poll() is None and time.monotonic() < deadline, "epoch 1 never ended"
         time.sleep(0.02)
+    assert rundir.held(out)  # the training process holds its directory
     proc.send_signal(signal.SIGTERM)
     stderr = proc.communicate(timeout=300)[1]
     assert proc.returncode == 128 + signal.SIGTERM, stderr
@@ -96,6 +98,7 @@ def test_sigterm_stops_after_the_epoch_under_way_with_its_checkpoint(data_dir, t
     epochs = [line.split("\t")[0] for line in (out / "train.log").read_text().splitlines() if line.startswith("Epoch")]
     assert epochs[-1] == f"Epoch {stopped_at}"
     assert json.loads((out / "metrics.json").read_text())["status"] == "running"
+    assert rundir.state(out).status == "stopped"  # no process holds it: `--resume` continues it
 
     done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .. import loop
+from .. import loop, rundir
 from ..data import default_data_dir
 from ..errors import TrainingError
 from ..evaluation import format_report
@@ -64,12 +64,13 @@ def run_second_stage(job_class, config, args, what: str, describe) -> int:
     """Build, resume (with --resume) and run a second-stage job (`fit-exits`, `rebalance`) of
     args.checkpoint into args.out; `describe(job)` opens the run's first line."""
     out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-{what}"
-    job = job_class(args.checkpoint, config, out, args.data_dir, resolve_device(args.device))
-    loop.prepare(job, args.resume)
-    if job.start_epoch:
-        print(f"resuming {out} from epoch {job.start_epoch}")
-    print(f"{describe(job)}, run dir {out}")
-    print(format_report(loop.run(job)))
+    with rundir.claim(out):
+        job = job_class(args.checkpoint, config, out, args.data_dir, resolve_device(args.device))
+        loop.prepare(job, args.resume)
+        if job.start_epoch:
+            print(f"resuming {out} from epoch {job.start_epoch}")
+        print(f"{describe(job)}, run dir {out}")
+        print(format_report(loop.run(job)))
     return 0
 
 

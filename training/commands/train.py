@@ -117,13 +117,14 @@ def run(args) -> int:
     config = config_from_args(args, imbalance, device.type, saved_config(out) if args.resume else None)
     if args.workers < 0:
         raise TrainingError(f"--workers must be >= 0, got {args.workers}")
-    run_ = Run(config, out, device, args.data_dir, workers=args.workers, variant=args.variant)
-    loop.prepare(run_, args.resume)
-    if run_.start_epoch:
-        print(f"resuming {out} from epoch {run_.start_epoch}")
-    print(f"{config.variant} IF {config.imbalance}: {len(run_.train_set)} training images "
-          f"{run_.class_counts}, {len(run_.test_set)} {'held-out' if config.eval_split == 'heldout' else 'test'} "
-          f"images to evaluate on, device {device}, "
-          f"path {config.path_name()}, run dir {out}")
-    print(format_report(loop.run(run_)))
+    with rundir.claim(out):
+        run_ = Run(config, out, device, args.data_dir, workers=args.workers, variant=args.variant)
+        loop.prepare(run_, args.resume)
+        if run_.start_epoch:
+            print(f"resuming {out} from epoch {run_.start_epoch}")
+        print(f"{config.variant} IF {config.imbalance}: {len(run_.train_set)} training images "
+              f"{run_.class_counts}, {len(run_.test_set)} {'held-out' if config.eval_split == 'heldout' else 'test'} "
+              f"images to evaluate on, device {device}, "
+              f"path {config.path_name()}, run dir {out}")
+        print(format_report(loop.run(run_)))
     return 0
