@@ -102,6 +102,7 @@ def claim(run_dir: Path, wait_s: float = 1.0):
     go when the process ends, however it ends. `held` takes the lock for an instant, hence the
     short wait before refusing."""
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -114,6 +115,8 @@ def claim(run_dir: Path, wait_s: float = 1.0):
         yield
     finally:
         os.close(fd)
+        if created and not any(run_dir.iterdir()):  # a run that failed before writing leaves no directory
+            run_dir.rmdir()
 
 
 def held(run_dir: Path) -> bool:

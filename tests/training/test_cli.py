@@ -133,6 +133,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert "CIFAR-10 not found" in result.stderr and "cifar-10-batches-py" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()  # no empty run directory left behind
 
 
 def test_malformed_dataset_is_a_clear_error(tmp_path):
