@@ -60,18 +60,25 @@ def add_second_stage_args(parser: argparse.ArgumentParser, what: str) -> None:
     add_data_args(parser)
 
 
-def run_second_stage(job_class, config, args, what: str, describe) -> int:
-    """Build, resume (with --resume) and run a second-stage job (`fit-exits`, `rebalance`) of
-    args.checkpoint into args.out; `describe(job)` opens the run's first line."""
-    out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-{what}"
+def run_job(out: Path, build, resume: bool, describe) -> int:
+    """The one way a command trains into a run directory (`train`, `fit-exits`, `rebalance`): hold
+    `out` (rundir.claim), build the loop job, start it or resume it (with `resume`), run it to the
+    end; `describe(job)` opens the run's first line."""
     with rundir.claim(out):
-        job = job_class(args.checkpoint, config, out, args.data_dir, resolve_device(args.device))
-        loop.prepare(job, args.resume)
+        job = build()
+        loop.prepare(job, resume)
         if job.start_epoch:
             print(f"resuming {out} from epoch {job.start_epoch}")
         print(f"{describe(job)}, run dir {out}")
         print(format_report(loop.run(job)))
     return 0
+
+
+def run_second_stage(job_class, config, args, what: str, describe) -> int:
+    """A second-stage job (`fit-exits`, `rebalance`) of args.checkpoint into args.out."""
+    out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-{what}"
+    return run_job(out, lambda: job_class(args.checkpoint, config, out, args.data_dir, resolve_device(args.device)),
+                   args.resume, describe)
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:

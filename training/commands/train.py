@@ -11,14 +11,13 @@ import json
 import os
 from pathlib import Path
 
-from .. import loop, rundir
+from .. import rundir
 from ..compilation import COMPILE_MODES
 from ..config import REFERENCE_EPOCHS, TrainConfig, default_path, scaled_milestones
 from ..engine import Run
 from ..errors import TrainingError
-from ..evaluation import format_report
 from ..variants import Variant, get_variant
-from .common import add_data_args, positive_int, resolve_device, unit_interval
+from .common import add_data_args, positive_int, resolve_device, run_job, unit_interval
 
 
 def variant_arg(text: str) -> Variant:
@@ -117,14 +116,10 @@ def run(args) -> int:
     config = config_from_args(args, imbalance, device.type, saved_config(out) if args.resume else None)
     if args.workers < 0:
         raise TrainingError(f"--workers must be >= 0, got {args.workers}")
-    with rundir.claim(out):
-        run_ = Run(config, out, device, args.data_dir, workers=args.workers, variant=args.variant)
-        loop.prepare(run_, args.resume)
-        if run_.start_epoch:
-            print(f"resuming {out} from epoch {run_.start_epoch}")
-        print(f"{config.variant} IF {config.imbalance}: {len(run_.train_set)} training images "
-              f"{run_.class_counts}, {len(run_.test_set)} {'held-out' if config.eval_split == 'heldout' else 'test'} "
-              f"images to evaluate on, device {device}, "
-              f"path {config.path_name()}, run dir {out}")
-        print(format_report(loop.run(run_)))
-    return 0
+    return run_job(
+        out, lambda: Run(config, out, device, args.data_dir, workers=args.workers, variant=args.variant),
+        args.resume,
+        lambda run_: f"{config.variant} IF {config.imbalance}: {len(run_.train_set)} training images "
+                     f"{run_.class_counts}, {len(run_.test_set)} "
+                     f"{'held-out' if config.eval_split == 'heldout' else 'test'} images to evaluate on, "
+                     f"device {device}, path {config.path_name()}")
