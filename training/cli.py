@@ -19,7 +19,7 @@ COMMANDS = {
     "rebalance": (rebalance, "re-train every exit's classifier on class-balanced batches (MiSLAS's stage 2)"),
     "evaluate": (evaluate, "early-exit evaluation of a checkpoint on the CIFAR-10 test set"),
     "grid": (grid, "run the study's table (or a part) several runs at a time, one progress view"),
-    "status": (status, "where run directories stand (new / running / completed / diverged) and their epochs done"),
+    "status": (status, "where run directories stand (new / running / stopped / completed / diverged) and their epochs done"),
     "report": (report, "RESULTS.md and plots from run directories' metrics (the report's table beside ours)"),
     "calibrate": (calibrate, "pick the lowest-compute threshold within an accuracy drop on held-out training images"),
     "curve": (curve, "a model directory's accuracy-vs-MACs curve (plot and table) from its manifest"),
