@@ -28,10 +28,7 @@ class RunResult:
     dir: Path
     metrics: dict
     config: dict
-
-    @property
-    def status(self) -> str:
-        return self.metrics["status"]
+    status: str  # rundir.state's: an unfinished run is `running` while a process holds it, else `stopped`
 
     @property
     def last(self) -> dict:
@@ -77,7 +74,7 @@ def collect_runs(root: Path) -> list[RunResult]:
         if config.get("config", {}).get("eval_split", "test") != "test":  # pilots: not test-set results
             continue
         runs.append(RunResult(metrics_file.parent.name, m["variant"], m["imbalance"], m.get("seed", 0),
-                              metrics_file.parent, m, config))
+                              metrics_file.parent, m, config, run.status))
     return runs
 
 
@@ -156,9 +153,10 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
             e, total = r.last, rundir.planned_epochs(r.config) or "?"
             if r.status not in rundir.FINISHED:
                 trained = len(r.metrics["epochs"])
+                where, state = ((f"running, epoch {trained} of {total} done", "running") if r.status == rundir.RUNNING
+                                else (f"stopped at epoch {trained} of {total}", "resumable"))
                 lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "
-                             f"stopped at epoch {trained} of {total} | | | | | | | | | {r.seed} "
-                             f"| resumable | {r.device} | {r.path} |")
+                             f"{where} | | | | | | | | | {r.seed} | {state} | {r.device} | {r.path} |")
                 missing.append(train_command(variant, imbalance, r.seed, r.flags, resume=True, name=r.name))
                 continue
             status = ("completed" if r.status == "completed"

@@ -19,7 +19,8 @@ def _run(variant: str, imbalance: int, status: str = "completed", name: str | No
     metrics = {"status": status, "epochs": epochs, **({"final": final} if status == "completed" else {}),
                **({"diverged_at": 5} if status == "diverged" else {})}
     name = name or f"{variant}-if{imbalance}-seed0"
-    return RunResult(name, variant, imbalance, 0, Path(name), metrics, {"variant": record, "config": {"epochs": 200}})
+    return RunResult(name, variant, imbalance, 0, Path(name), metrics, {"variant": record, "config": {"epochs": 200}},
+                     status)
 
 
 def test_runs_are_grouped_like_the_results_page():

@@ -47,7 +47,13 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     assert f"IF 100: {70.36 - erm:.2f} points" in text
     assert "not yet measured: stopped at epoch 1 of 3" in text
     model8 = next(line for line in text.splitlines() if "stopped at epoch 1 of 3" in line)
-    assert "| CPU (" in model8 and "; from epoch 2: NVIDIA H200 |" in model8
+    assert "| CPU (" in model8 and "; from epoch 2: NVIDIA H200 |" in model8 and "| resumable |" in model8
+    from training import rundir
+    from training.report import collect_runs, results_table
+    with rundir.claim(stopped):  # as while a process trains it
+        table, _ = results_table(collect_runs(runs))
+    model8 = next(line for line in table.splitlines() if line.startswith("| model8 |"))
+    assert "not yet measured: running, epoch 1 of 3 done |" in model8 and "| running |" in model8
     from training.config import cpu_has_bf16
     amp = "--amp" if cpu_has_bf16() else "--no-amp"  # the CPU default's
     assert (f"--variant model8 --imbalance 100 --seed 0 --data-path device {amp} --channels-last --compile off "
@@ -101,7 +107,7 @@ def _completed(variant: str, overall: float, path_flags: dict, tmp_path):
     config = {"config": {"variant": variant, "imbalance": 100, **path_flags},
               "variant": get_variant(variant).to_dict()}
     return RunResult(f"{variant}-if100-seed0", variant, 100, 0, tmp_path, {"status": "completed", "epochs": [last]},
-                     config)
+                     config, "completed")
 
 
 def test_ablation_contrasts_need_both_runs_completed_and_name_differing_paths(tmp_path):
