@@ -54,13 +54,13 @@ def report(probs: torch.Tensor, labels: np.ndarray, threshold: float) -> list[st
     y = torch.from_numpy(labels).long()
     exits = first_confident_exit(probs, threshold, y).numpy()
     conf, pred = probs.max(dim=2)
-    lines = [f"  exit  confident >= {threshold:g}  most predicted class (share)  training exit of  its classes (images)"]
+    lines = [f"  exit  confident >= {threshold:<4g}  top class  its share  training exit of  its classes (images)"]
     for k in range(probs.size(0)):
         share = np.bincount(pred[k].numpy(), minlength=probs.size(2)) / probs.size(1)
         mine = labels[exits == k]
         classes = ", ".join(f"{c}: {n}" for c, n in enumerate(np.bincount(mine, minlength=probs.size(2))) if n)
         lines.append(f"  {k + 1:4d}  {100 * (conf[k] >= threshold).float().mean():16.1f}%"
-                     f"  {int(share.argmax()):>12d} ({100 * share.max():5.1f}%)"
+                     f"  {int(share.argmax()):>9d}  {100 * share.max():8.1f}%"
                      f"  {100 * len(mine) / len(labels):15.1f}%  {classes or '-'}")
     return lines
 
