@@ -3,8 +3,8 @@
 SPEC §4: an image's training exit is the first exit that predicts its label with max softmax at or
 above the variant's training threshold, else the final exit; a routed variant counts only that
 exit's loss. For a variant freshly initialised (`--seed`, as `train` initialises it) or a
-checkpoint, on the training set without augmentation, in batches of 128 with batch statistics (as
-a training step sees them): per exit, the share of images it is confident on, the class it
+checkpoint, on the training set without augmentation, shuffled, in batches of 128 with batch
+statistics (as a training step sees them): per exit, the share of images it is confident on, the class it
 predicts most and that class's share of its predictions, and the share of images it is the
 training exit of, with the classes they belong to. An early exit whose training images are one
 class learns only that class (model4: README, Results).
@@ -74,8 +74,9 @@ def main() -> int:
     sets = {}
     for source in args.sources:
         model, variant, imbalance, what = model_of(source, args.seed)
-        if imbalance not in sets:
-            sets[imbalance] = build_datasets(args.data_dir, imbalance)[0]
+        if imbalance not in sets:  # shuffled once: the set is sorted by class, and batch statistics
+            train = build_datasets(args.data_dir, imbalance)[0]  # over one class are not a training batch's
+            sets[imbalance] = train.subset(np.random.default_rng(args.seed).permutation(len(train)))
         train = sets[imbalance]
         print(f"{what}: {len(train)} training images (IF {imbalance}), training threshold "
               f"{variant.train_threshold:g}, {variant.routing} loss")
