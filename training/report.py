@@ -29,6 +29,7 @@ class RunResult:
     metrics: dict
     config: dict
     status: str  # rundir.state's: an unfinished run is `running` while a process holds it, else `stopped`
+    done: int  # epochs trained
 
     @property
     def last(self) -> dict:
@@ -74,7 +75,7 @@ def collect_runs(root: Path) -> list[RunResult]:
         if config.get("config", {}).get("eval_split", "test") != "test":  # pilots: not test-set results
             continue
         runs.append(RunResult(metrics_file.parent.name, m["variant"], m["imbalance"], m.get("seed", 0),
-                              metrics_file.parent, m, config, run.status))
+                              metrics_file.parent, m, config, run.status, run.done))
     return runs
 
 
@@ -152,9 +153,8 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
         for r in found:
             e, total = r.last, rundir.planned_epochs(r.config) or "?"
             if r.status not in rundir.FINISHED:
-                trained = len(r.metrics["epochs"])
-                where, state = ((f"running, epoch {trained} of {total} done", "running") if r.status == rundir.RUNNING
-                                else (f"stopped at epoch {trained} of {total}", "resumable"))
+                where, state = ((f"running, epoch {r.done} of {total} done", "running") if r.status == rundir.RUNNING
+                                else (f"stopped at epoch {r.done} of {total}", "resumable"))
                 lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "
                              f"{where} | | | | | | | | | {r.seed} | {state} | {r.device} | {r.path} |")
                 missing.append(train_command(variant, imbalance, r.seed, r.flags, resume=True, name=r.name))

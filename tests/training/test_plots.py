@@ -20,7 +20,7 @@ def _run(variant: str, imbalance: int, status: str = "completed", name: str | No
                **({"diverged_at": 5} if status == "diverged" else {})}
     name = name or f"{variant}-if{imbalance}-seed0"
     return RunResult(name, variant, imbalance, 0, Path(name), metrics, {"variant": record, "config": {"epochs": 200}},
-                     status)
+                     status, len(epochs))
 
 
 def test_runs_are_grouped_like_the_results_page():

@@ -107,7 +107,7 @@ def _completed(variant: str, overall: float, path_flags: dict, tmp_path):
     config = {"config": {"variant": variant, "imbalance": 100, **path_flags},
               "variant": get_variant(variant).to_dict()}
     return RunResult(f"{variant}-if100-seed0", variant, 100, 0, tmp_path, {"status": "completed", "epochs": [last]},
-                     config, "completed")
+                     config, "completed", 1)
 
 
 def test_ablation_contrasts_need_both_runs_completed_and_name_differing_paths(tmp_path):
