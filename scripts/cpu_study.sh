@@ -9,9 +9,9 @@
 # of issue 16's table in its order: models 14, 15, 16 (full power: 25 s an epoch here at IF 100,
 # 30 s at IF 50; model16 at IF 10 55-68 s on 2026-12-05, when model14's benchmarked step took 383 ms
 # instead of an earlier session's 264: the machines this CPU study gets differ by ~1.45x), 1-6, the
-# shipped recipe (hybrid-lt-mid, models/default) at IF 50 (cut at epoch 86 when issue 19 was
-# blocked), the baselines at IF 50/10, erm at IF 1, and hybrid-lt-mid at IF 10 last (issue 19 is
-# blocked; its IF 50/10 models are a follow-up, issue 16's rows come first).
+# baselines at IF 50/10 and erm at IF 1; then the shipped recipe (hybrid-lt-mid, models/default) at
+# IF 50 (cut at epoch 86 when issue 19 was blocked) and IF 10 (issue 19 is blocked; its IF 50/10
+# models are a follow-up, issue 16's rows come first).
 # The product candidates' choice is made on held-out images (`calibrate`), never on the test set.
 # Every run takes `train`'s CPU default, the fast path (bf16 only on a CPU with bf16 instructions:
 # training/config.py).
@@ -31,7 +31,7 @@ plan=(model8-reslt-official:100 hybrid-lt:100 hybrid-la:100 model12:50 hybrid-lt
       erm:100 reslt:100 model8-linear:100
       model8:100:model8-if100-seed0-cpufast model13:10 hybrid-lt-sam:100
       model7:100 model14:100 model15:50 model16:10 model1:100 model2:100 model3:100 model4:100 model5:100 model6:100
-      hybrid-lt-mid:50 reslt:50 reslt:10 elf:50 elf:10 erm:1 hybrid-lt-mid:10)
+      reslt:50 reslt:10 elf:50 elf:10 erm:1 hybrid-lt-mid:50 hybrid-lt-mid:10)
 mkdir -p runs
 # One study at a time: a second start would find the run under way refused (rundir.claim) and train
 # the plan's next run beside it. The lock passes to the runs started here, so a study stopped with
