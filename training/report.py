@@ -26,10 +26,19 @@ class RunResult:
     imbalance: int
     seed: int
     dir: Path
-    metrics: dict
-    config: dict
-    status: str  # rundir.state's: an unfinished run is `running` while a process holds it, else `stopped`
-    done: int  # epochs trained
+    run: rundir.RunState  # its status: an unfinished run is `running` while a process holds it, else `stopped`
+
+    @property
+    def metrics(self) -> dict:
+        return self.run.metrics
+
+    @property
+    def config(self) -> dict:
+        return self.run.config
+
+    @property
+    def status(self) -> str:
+        return self.run.status
 
     @property
     def last(self) -> dict:
@@ -75,7 +84,7 @@ def collect_runs(root: Path) -> list[RunResult]:
         if config.get("config", {}).get("eval_split", "test") != "test":  # pilots: not test-set results
             continue
         runs.append(RunResult(metrics_file.parent.name, m["variant"], m["imbalance"], m.get("seed", 0),
-                              metrics_file.parent, m, config, run.status, run.done))
+                              metrics_file.parent, run))
     return runs
 
 
@@ -151,10 +160,10 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
                          "| | | | | | | | | | | | |")
             missing.append(train_command(variant, imbalance))
         for r in found:
-            e, total = r.last, rundir.planned_epochs(r.config) or "?"
+            e, done, total = r.last, r.run.done, r.run.planned or "?"
             if r.status not in rundir.FINISHED:
-                where, state = ((f"running, epoch {r.done} of {total} done", "running") if r.status == rundir.RUNNING
-                                else (f"stopped at epoch {r.done} of {total}", "resumable"))
+                where, state = ((f"running, epoch {done} of {total} done", "running") if r.status == rundir.RUNNING
+                                else (f"stopped at epoch {done} of {total}", "resumable"))
                 lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "
                              f"{where} | | | | | | | | | {r.seed} | {state} | {r.device} | {r.path} |")
                 missing.append(train_command(variant, imbalance, r.seed, r.flags, resume=True, name=r.name))

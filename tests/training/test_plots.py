@@ -5,6 +5,7 @@ import numpy as np
 
 from training.plots import FAMILY_GROUPS, plot_all, plot_groups
 from training.report import RunResult
+from training.rundir import RunState
 from training.variants import get_variant
 
 
@@ -19,8 +20,8 @@ def _run(variant: str, imbalance: int, status: str = "completed", name: str | No
     metrics = {"status": status, "epochs": epochs, **({"final": final} if status == "completed" else {}),
                **({"diverged_at": 5} if status == "diverged" else {})}
     name = name or f"{variant}-if{imbalance}-seed0"
-    return RunResult(name, variant, imbalance, 0, Path(name), metrics, {"variant": record, "config": {"epochs": 200}},
-                     status, len(epochs))
+    run = RunState(status, len(epochs), 200, {"variant": record, "config": {"epochs": 200}}, metrics)
+    return RunResult(name, variant, imbalance, 0, Path(name), run)
 
 
 def test_runs_are_grouped_like_the_results_page():

@@ -102,12 +102,13 @@ def test_report_sets_fast_path_runs_beside_reference_runs(data_dir, tmp_path):
 
 def _completed(variant: str, overall: float, path_flags: dict, tmp_path):
     from training.report import RunResult
+    from training.rundir import RunState
     from training.variants import get_variant
     last = {"overall": overall, "many": overall + 10, "medium": overall, "few": overall - 10}
     config = {"config": {"variant": variant, "imbalance": 100, **path_flags},
               "variant": get_variant(variant).to_dict()}
-    return RunResult(f"{variant}-if100-seed0", variant, 100, 0, tmp_path, {"status": "completed", "epochs": [last]},
-                     config, "completed", 1)
+    run = RunState("completed", 1, 200, config, {"status": "completed", "epochs": [last]})
+    return RunResult(f"{variant}-if100-seed0", variant, 100, 0, tmp_path, run)
 
 
 def test_ablation_contrasts_need_both_runs_completed_and_name_differing_paths(tmp_path):
