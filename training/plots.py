@@ -13,13 +13,14 @@ import numpy as np
 
 from . import rundir
 from .constants import SPLIT_OF_CLASS, SPLITS
-from .report import ABLATIONS_BESIDE, RunResult
-from .variants import LOSS_RULE, get_variant
+from .report import ABLATIONS_BESIDE, RunResult, penalty_at
+from .variants import LOSS_RULE, control_runs, get_variant, study_runs
 
 # Groups of runs by variant family; any other family is a row of the report's table, grouped by IF.
 FAMILY_GROUPS = {"control": "controls (erm)", "ablation": "ablations (beside model8)",
                  "product": "product candidates (issue 19)"}
 TABLE_IFS = (100, 50, 10)
+IF_COLOURS = {100: "tab:blue", 50: "tab:orange", 10: "tab:green", 1: "tab:purple"}
 
 
 def group_of(r: RunResult) -> str:
@@ -48,13 +49,25 @@ def exit_share_by_split(final: dict, labels: np.ndarray, num_exits: int) -> dict
                    / max((split == name).sum(), 1)).tolist() for name in SPLITS}
 
 
-def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[str, dict]) -> list[Path]:
+def rows_against_report(runs: list[RunResult]) -> list[RunResult]:
+    """Finished current-rule runs of the controls and the report's table that have a reported
+    accuracy to set them beside, in the table's order (a diverged row has none)."""
+    order = {key: i for i, key in enumerate(control_runs() + study_runs())}
+    rows = [r for r in runs if r.rule == LOSS_RULE and r.status in rundir.FINISHED
+            and (r.variant, r.imbalance) in order and _reported(r) is not None]
+    return sorted(rows, key=lambda r: (order[(r.variant, r.imbalance)], r.name))
+
+
+def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[str, dict],
+             penalties: dict[int, float]) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
 
     out.mkdir(parents=True, exist_ok=True)
     groups = plot_groups(runs)
     written = [training_curves(groups, out / "training_curves.png")]
+    if rows := rows_against_report(runs):
+        written.append(against_the_report(rows, penalties, out / "against_the_report.png"))
     done = {name: [r for r in rs if r.status == rundir.COMPLETED and r.metrics.get("final")]
             for name, rs in groups.items()}
     done = {name: rs for name, rs in done.items() if rs}
@@ -140,6 +153,44 @@ def training_curves(groups: dict[str, list[RunResult]], path: Path) -> Path:
         groups, draw, lambda rs: ("<", "the report's number") if any(_reported(r) is not None for r in rs) else None,
         path, title="Training curves (evaluated epochs)", xlabel="epoch",
         ylabel="test accuracy (%), early-exit inference")
+
+
+def against_the_report(rows: list[RunResult], penalties: dict[int, float], path: Path) -> Path:
+    """One line per row: the report's number, ours, ours with the copy's measured penalty added back,
+    and the final exit alone (+ penalty) where early exits answer part of the images: the gap the
+    table explains, at a glance."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.3 * len(rows)), layout="constrained")
+    for y, r in enumerate(rows):
+        colour, reported = IF_COLOURS.get(r.imbalance, "0.3"), _reported(r)
+        ours = r.last["overall"]
+        penalty = (penalty_at(penalties, r.imbalance) or (0.0, None))[0]
+        final = r.last["per_exit"][-1]["overall"] if r.last.get("per_exit") else ours
+        ax.plot([ours, reported], [y, y], color="0.75", lw=1, zorder=1)
+        ax.scatter(reported, y, marker="|", color="black", s=150, zorder=3)
+        ax.scatter(ours, y, color=colour, s=30, zorder=3)
+        if penalty:
+            ax.scatter(ours + penalty, y, facecolors="none", edgecolors=colour, s=30, zorder=3)
+        if abs(final - ours) >= 0.05:
+            ax.scatter(final + penalty, y, marker="s", color="0.5", s=16, zorder=2)
+        ax.annotate(f"{ours + penalty - reported:+.1f}", (1.0, y), xycoords=("axes fraction", "data"),
+                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), [f"{r.name}" for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel("last-epoch test accuracy (%); right: ours + penalty − report (points)")
+    seen_ifs = sorted({r.imbalance for r in rows}, reverse=True)
+    handles = [Line2D([], [], marker="|", color="black", ls="", ms=10, label="the report"),
+               *(Line2D([], [], marker="o", color=IF_COLOURS.get(f, "0.3"), ls="", label=f"ours, IF {f}")
+                 for f in seen_ifs),
+               Line2D([], [], marker="o", mfc="none", color="0.3", ls="", label="ours + the copy's penalty"),
+               Line2D([], [], marker="s", color="0.5", ls="", ms=5, label="final exit alone (+ penalty)")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.06, 1.0))
+    where = ", ".join(f"IF {f}: {p:.2f}" for f, p in sorted(penalties.items())) or "not yet measured"
+    ax.set_title(f"Each measured row against the report (the copy's penalty, from the erm controls: {where})",
+                 fontsize=9)
+    return _save(fig, path)
 
 
 def per_class_heatmap(groups: dict[str, list[RunResult]], path: Path) -> Path:

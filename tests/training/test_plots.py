@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.plots import FAMILY_GROUPS, plot_all, plot_groups
+from training.plots import FAMILY_GROUPS, plot_all, plot_groups, rows_against_report
 from training.report import RunResult
 from training.rundir import RunState
 from training.variants import get_variant
@@ -36,6 +36,16 @@ def test_runs_are_grouped_like_the_results_page():
     assert [r.name for r in groups[FAMILY_GROUPS["ablation"]]] == ["model8-if100-seed0", "model8-linear-if100-seed0"]
 
 
+def test_rows_against_the_report_are_finished_table_rows_with_a_reported_number_in_table_order():
+    runs = [_run("model12", 50), _run("hybrid-lt", 100), _run("model8", 100, name="model8-if100-seed0-cpufast"),
+            _run("model1", 100, "running"), _run("model4", 100, "diverged"), _run("erm", 100),
+            _run("model8", 100), _run("model8-linear", 100), _run("model7", 100, name="model7-old", old_rule=True)]
+    # model4's reported row diverged (no accuracy), model1 is unfinished, hybrid-lt and model8-linear
+    # are not rows of the report's table, model7-old is of the old loss rule.
+    assert [r.name for r in rows_against_report(runs)] == [
+        "erm-if100-seed0", "model8-if100-seed0", "model8-if100-seed0-cpufast", "model12-if50-seed0"]
+
+
 def test_every_figure_renders_with_cut_diverged_and_one_exit_runs(tmp_path):
     runs = [_run("model8", 100), _run("model1", 100, "running"), _run("model4", 100, "diverged"),
             _run("erm", 100), _run("hybrid-lt-mid", 100)]
@@ -43,10 +53,10 @@ def test_every_figure_renders_with_cut_diverged_and_one_exit_runs(tmp_path):
                                  for t in (0.0, 0.5, 1.0)],
                        "per_exit": r.metrics["final"]["per_exit"]} for r in runs if r.status == "completed"}
     labels = np.arange(100) % 10
-    written = plot_all(runs, labels, tmp_path, sweeps)
-    assert [p.name for p in written] == ["training_curves.png", "per_class_accuracy.png",
+    written = plot_all(runs, labels, tmp_path, sweeps, {100: 5.0})
+    assert [p.name for p in written] == ["training_curves.png", "against_the_report.png", "per_class_accuracy.png",
                                          "exit_distribution_by_split.png", "accuracy_vs_macs.png"]
     assert all(p.stat().st_size > 10_000 for p in written)
     # Nothing completed: the curves alone.
-    assert [p.name for p in plot_all([_run("model1", 100, "running")], labels, tmp_path / "cut", {})] == [
+    assert [p.name for p in plot_all([_run("model1", 100, "running")], labels, tmp_path / "cut", {}, {})] == [
         "training_curves.png"]
