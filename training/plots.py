@@ -176,7 +176,7 @@ def against_the_report(rows: list[RunResult], penalties: dict[int, float], path:
             ax.scatter(final + penalty, y, marker="s", color="0.5", s=16, zorder=2)
         ax.annotate(f"{ours + penalty - reported:+.1f}", (1.0, y), xycoords=("axes fraction", "data"),
                     xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
-    ax.set_yticks(range(len(rows)), [f"{r.name}" for r in rows], fontsize=7)
+    ax.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlabel("last-epoch test accuracy (%); right: ours + penalty − report (points)")
