@@ -50,10 +50,11 @@ def exit_share_by_split(final: dict, labels: np.ndarray, num_exits: int) -> dict
 
 
 def rows_against_report(runs: list[RunResult]) -> list[RunResult]:
-    """Finished current-rule runs of the controls and the report's table that have a reported
-    accuracy to set them beside, in the table's order (a diverged row has none)."""
+    """Completed current-rule runs of the controls and the report's table that have a reported
+    accuracy to set them beside (the report's model4 diverged: none), in the table's order; like
+    RESULTS.md, a run of ours that diverged gets no difference."""
     order = {key: i for i, key in enumerate(control_runs() + study_runs())}
-    rows = [r for r in runs if r.rule == LOSS_RULE and r.status in rundir.FINISHED
+    rows = [r for r in runs if r.rule == LOSS_RULE and r.status == rundir.COMPLETED
             and (r.variant, r.imbalance) in order and _reported(r) is not None]
     return sorted(rows, key=lambda r: (order[(r.variant, r.imbalance)], r.name))
 

@@ -36,12 +36,13 @@ def test_runs_are_grouped_like_the_results_page():
     assert [r.name for r in groups[FAMILY_GROUPS["ablation"]]] == ["model8-if100-seed0", "model8-linear-if100-seed0"]
 
 
-def test_rows_against_the_report_are_finished_table_rows_with_a_reported_number_in_table_order():
+def test_rows_against_the_report_are_completed_table_rows_with_a_reported_number_in_table_order():
     runs = [_run("model12", 50), _run("hybrid-lt", 100), _run("model8", 100, name="model8-if100-seed0-cpufast"),
             _run("model1", 100, "running"), _run("model4", 100, "diverged"), _run("erm", 100),
-            _run("model8", 100), _run("model8-linear", 100), _run("model7", 100, name="model7-old", old_rule=True)]
-    # model4's reported row diverged (no accuracy), model1 is unfinished, hybrid-lt and model8-linear
-    # are not rows of the report's table, model7-old is of the old loss rule.
+            _run("model8", 100), _run("model8-linear", 100), _run("model7", 100, name="model7-old", old_rule=True),
+            _run("model3", 100, "diverged")]
+    # model4's reported row diverged (no accuracy), model3 diverged here, model1 is unfinished,
+    # hybrid-lt and model8-linear are not rows of the report's table, model7-old is of the old loss rule.
     assert [r.name for r in rows_against_report(runs)] == [
         "erm-if100-seed0", "model8-if100-seed0", "model8-if100-seed0-cpufast", "model12-if50-seed0"]
 
