@@ -111,8 +111,7 @@ def _label(r: RunResult) -> str:
         return r.name
     if r.status == rundir.DIVERGED:
         return f"{r.name} (diverged at {r.metrics.get('diverged_at')})"
-    done, planned = len(r.metrics.get("epochs", [])), rundir.planned_epochs(r.config) or "?"
-    return f"{r.name} (stopped at {done}/{planned})"
+    return f"{r.name} (stopped at {r.run.done}/{r.run.planned or '?'})"
 
 
 def _panel_per_group(groups: dict[str, list[RunResult]], draw, marker, path: Path, *, title: str,
@@ -147,7 +146,7 @@ def training_curves(groups: dict[str, list[RunResult]], path: Path) -> Path:
         epochs = [e for e in r.metrics["epochs"] if "overall" in e]
         ax.plot([e["epoch"] for e in epochs], [e["overall"] for e in epochs], color=colour, lw=1.2, label=_label(r))
         if _reported(r) is not None:
-            ax.plot((rundir.planned_epochs(r.config) or epochs[-1]["epoch"]) + 6, _reported(r), marker="<",
+            ax.plot((r.run.planned or epochs[-1]["epoch"]) + 6, _reported(r), marker="<",
                     color=colour, ms=7, clip_on=False)
 
     return _panel_per_group(
@@ -167,7 +166,7 @@ def against_the_report(rows: list[RunResult], penalties: dict[int, float], path:
         colour, reported = IF_COLOURS.get(r.imbalance, "0.3"), _reported(r)
         ours = r.last["overall"]
         penalty = (penalty_at(penalties, r.imbalance) or (0.0, None))[0]
-        final = r.last["per_exit"][-1]["overall"] if r.last.get("per_exit") else ours
+        final = r.final_exit_alone if r.final_exit_alone is not None else ours
         ax.plot([ours, reported], [y, y], color="0.75", lw=1, zorder=1)
         ax.scatter(reported, y, marker="|", color="black", s=150, zorder=3)
         ax.scatter(ours, y, color=colour, s=30, zorder=3)

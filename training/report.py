@@ -46,6 +46,13 @@ class RunResult:
         return next((e for e in reversed(self.metrics["epochs"]) if "overall" in e), {})
 
     @property
+    def final_exit_alone(self) -> float | None:
+        """The last evaluated epoch's accuracy with every image at the final exit: it parts the
+        network's accuracy from the exit rule's (None where the epoch has no per-exit numbers)."""
+        per_exit = self.last.get("per_exit")
+        return per_exit[-1]["overall"] if per_exit else None
+
+    @property
     def device(self) -> str:
         """The machine the run started on, and each other one it was resumed on, from its epoch."""
         (_, first), *others = rundir.machines(self.config, self.metrics)
@@ -174,8 +181,7 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
             share = e.get("mean_macs_share")
             macs = f"{e['mean_macs'] / 1e6:.1f}M ({100 * share:.0f}%)" if share is not None else "–"
             published = get_variant(variant).reported.get(imbalance)
-            # The final exit alone (every image at full depth) parts the network's accuracy from the exit rule's.
-            final = e["per_exit"][-1]["overall"] if e.get("per_exit") else None
+            final = r.final_exit_alone
             diff = adjusted = "–"
             final_cell = _fmt(final)
             if r.status == "completed" and published is not None and published.overall is not None:
