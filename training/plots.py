@@ -55,7 +55,7 @@ def rows_against_report(runs: list[RunResult]) -> list[RunResult]:
     RESULTS.md, a run of ours that diverged gets no difference."""
     order = {key: i for i, key in enumerate(control_runs() + study_runs())}
     rows = [r for r in runs if r.rule == LOSS_RULE and r.status == rundir.COMPLETED
-            and (r.variant, r.imbalance) in order and _reported(r) is not None]
+            and (r.variant, r.imbalance) in order and _reported_overall(r) is not None]
     return sorted(rows, key=lambda r: (order[(r.variant, r.imbalance)], r.name))
 
 
@@ -135,7 +135,7 @@ def _panel_per_group(groups: dict[str, list[RunResult]], draw, marker, path: Pat
     return _save(fig, path)
 
 
-def _reported(r: RunResult) -> float | None:
+def _reported_overall(r: RunResult) -> float | None:
     reported = get_variant(r.variant).reported.get(r.imbalance)
     return None if reported is None else reported.overall
 
@@ -145,12 +145,13 @@ def training_curves(groups: dict[str, list[RunResult]], path: Path) -> Path:
     def draw(ax, r, colour):
         epochs = [e for e in r.metrics["epochs"] if "overall" in e]
         ax.plot([e["epoch"] for e in epochs], [e["overall"] for e in epochs], color=colour, lw=1.2, label=_label(r))
-        if _reported(r) is not None:
-            ax.plot((r.run.planned or epochs[-1]["epoch"]) + 6, _reported(r), marker="<",
+        if _reported_overall(r) is not None:
+            ax.plot((r.run.planned or epochs[-1]["epoch"]) + 6, _reported_overall(r), marker="<",
                     color=colour, ms=7, clip_on=False)
 
     return _panel_per_group(
-        groups, draw, lambda rs: ("<", "the report's number") if any(_reported(r) is not None for r in rs) else None,
+        groups, draw,
+        lambda rs: ("<", "the report's number") if any(_reported_overall(r) is not None for r in rs) else None,
         path, title="Training curves (evaluated epochs)", xlabel="epoch",
         ylabel="test accuracy (%), early-exit inference")
 
@@ -163,7 +164,7 @@ def against_the_report(rows: list[RunResult], penalties: dict[int, float], path:
     from matplotlib.lines import Line2D
     fig, ax = plt.subplots(figsize=(9, 1.4 + 0.3 * len(rows)), layout="constrained")
     for y, r in enumerate(rows):
-        colour, reported = IF_COLOURS.get(r.imbalance, "0.3"), _reported(r)
+        colour, reported = IF_COLOURS.get(r.imbalance, "0.3"), _reported_overall(r)
         ours = r.last["overall"]
         penalty = (penalty_at(penalties, r.imbalance) or (0.0, None))[0]
         final = r.final_exit_alone if r.final_exit_alone is not None else ours

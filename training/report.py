@@ -114,7 +114,7 @@ def _fmt(x) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
-def _reported(variant: str, imbalance: int) -> str:
+def _reported_cell(variant: str, imbalance: int) -> str:
     r = get_variant(variant).reported.get(imbalance)
     return "–" if r is None else r.summary()
 
@@ -163,7 +163,7 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
     for variant, imbalance in (study_runs() if planned is None else planned):
         found = by_key.get((variant, imbalance), [])
         if not found:
-            lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured "
+            lines.append(f"| {variant} | {imbalance} | {_reported_cell(variant, imbalance)} | not yet measured "
                          "| | | | | | | | | | | | |")
             missing.append(train_command(variant, imbalance))
         for r in found:
@@ -171,7 +171,7 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
             if r.status not in rundir.FINISHED:
                 where, state = ((f"running, epoch {done} of {total} done", "running") if r.status == rundir.RUNNING
                                 else (f"stopped at epoch {done} of {total}", "resumable"))
-                lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | not yet measured: "
+                lines.append(f"| {variant} | {imbalance} | {_reported_cell(variant, imbalance)} | not yet measured: "
                              f"{where} | | | | | | | | | {r.seed} | {state} | {r.device} | {r.path} |")
                 missing.append(train_command(variant, imbalance, r.seed, r.flags, resume=True, name=r.name))
                 continue
@@ -191,7 +191,7 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
                     adjusted = f"{e['overall'] + penalty[0] - published.overall:+.2f} ({penalty[1]})"
                     if final is not None:
                         final_cell += f" ({final + penalty[0] - published.overall:+.2f})"
-            lines.append(f"| {variant} | {imbalance} | {_reported(variant, imbalance)} | {_fmt(e.get('overall'))} "
+            lines.append(f"| {variant} | {imbalance} | {_reported_cell(variant, imbalance)} | {_fmt(e.get('overall'))} "
                          f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} | {diff} "
                          f"| {adjusted} | {final_cell} | {exits} | {macs} | {r.seed} | {status} | {r.device} | {r.path} |")
     return "\n".join(lines), missing
