@@ -136,8 +136,7 @@ def _panel_per_group(groups: dict[str, list[RunResult]], draw, marker, path: Pat
 
 
 def _reported_overall(r: RunResult) -> float | None:
-    reported = get_variant(r.variant).reported.get(r.imbalance)
-    return None if reported is None else reported.overall
+    return None if r.reported is None else r.reported.overall
 
 
 def training_curves(groups: dict[str, list[RunResult]], path: Path) -> Path:

@@ -14,7 +14,7 @@ import numpy as np
 from .config import TrainConfig
 from .constants import SPLITS
 from . import rundir
-from .variants import LOSS_RULE, get_variant, loss_rule, study_runs
+from .variants import LOSS_RULE, Reported, get_variant, loss_rule, study_runs
 
 SWEEP = np.round(np.linspace(0, 1, 41), 3)
 
@@ -44,6 +44,11 @@ class RunResult:
     def last(self) -> dict:
         """The last evaluated epoch's record (runs with --eval-every skip some)."""
         return next((e for e in reversed(self.metrics["epochs"]) if "overall" in e), {})
+
+    @property
+    def reported(self) -> Reported | None:
+        """The report's entry for this run's variant and IF (None where the report has no row)."""
+        return get_variant(self.variant).reported.get(self.imbalance)
 
     @property
     def final_exit_alone(self) -> float | None:
@@ -124,7 +129,7 @@ def jpeg_penalties(runs: list[RunResult]) -> dict[int, float]:
     published ERM accuracy (SPEC §6) minus ours, in points."""
     out = {}
     for r in runs:
-        published = get_variant(r.variant).reported.get(r.imbalance)
+        published = r.reported
         if (get_variant(r.variant).family == "control" and r.status == rundir.COMPLETED
                 and r.rule == LOSS_RULE and published is not None and published.overall is not None):
             out[r.imbalance] = published.overall - r.last["overall"]
@@ -180,7 +185,7 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
             exits = "/".join(f"{100 * d:.1f}" for d in e.get("exit_distribution", []))
             share = e.get("mean_macs_share")
             macs = f"{e['mean_macs'] / 1e6:.1f}M ({100 * share:.0f}%)" if share is not None else "–"
-            published = get_variant(variant).reported.get(imbalance)
+            published = r.reported
             final = r.final_exit_alone
             diff = adjusted = "–"
             final_cell = _fmt(final)
