@@ -180,7 +180,7 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
                              f"{where} | | | | | | | | | {r.seed} | {state} | {r.device} | {r.path} |")
                 missing.append(train_command(variant, imbalance, r.seed, r.flags, resume=True, name=r.name))
                 continue
-            status = ("completed" if r.status == "completed"
+            status = ("completed" if r.status == rundir.COMPLETED
                       else f"diverged at epoch {r.metrics.get('diverged_at')}")
             exits = "/".join(f"{100 * d:.1f}" for d in e.get("exit_distribution", []))
             share = e.get("mean_macs_share")
@@ -189,7 +189,7 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
             final = r.final_exit_alone
             diff = adjusted = "–"
             final_cell = _fmt(final)
-            if r.status == "completed" and published is not None and published.overall is not None:
+            if r.status == rundir.COMPLETED and published is not None and published.overall is not None:
                 diff = f"{e['overall'] - published.overall:+.2f}"
                 penalty = penalty_at(penalties, imbalance)
                 if penalty is not None:
@@ -217,7 +217,7 @@ def contrasts(runs: list[RunResult], pairs=ABLATION_CONTRASTS, imbalance: int = 
     last-epoch difference overall and per split, with the paths when they differ (one seed each)."""
     done: dict[str, RunResult] = {}
     for r in runs:
-        if r.rule == LOSS_RULE and r.status == "completed" and r.imbalance == imbalance:
+        if r.rule == LOSS_RULE and r.status == rundir.COMPLETED and r.imbalance == imbalance:
             done.setdefault(r.variant, r)
     lines = []
     for a, b, what in pairs:
@@ -274,7 +274,7 @@ def retired_table(runs: list[RunResult]) -> str:
 def path_agreement(runs: list[RunResult], goal: float = 1.5) -> str:
     """Markdown: last-epoch accuracy of each completed bf16 (--amp) run beside the fp32 run of the
     same variant, imbalance and seed (issue 16: within `goal` points, seed noise)."""
-    done = [r for r in runs if r.status == "completed" and r.rule == LOSS_RULE and r.train_config]
+    done = [r for r in runs if r.status == rundir.COMPLETED and r.rule == LOSS_RULE and r.train_config]
     fp32 = {(r.variant, r.imbalance, r.seed): r for r in done if not r.train_config.amp}
     lines = [f"| variant | IF | seed | fp32 run | bf16 run | difference | within {goal} points "
              "| fp32 path | bf16 path |",

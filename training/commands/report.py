@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import rundir
 from ..data import load_cifar10
 from ..config import FAST_PATH_FLAGS
 from ..report import (ABLATIONS_BESIDE, SWEEP, collect_runs, contrasts, heldout_choices, jpeg_penalties, measured_commands,
@@ -38,7 +39,7 @@ def run(args) -> int:
         from ..evaluation import exit_probabilities, threshold_sweep
         from ..macs import exit_costs
         for r in runs:
-            if r.status == "completed" and (r.dir / CHECKPOINT).is_file():
+            if r.status == rundir.COMPLETED and (r.dir / CHECKPOINT).is_file():
                 model, _, config, _ = checkpoint_model(r.dir / CHECKPOINT)
                 probs = exit_probabilities(model, test, config.eval_batch_size)
                 rows = threshold_sweep(probs, test.labels, exit_costs(model), SWEEP)
