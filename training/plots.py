@@ -174,7 +174,7 @@ def against_the_report(rows: list[RunResult], penalties: dict[int, float], path:
             ax.scatter(ours + penalty, y, facecolors="none", edgecolors=colour, s=30, zorder=3)
         if abs(final - ours) >= 0.05:
             ax.scatter(final + penalty, y, marker="s", color="0.5", s=16, zorder=2)
-        ax.annotate(f"{ours + penalty - reported:+.1f}", (1.0, y), xycoords=("axes fraction", "data"),
+        ax.annotate(f"{r.gap(ours, penalty):+.1f}", (1.0, y), xycoords=("axes fraction", "data"),
                     xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=7)
     ax.invert_yaxis()

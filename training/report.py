@@ -50,6 +50,11 @@ class RunResult:
         """The report's entry for this run's variant and IF (None where the report has no row)."""
         return get_variant(self.variant).reported.get(self.imbalance)
 
+    def gap(self, accuracy: float, penalty: float = 0.0) -> float:
+        """`accuracy`, with the copy's measured `penalty` added back, minus the report's overall number
+        (points; for runs the report has a number for)."""
+        return accuracy + penalty - self.reported.overall
+
     @property
     def final_exit_alone(self) -> float | None:
         """The last evaluated epoch's accuracy with every image at the final exit: it parts the
@@ -190,12 +195,12 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
             diff = adjusted = "–"
             final_cell = _fmt(final)
             if r.status == rundir.COMPLETED and published is not None and published.overall is not None:
-                diff = f"{e['overall'] - published.overall:+.2f}"
+                diff = f"{r.gap(e['overall']):+.2f}"
                 penalty = penalty_at(penalties, imbalance)
                 if penalty is not None:
-                    adjusted = f"{e['overall'] + penalty[0] - published.overall:+.2f} ({penalty[1]})"
+                    adjusted = f"{r.gap(e['overall'], penalty[0]):+.2f} ({penalty[1]})"
                     if final is not None:
-                        final_cell += f" ({final + penalty[0] - published.overall:+.2f})"
+                        final_cell += f" ({r.gap(final, penalty[0]):+.2f})"
             lines.append(f"| {variant} | {imbalance} | {_reported_cell(variant, imbalance)} | {_fmt(e.get('overall'))} "
                          f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} | {diff} "
                          f"| {adjusted} | {final_cell} | {exits} | {macs} | {r.seed} | {status} | {r.device} | {r.path} |")
