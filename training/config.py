@@ -19,6 +19,19 @@ CPU_FAST_PATH = {"data_path": "device", "amp": True, "channels_last": True, "com
 CHANNELS_LAST_MULTIPLE = 16
 # The GPU fast path's `train` flags: data on the device, bf16, channels-last, CUDA graphs.
 FAST_PATH_FLAGS = ("--data-path", "device", "--amp", "--channels-last", "--compile", "reduce-overhead")
+# The paths the report names (any other combination is spelled out as flags). The names are the
+# flags' and mean the same on any device: `cpu-fast` is the CPU default, also where a GPU ran it.
+NAMED_PATHS = {"reference": REFERENCE_PATH, "cpu-fast": CPU_FAST_PATH,
+               "cpu-fast (NCHW)": {**CPU_FAST_PATH, "channels_last": False},
+               "cpu-fast (fp32)": {**CPU_FAST_PATH, "amp": False},
+               "cpu-fast (fp32, NCHW)": {**CPU_FAST_PATH, "amp": False, "channels_last": False}}
+
+
+def path_flags(path: dict) -> list[str]:
+    """The `train` flags that select a data path and speed options, spelled out in full so that they
+    mean the same on any device."""
+    return ["--data-path", path["data_path"], "--amp" if path["amp"] else "--no-amp",
+            "--channels-last" if path["channels_last"] else "--no-channels-last", "--compile", path["compile"]]
 
 
 def cpu_has_bf16() -> bool:
@@ -74,18 +87,11 @@ class TrainConfig:
         return {k: getattr(self, k) for k in REFERENCE_PATH}
 
     def path_name(self) -> str:
-        """'reference', 'cpu-fast', or the flags of any other combination."""
-        named = {"reference": REFERENCE_PATH, "cpu-fast": CPU_FAST_PATH,
-                 "cpu-fast (NCHW)": {**CPU_FAST_PATH, "channels_last": False},
-                 "cpu-fast (fp32)": {**CPU_FAST_PATH, "amp": False},
-                 "cpu-fast (fp32, NCHW)": {**CPU_FAST_PATH, "amp": False, "channels_last": False}}
-        return next((n for n, p in named.items() if p == self.path()), " ".join(self.path_flags()))
+        """A name of NAMED_PATHS, or the flags of any other combination."""
+        return next((n for n, p in NAMED_PATHS.items() if p == self.path()), " ".join(self.path_flags()))
 
     def path_flags(self) -> list[str]:
-        """The `train` flags that select this run's data path and speed options, spelled out in
-        full so that they mean the same on any device."""
-        return ["--data-path", self.data_path, "--amp" if self.amp else "--no-amp",
-                "--channels-last" if self.channels_last else "--no-channels-last", "--compile", self.compile]
+        return path_flags(self.path())
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":

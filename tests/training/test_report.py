@@ -98,6 +98,9 @@ def test_report_sets_fast_path_runs_beside_reference_runs(data_dir, tmp_path):
     assert ("| yes |" in row) == (abs(fast - reference) <= 1.5) and "| `reference` | `cpu-fast` |" in row
     table_rows = [line for line in text.splitlines() if line.startswith("| model1 | 100 | 56.90")]
     assert [line.rsplit("|", 2)[1].strip() for line in table_rows] == ["reference", "cpu-fast"]
+    # and the page says which flags each path name stands for
+    assert "`cpu-fast` is `--data-path device --amp --channels-last --compile off`" in text
+    assert "`reference` is `--data-path reference --no-amp --no-channels-last --compile off`" in text
 
 
 def _completed(variant: str, overall: float, path_flags: dict, tmp_path):
