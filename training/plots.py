@@ -114,19 +114,19 @@ def _label(r: RunResult) -> str:
     return f"{r.name} (stopped at {r.run.done}/{r.run.planned or '?'})"
 
 
-def _panel_per_group(groups: dict[str, list[RunResult]], draw, marker, path: Path, *, title: str,
+def _panel_per_group(groups: dict[str, list[RunResult]], draw, markers, path: Path, *, title: str,
                      xlabel: str, ylabel: str) -> Path:
-    """One panel per group, its legend beside it: `draw(ax, run, colour)` each run; `marker(runs)`
-    is (marker, what it marks) for the legend, or None when the panel has no such marks."""
+    """One panel per group, its legend beside it: `draw(ax, run, colour)` each run; `markers(runs)`
+    lists (marker, what it marks) for the legend, empty when the panel has no such marks."""
     from matplotlib.lines import Line2D
     fig, axes = _panels(max(len(groups), 1), 2, (8.5, 3.8), sharey=True)
     for ax, (name, rs) in zip(axes, groups.items()):
         for r, colour in zip(rs, _colours(len(rs))):
             draw(ax, r, colour)
         handles, names = ax.get_legend_handles_labels()
-        if (mark := marker(rs)) is not None:
-            handles.append(Line2D([], [], marker=mark[0], color="grey", ls="", ms=7))
-            names.append(mark[1])
+        for mark, text in markers(rs):
+            handles.append(Line2D([], [], marker=mark, color="grey", ls="", ms=7))
+            names.append(text)
         ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set(title=name, xlabel=xlabel)
         ax.grid(alpha=0.3)
@@ -150,7 +150,7 @@ def training_curves(groups: dict[str, list[RunResult]], path: Path) -> Path:
 
     return _panel_per_group(
         groups, draw,
-        lambda rs: ("<", "the report's number") if any(_reported_overall(r) is not None for r in rs) else None,
+        lambda rs: [("<", "the report's number")] if any(_reported_overall(r) is not None for r in rs) else [],
         path, title="Training curves (evaluated epochs)", xlabel="epoch",
         ylabel="test accuracy (%), early-exit inference")
 
@@ -258,8 +258,13 @@ def accuracy_vs_macs(groups: dict[str, list[RunResult]], sweeps: dict[str, dict]
                 label=r.name)
         ax.scatter([p["cumulative_macs"] / 1e6 for p in s["per_exit"]], [p["overall"] for p in s["per_exit"]],
                    color=colour, marker="s", s=18)
+        # where the table's row sits on its curve: the run's own inference threshold
+        final = r.metrics["final"]
+        ax.scatter([final["mean_macs"] / 1e6], [final["overall"]], color=colour, marker="o", s=40,
+                   edgecolors="black", linewidths=0.6, zorder=3)
 
-    return _panel_per_group(groups, draw, lambda rs: ("s", "one exit alone (every image there)"), path,
+    return _panel_per_group(groups, draw, lambda rs: [("s", "one exit alone (every image there)"),
+                                                      ("o", "the run's inference threshold (its table row)")], path,
                             title="Accuracy vs compute as the inference threshold sweeps 0 → 1",
                             xlabel="mean MACs per image (M)", ylabel="test accuracy (%)")
 
