@@ -258,9 +258,9 @@ def accuracy_vs_macs(groups: dict[str, list[RunResult]], sweeps: dict[str, dict]
                 label=r.name)
         ax.scatter([p["cumulative_macs"] / 1e6 for p in s["per_exit"]], [p["overall"] for p in s["per_exit"]],
                    color=colour, marker="s", s=18)
-        # where the table's row sits on its curve: the run's own inference threshold
-        final = r.metrics["final"]
-        ax.scatter([final["mean_macs"] / 1e6], [final["overall"]], color=colour, marker="o", s=40,
+        # where the table's row (its last evaluation) sits on its curve: the run's own inference threshold
+        row = r.last
+        ax.scatter([row["mean_macs"] / 1e6], [row["overall"]], color=colour, marker="o", s=40,
                    edgecolors="black", linewidths=0.6, zorder=3)
 
     return _panel_per_group(groups, draw, lambda rs: [("s", "one exit alone (every image there)"),

@@ -13,8 +13,8 @@ def _run(variant: str, imbalance: int, status: str = "completed", name: str | No
          old_rule: bool = False) -> RunResult:
     record = {"exit_losses": ["plain"]} if not old_rule else {"exit_loss": "simulated"}
     k = len(get_variant(variant).exit_heads)
-    epochs = [{"epoch": e, "overall": 10.0 + e} for e in range(1, 6)]
-    final = {"overall": 15.0, "mean_macs": 1.5e6, "per_class": [float(c) for c in range(10)],
+    epochs = [{"epoch": e, "overall": 10.0 + e, "mean_macs": 1.5e6} for e in range(1, 6)]
+    final = {"overall": 15.0, "per_class": [float(c) for c in range(10)],
              "exit_distribution": [1 / k] * k, "exits": [1 + i % k for i in range(100)],
              "per_exit": [{"exit": i + 1, "cumulative_macs": 1e6 * (i + 1), "overall": 10.0 + i} for i in range(k)]}
     metrics = {"status": status, "epochs": epochs, **({"final": final} if status == "completed" else {}),
