@@ -8,10 +8,14 @@ and not yet answered would be served within `max_wait_s`:
     expected wait = ceil(k / batch_size) * a + k * b      (k images outstanding)
 
 where a batch of n images takes a + b*n seconds: a and b are fitted by exponentially weighted
-least squares over recent inference batches, so the estimate follows batch size (a backlog of 16
-images is one batch, not 16) and the machine's load. The check runs before the request body is
-read, so a refused request costs neither parsing nor decoding. The batchers' queue cap stays as
-the hard limit. All models share the machine's cores, so one Admission serves them all (per
+least squares over recent inference batches (the first ones those of the warm-up), so the
+estimate follows batch size (a backlog of 16 images is one batch, not 16) and the machine's load.
+
+The check runs at a request's headers, so a refused request costs neither parsing nor decoding;
+the request's work is reserved once its body is complete. Uploads in progress are bounded apart
+(`max_uploads`): a body that arrives slowly holds an upload slot until its deadline, never a share
+of the admitted work, so slow clients cannot make a server refuse the fast ones by seeming busy.
+The batchers' queue cap stays as the hard limit. All models share the machine's cores, so one Admission serves them all (per
 server worker process: each has its own models and batchers, supervisor.py).
 """
 from __future__ import annotations
@@ -27,12 +31,13 @@ class Overloaded(RuntimeError):
 class Admission:
     DECAY = 0.9  # weight left to the older batches at each new one (about the last 10 count)
 
-    def __init__(self, max_wait_s: float, batch_size: int, on_change=None):
-        self.max_wait_s, self.batch_size = max_wait_s, batch_size
+    def __init__(self, max_wait_s: float, batch_size: int, on_change=None, max_uploads: int = 1 << 30):
+        self.max_wait_s, self.batch_size, self.max_uploads = max_wait_s, batch_size, max_uploads
         # (admission) -> None after each change of the outstanding work or the fit: publishes the
         # gauges (pushed, not read on scrape, so that they work in prometheus' multiprocess mode)
         self.on_change = on_change or (lambda admission: None)
         self.outstanding = 0  # images admitted, not yet answered
+        self.uploads = 0  # requests past the headers whose body is still arriving
         self.per_batch = self.per_image = 0.0  # a, b: unknown until the first batch (admit)
         self._sums = [0.0] * 5  # decayed sums of 1, n, n*n, t, n*t
         self._lock = threading.Lock()  # batches are timed in worker threads
@@ -47,6 +52,19 @@ class Admission:
         if wait > self.max_wait_s:
             raise Overloaded(f"server busy: admitted work would take {1000 * wait:.0f} ms "
                              f"> bound of {1000 * self.max_wait_s:.0f} ms; retry shortly")
+        if self.uploads >= self.max_uploads:
+            raise Overloaded(f"server busy: {self.uploads} uploads in progress (limit {self.max_uploads}); "
+                             f"retry shortly")
+
+    def start_upload(self) -> None:
+        """A request passed the check at its headers; its body is on the way."""
+        self.uploads += 1  # event-loop thread only
+
+    def end_upload(self, images: int) -> None:
+        """Its body is complete (reserve `images`) or will never be (0)."""
+        self.uploads -= 1
+        if images:
+            self.reserve(images)
 
     def reserve(self, images: int) -> None:
         with self._lock:

@@ -38,7 +38,9 @@ def decode_workers(settings: Settings) -> int:
 async def lifespan(app: FastAPI):
     state = app.state
     for service in state.services.values():
-        await run_in_threadpool(service.model.warm_up)
+        # Admission's estimate starts from the warm-up's timings, not from zero (admit everything).
+        for images, seconds in await run_in_threadpool(service.model.warm_up, (1, state.settings.batch_size)):
+            state.admission.observe_batch(images, seconds)
         service.batcher.start()
     state.warm = True
     gc.freeze()  # what start-up made lives for good: keep it out of every later collection's scan
@@ -110,7 +112,8 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None)
     app = FastAPI(title="elf-reslt inference server", version="1.0", lifespan=lifespan, docs_url=None,
                   redoc_url=None, description="Early-exit classification of images with staged ONNX models "
                   "(every image is converted to RGB and resized to 32x32).")
-    admission = Admission(settings.max_wait_ms / 1000, settings.batch_size, on_change=publish_admission)
+    admission = Admission(settings.max_wait_ms / 1000, settings.batch_size, on_change=publish_admission,
+                          max_uploads=settings.max_uploads_in_progress)
     publish_admission(admission)
     m.ADMISSION_MAX_WAIT.set(admission.max_wait_s)
     state = app.state

@@ -40,6 +40,20 @@ class Settings(BaseSettings):
                                 "among the workers)")
     decode_budget_pixels: int = Field(0, ge=0, description="pixels decoded at once across uploads, bounds "
                                       "decoding memory (0: max_image_pixels, i.e. one largest image at a time)")
+    read_timeout_seconds: float = Field(5.0, gt=0, description="a request's headers must arrive within this "
+                                        "many seconds of its first byte, and its body within as many of its "
+                                        "headers; else 408 and the connection closed (slow clients hold nothing)")
+    max_uploads_in_progress: int = Field(128, gt=0, description="request bodies being received at once per "
+                                         "worker, apart from admitted work; beyond it new uploads get 503")
+    connection_max_age_seconds: float = Field(5.0, gt=0, description="a keep-alive connection older than this "
+                                              "is answered with 'Connection: close' and opens anew, so clients "
+                                              "spread again over the workers (one replaced gets its share)")
+    heartbeat_timeout_seconds: float = Field(2.0, gt=0, description="a worker whose event loop has not beaten "
+                                             "for this long makes the health port's /readyz 503")
+    worker_timeout_seconds: float = Field(10.0, gt=0, description="a worker silent for this long is killed and "
+                                          "replaced, and the health port's /healthz fails until it is")
+    hot_restart: bool = Field(False, description="start beside a server already on the port (which is then "
+                              "stopped with SIGTERM and drains); without it a second server is refused")
     drain_seconds: float = Field(5.0, ge=0, description="after SIGTERM/SIGINT: /readyz answers 503 for this long "
                                  "while requests are still served as before; then the listener closes, responses "
                                  "carry 'Connection: close' and accepted requests finish (a second signal skips it)")

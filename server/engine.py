@@ -186,9 +186,18 @@ class StagedModel:
             features, _, cls = self._run_stage(k, features)
         return cls
 
-    def warm_up(self) -> None:
-        x = np.zeros((1, 3, 32, 32), dtype=np.float32)
-        self.run(x, np.ones((1, len(self.sessions) - 1), dtype=np.float32))  # threshold 1: every stage runs
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> list[tuple[int, float]]:
+        """Run every stage at each batch size (ONNX Runtime allocates on its first runs), then time a
+        second run: (images, seconds) at full depth, the first estimate of what a batch costs."""
+        timings = []
+        for n in batch_sizes:
+            x = np.zeros((n, 3, 32, 32), dtype=np.float32)
+            thresholds = np.ones((n, len(self.sessions) - 1), dtype=np.float32)  # threshold 1: every stage runs
+            self.run(x, thresholds)
+            t0 = time.perf_counter()
+            self.run(x, thresholds)
+            timings.append((n, time.perf_counter() - t0))
+        return timings
 
 
 def load_repository(repository: Path, default_model: str, wanted_provider: str,

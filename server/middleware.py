@@ -1,23 +1,31 @@
 """The one HTTP middleware, in plain ASGI (Starlette's BaseHTTPMiddleware costs a task and a
-stream per request): request metrics, the body-size cap, admission and closing.
+stream per request): request metrics, the body-size cap, admission, the body deadline and closing.
 
 Order for an inference request: an oversized Content-Length is refused (413) and a busy server
 refuses (503 + Retry-After) from the headers alone, before a byte of the body is read, parsed
-or decoded (under uvicorn most refusals are answered earlier still, by refusal.py's protocol). Admitted requests hold one image of the admitted work until they are answered (the
-batch endpoint adds its other files once it has counted them). Once the server is closing (after
-the drain, serving.py), every response carries `Connection: close`.
+or decoded (under uvicorn most refusals are answered earlier still, by protocol.py). An accepted
+request is an upload in progress until its body is complete; then it holds one image of the
+admitted work until it is answered (the batch endpoint adds its other files once it has counted
+them). A body not complete within `read_timeout_seconds` of the headers is answered 408 and its
+connection closed; a client that goes away mid-body is counted as 499 (nginx's "client closed
+request"), apart from bad input. Once the server is closing (after the drain, serving.py), every
+response carries `Connection: close`, and a request still unanswered when the shutdown timeout
+cancels it gets a JSON 503.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from . import metrics as m
 from .admission import Overloaded
 
 ENDPOINTS = frozenset({"/classify", "/classify/batch", "/models", "/healthz", "/readyz", "/metrics"})
 INFERENCE = frozenset({"/classify", "/classify/batch"})
+CLIENT_CLOSED_REQUEST = 499
 
 
 def upload_limit(settings) -> int:
@@ -30,6 +38,35 @@ def error_response(status: int, message: str, headers: dict | None = None) -> JS
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
+class UploadAborted(HTTPException):
+    """The body did not arrive (deadline) or never will (client gone). Starlette's HTTPException, so
+    that FastAPI's body parsing passes it on instead of calling it a parsing error (400)."""
+
+
+def upload_receive(receive, admission, request_state: dict, timeout: float):
+    """`receive` for an inference request: the body within `timeout` seconds, or UploadAborted; the
+    request's image reserved in `admission` once its body is complete."""
+    deadline = asyncio.get_running_loop().time() + timeout
+
+    async def receive_upload():
+        if request_state["images"]:  # the body is complete: only a disconnect is left to hear
+            return await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            raise UploadAborted(408, f"request body not received within {timeout:g} s",
+                                {"Connection": "close"}) from None
+        if message["type"] == "http.disconnect":
+            raise UploadAborted(CLIENT_CLOSED_REQUEST, "client closed the connection before its body was complete")
+        if not message.get("more_body", False):
+            request_state["images"] = 1
+            admission.end_upload(1)
+        return message
+
+    return receive_upload
+
+
 class ObserveMiddleware:
     def __init__(self, app, state):
         self.app, self.state = app, state  # state: the FastAPI app's state (settings, admission, closing)
@@ -39,8 +76,10 @@ class ObserveMiddleware:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         path = scope["path"] if scope["path"] in ENDPOINTS else "other"
-        status = 500  # unless a response starts
+        status = None  # until a response starts
         request_state = scope.setdefault("state", {})  # request.state; "images": what this request holds
+        admission = self.state.admission
+        uploading = False
 
         async def observed_send(message):
             nonlocal status
@@ -56,13 +95,21 @@ class ObserveMiddleware:
                 await refusal(scope, receive, observed_send)
                 return
             if path in INFERENCE and scope["method"] == "POST":
-                request_state["images"] = 1
-                self.state.admission.reserve(1)
+                request_state["images"], uploading = 0, True
+                admission.start_upload()
+                receive = upload_receive(receive, admission, request_state, self.state.settings.read_timeout_seconds)
             await self.app(scope, receive, observed_send)
+        except asyncio.CancelledError:  # the shutdown timeout: answer in the error contract, not uvicorn's text 500
+            if status is None:
+                await error_response(503, "server shutting down: the request did not finish in time",
+                                     {"Connection": "close"})(scope, receive, observed_send)
+            raise
         finally:
+            if uploading and not request_state["images"]:
+                admission.end_upload(0)
             if request_state.get("images"):
-                self.state.admission.release(request_state["images"])
-            m.REQUESTS.labels(path, str(status)).inc()
+                admission.release(request_state["images"])
+            m.REQUESTS.labels(path, str(status or 500)).inc()  # none started: uvicorn answers 500
             m.REQUEST_LATENCY.labels(path).observe(time.perf_counter() - t0)
 
     def _refusal(self, scope, path: str) -> JSONResponse | None:

@@ -25,7 +25,7 @@ import time
 
 import uvicorn
 
-from .refusal import refusing_protocol
+from .protocol import server_protocol
 
 log = logging.getLogger(__name__)
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -61,16 +61,19 @@ class ListenerBarrier:
 
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state, drain_seconds: float, barrier: ListenerBarrier,
-                 on_listening=None):
+                 on_listening=None, heartbeat=None):
         super().__init__(config)
         self.state, self.drain_seconds = state, drain_seconds  # state: the app's (`draining`, `closing` flags)
         self.drain_deadline: float | None = None
         self.barrier = barrier
         self.on_listening = on_listening or (lambda: None)  # after start-up: models warm, listener open
+        self.heartbeat = heartbeat  # () -> coroutine beating until cancelled (liveness.Heartbeats.beat)
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
         if self.started:
+            if self.heartbeat is not None:  # a task of its own: it beats through the drain too
+                self.heartbeat_task = asyncio.get_running_loop().create_task(self.heartbeat())
             self.on_listening()
 
     def handle_exit(self, sig: int, frame) -> None:
@@ -112,11 +115,11 @@ def idle(connection) -> bool:
     return cycle is None or cycle.response_complete
 
 
-def serve(app, settings, sock, barrier: ListenerBarrier, on_listening=None) -> None:
+def serve(app, settings, sock, barrier: ListenerBarrier, on_listening=None, heartbeat=None) -> None:
     """Serve `app` on `sock`, this worker's socket on the server's port (bound; uvicorn listens on it
-    once the lifespan has warmed the models up, then calls `on_listening`)."""
+    once the lifespan has warmed the models up, then calls `on_listening` and starts `heartbeat`)."""
     return_large_blocks_to_os()
-    config = uvicorn.Config(app, http=refusing_protocol(app.state), log_level=settings.log_level,
+    config = uvicorn.Config(app, http=server_protocol(app.state), log_level=settings.log_level,
                             access_log=settings.log_level == "debug",
                             timeout_graceful_shutdown=settings.shutdown_timeout_seconds)
-    DrainingServer(config, app.state, settings.drain_seconds, barrier, on_listening).run(sockets=[sock])
+    DrainingServer(config, app.state, settings.drain_seconds, barrier, on_listening, heartbeat).run(sockets=[sock])

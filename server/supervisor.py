@@ -1,13 +1,15 @@
 """`python -m server`'s processes: a supervisor and N server workers on one port.
 
-Why processes (issue 18): in one Python process the event loop parsing every upload, the decode
+Why processes: in one Python process the event loop parsing every upload, the decode
 threads and the inference thread share one GIL, so on a 2-core machine neither HTTP nor ONNX
 Runtime gets a core of its own. Each worker here is the whole app (`create_app`: its own models,
 batcher, admission and decode pool, with the machine's CPUs divided among the workers), listening
 on its own socket bound to the same port with SO_REUSEPORT, so the kernel spreads new connections
 evenly over the workers. (One shared listening socket did not: the worker that woke first accepted
-every connection waiting, and 16 connections opened together landed 16 / 0 in 3 of 5 trials.) `results/BENCHMARKS.md` measures it against one
-process (benchmarks/load_test.py, benchmarks/server_replicas.py).
+every connection waiting, and 16 connections opened together landed 16 / 0 in 3 of 5 trials.)
+`results/BENCHMARKS.md` measures it against one process (benchmarks/load_test.py,
+benchmarks/server_replicas.py). uvicorn's own multi-process supervisor (which pings its workers
+too) shares one listening socket, hence this one.
 
 The supervisor, which never parses an upload:
 - reserves the port (bound, never listening: `--port 0` picks one for all), starts worker 1 and,
@@ -17,6 +19,10 @@ The supervisor, which never parses an upload:
   wait behind uploads: ready when every worker serves, warmed up on its expected provider, and
   the server is not draining;
 - starts a worker again when one dies (with back-off), and marks its live gauges dead;
+- watches every worker's heartbeat (liveness.py): a silent worker makes the server unready, one
+  silent past `worker_timeout_seconds` is killed and replaced (a stopped or hung process would
+  otherwise keep receiving its share of new connections from the kernel);
+- refuses to start beside another server on its port or metrics directory (instance.py);
 - on SIGTERM or SIGINT: `/readyz` 503 at once, SIGTERM to every worker (each drains as serving.py
   says, the workers closing their listeners together), and exit 0 once every
   worker has exited 0. A second signal is forwarded too (the workers skip the rest of the drain).
@@ -32,18 +38,17 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from .config import Settings, machine_cpus
+from .instance import InstanceError, MetricsDirectory, PortClaim, hold_metrics_directory, remove_if_last
+from .liveness import Heartbeats
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
@@ -79,10 +84,23 @@ def die_with_parent() -> None:
         pass
 
 
-def run_worker(settings: Settings, port: int, slot: int, events, closed, workers: int) -> None:
+def run_worker(settings: Settings, port: int, slot: int, events, closed, workers: int, heartbeats: Heartbeats,
+               metrics_owned: bool) -> None:
     """One server worker process (the target of a spawned process)."""
+    supervisor = os.getppid()
     die_with_parent()
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    metrics_lock = hold_metrics_directory(metrics_dir)
+    try:
+        serve_worker(settings, port, slot, events, closed, workers, heartbeats)
+    finally:
+        if metrics_owned and os.getppid() != supervisor and remove_if_last(metrics_dir, metrics_lock):
+            log.info("the supervisor is gone and this was its last worker: removed %s", metrics_dir)
+
+
+def serve_worker(settings: Settings, port: int, slot: int, events, closed, workers: int,
+                 heartbeats: Heartbeats) -> None:
     from modelrepo import ManifestError  # noqa: PLC0415
 
     from .app import create_app  # noqa: PLC0415
@@ -99,7 +117,8 @@ def run_worker(settings: Settings, port: int, slot: int, events, closed, workers
     # Bound now, listening once warmed up (no connection waits on a worker still loading); then it
     # reports its readiness to the supervisor.
     serve(app, settings, port_socket(settings.host, port), ListenerBarrier(closed, workers),
-          on_listening=lambda: events.put((slot, os.getpid(), readiness(app.state).model_dump())))
+          on_listening=lambda: events.put((slot, os.getpid(), readiness(app.state).model_dump())),
+          heartbeat=lambda: heartbeats.beat(slot))
 
 
 @dataclass
@@ -107,6 +126,35 @@ class Worker:
     slot: int
     process: mp.Process
     readiness: dict | None = None  # the worker's Readiness once it listens
+    killed: bool = False  # by the supervisor, for silence
+
+
+class HealthServer(ThreadingHTTPServer):
+    """The health port: a thread per connection, at most MAX_THREADS at once (a connection beyond
+    them is closed at once), each connection closed after IDLE_TIMEOUT_S without a request."""
+    daemon_threads = True
+    MAX_THREADS = 32
+    IDLE_TIMEOUT_S = 2.0
+
+    def __init__(self, address, handler):
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(self.MAX_THREADS)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 @dataclass
@@ -124,52 +172,90 @@ class Supervisor:
         self.workers, self.per_worker = worker_settings(self.settings)
         self.events = self.ctx.Queue()
         self.closed = self.ctx.Value("i", 0)
+        self.heartbeats = Heartbeats(self.ctx, self.workers)
         self.failures = [0] * self.workers  # deaths since the slot last served
         self.next_start = [0.0] * self.workers
+        self.ended: dict[int, str] = {}  # slot -> how its last worker ended, until a new one starts
         self.lock = threading.Lock()  # `running` is read by the health thread
 
     # -- what the health port answers --------------------------------------------------------
     def readiness(self) -> dict:
         with self.lock:
             reports = {w.slot: w.readiness for w in self.running.values()}
+            ended = dict(self.ended)
         problems = ["shutting down: draining accepted requests"] if self.draining else []
         providers = {}
         for slot in range(self.workers):
             ready = reports.get(slot)
             if ready is None:
-                problems.append(f"worker {slot + 1} of {self.workers} is starting")
+                problems.append(f"worker {slot + 1} of {self.workers} {ended.get(slot, 'is starting')}")
                 continue
+            silence = self.heartbeats.silence(slot)
+            if silence is not None and silence > self.settings.heartbeat_timeout_seconds:
+                problems.append(f"worker {slot + 1} of {self.workers} has not answered for {silence:.1f} s")
             problems += [p for p in ready["problems"] if p not in problems]
             providers.update(ready["providers"])
         return {"ready": not problems, "problems": problems, "draining": self.draining, "providers": providers}
 
+    def hung(self) -> list[int]:
+        """Slots whose serving worker has been silent past the worker timeout (about to be replaced)."""
+        with self.lock:
+            serving = [w.slot for w in self.running.values() if w.readiness is not None]
+        return [slot for slot in serving
+                if (self.heartbeats.silence(slot) or 0) > self.settings.worker_timeout_seconds]
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, slot: int) -> None:
+        self.heartbeats.reset(slot)
         process = self.ctx.Process(target=run_worker, name=f"worker-{slot + 1}", daemon=False,
-                                   args=(self.per_worker, self.port, slot, self.events, self.closed, self.workers))
+                                   args=(self.per_worker, self.port, slot, self.events, self.closed, self.workers,
+                                         self.heartbeats, self.metrics.owned))
         process.start()
         with self.lock:
             self.running[slot] = Worker(slot, process)
+            self.ended.pop(slot, None)
 
     def on_signal(self, sig: int, frame) -> None:
         self.draining = True  # readyz 503 from now on; the loop forwards the signal
         self.signals += 1
 
     def run(self) -> int:
-        setup_multiprocess_metrics()
+        try:
+            self.metrics = MetricsDirectory(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        except InstanceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics.path)  # the workers inherit it
+        try:
+            return self.run_claimed()
+        finally:
+            self.metrics.close()
+
+    def run_claimed(self) -> int:
         try:
             self.sock = port_socket(self.settings.host, self.settings.port)
-            health = ThreadingHTTPServer((self.settings.host, self.settings.health_port), health_handler(self))
-        except OSError as exc:
-            print(f"error: cannot listen on {self.settings.host} (port {self.settings.port}, health port "
-                  f"{self.settings.health_port}): {exc}", file=sys.stderr)
+            self.port = self.sock.getsockname()[1]
+            claim = PortClaim(self.port, self.settings.hot_restart)
+        except InstanceError as exc:
+            self.sock.close()
+            print(f"error: {exc}", file=sys.stderr)
             return 2
-        health.daemon_threads = True
+        except OSError as exc:
+            print(f"error: cannot listen on {self.settings.host} (port {self.settings.port}): {exc}", file=sys.stderr)
+            return 2
+        try:
+            health = HealthServer((self.settings.host, self.settings.health_port), health_handler(self))
+        except OSError as exc:
+            claim.release()
+            self.sock.close()
+            print(f"error: cannot listen on {self.settings.host} (health port {self.settings.health_port}): {exc}",
+                  file=sys.stderr)
+            return 2
         threading.Thread(target=health.serve_forever, name="health", daemon=True).start()
-        host, self.port = self.sock.getsockname()[:2]
         log.info("listening on http://%s:%d with %d worker(s) (ONNX Runtime threads %d, decode threads %d "
-                 "each); /healthz and /readyz also on port %d", host, self.port, self.workers,
-                 self.per_worker.intra_op_threads, self.per_worker.decode_workers, health.server_address[1])
+                 "each); /healthz and /readyz also on port %d%s", self.settings.host, self.port, self.workers,
+                 self.per_worker.intra_op_threads, self.per_worker.decode_workers, health.server_address[1],
+                 "" if claim.socket else " (hot restart: beside the server already on this port)")
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
         try:
@@ -178,12 +264,15 @@ class Supervisor:
             health.shutdown()
             health.server_close()
             self.sock.close()
+            claim.release()
 
     def supervise(self) -> int:
         while self.running or not self.draining:
             self.take_reports(timeout=0.1)
             if self.signals > self.forwarded:
                 self.forward_signal()
+            for slot in self.hung():
+                self.kill_silent(self.running[slot])
             for worker in [w for w in self.running.values() if w.process.exitcode is not None]:
                 code = self.reap(worker)
                 if code is not None:
@@ -191,6 +280,14 @@ class Supervisor:
             if not self.draining:
                 self.start_missing()
         return max((abs(c) for c in self.exit_codes), default=0)
+
+    def kill_silent(self, worker: Worker) -> None:
+        if worker.killed:
+            return
+        worker.killed = True
+        log.error("worker %d (pid %d) has not answered for %.1f s (stopped or hung): killing it",
+                  worker.slot + 1, worker.process.pid, self.heartbeats.silence(worker.slot))
+        worker.process.kill()
 
     def forward_signal(self) -> None:
         if self.forwarded == 0:
@@ -216,9 +313,11 @@ class Supervisor:
     def reap(self, worker: Worker) -> int | None:
         """A worker has exited. Returns the supervisor's exit code when it must stop."""
         from prometheus_client import multiprocess  # noqa: PLC0415
+        code, pid = worker.process.exitcode, worker.process.pid
         with self.lock:
             del self.running[worker.slot]
-        code, pid = worker.process.exitcode, worker.process.pid
+            self.ended[worker.slot] = (f"exited ({code})" if self.draining else
+                                       f"died (exit {code}); starting it again")
         multiprocess.mark_process_dead(pid)
         if self.draining:
             if worker.readiness is not None:  # one still loading had accepted nothing
@@ -245,29 +344,21 @@ class Supervisor:
                 self.start(slot)
 
 
-def setup_multiprocess_metrics() -> None:
-    """A fresh folder for the workers' metric files (inherited through the environment), or the
-    operator's PROMETHEUS_MULTIPROC_DIR emptied of a previous run's files."""
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        for stale in Path(folder).glob("*.db"):
-            stale.unlink()
-        return
-    folder = tempfile.mkdtemp(prefix="elf-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
-    import atexit  # noqa: PLC0415
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-
-
 def health_handler(supervisor: Supervisor) -> type[BaseHTTPRequestHandler]:
     class Health(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as probes and load balancers use it
         disable_nagle_algorithm = True  # headers and body are two writes: Nagle held the body ~40 ms
+        timeout = HealthServer.IDLE_TIMEOUT_S
 
         def do_GET(self):  # noqa: N802 (http.server's naming)
             if self.path == "/healthz":
-                self.answer(200, {"status": "ok"})
+                hung = supervisor.hung()
+                if hung:
+                    self.answer(503, {"status": "unresponsive", "problems": [
+                        f"worker {slot + 1} of {supervisor.workers} has not answered for "
+                        f"{supervisor.heartbeats.silence(slot):.1f} s; it is being replaced" for slot in hung]})
+                else:
+                    self.answer(200, {"status": "ok"})
             elif self.path == "/readyz":
                 body = supervisor.readiness()
                 self.answer(200 if body["ready"] else 503, body)

@@ -110,7 +110,7 @@ def test_a_killed_worker_is_replaced_and_counts_survive(two_workers, cifar):
     victim.wait(10)
     # The health port says so, while the other worker keeps answering on the main port.
     problems = wait_for(lambda: health(server, "/readyz").json()["problems"], 5, "readyz to notice the death")
-    assert any("is starting" in p for p in problems), problems
+    assert any("died (exit -9)" in p or "is starting" in p for p in problems), problems
     assert httpx.post(server.url + "/classify", files={"file": ("x.png", data)}).status_code == 200
     wait_for(lambda: health(server, "/readyz").status_code == 200, 30, "the replacement to be ready")
     replacement = [w for w in workers_of(server) if w.pid != victim.pid]

@@ -15,7 +15,7 @@ from server import metrics as m
 from server.admission import Admission
 from server.config import Settings
 from server.middleware import error_response
-from server.refusal import refusing_protocol
+from server.protocol import server_protocol
 
 
 async def app(scope, receive, send):
@@ -41,11 +41,11 @@ def served():
     admission = Admission(max_wait_s=0.05, batch_size=64)
     admission.observe_batch(64, 1.0)
     admission.reserve(64)  # one batch of a second admitted: expected wait 1 s > 50 ms
-    state = SimpleNamespace(settings=Settings(), admission=admission, closing=False)
+    state = SimpleNamespace(settings=Settings(), admission=admission, draining=False, closing=False)
     app.seen = []
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=refusing_protocol(state), log_level="warning", lifespan="off",
+    config = uvicorn.Config(app, http=server_protocol(state), log_level="warning", lifespan="off",
                             access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
