@@ -30,6 +30,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=None,
                    help="admission bound: refuse new work with 503 when the admitted work would take longer "
                         "(default 100, or $ELF_MAX_WAIT_MS)")
+    p.add_argument("--read-timeout", type=float, default=None, dest="read_timeout_seconds",
+                   help="seconds a request's headers, then its body, may take to arrive before 408 (default 5, or "
+                        "$ELF_READ_TIMEOUT_SECONDS)")
+    p.add_argument("--worker-timeout", type=float, default=None, dest="worker_timeout_seconds",
+                   help="a worker whose event loop is silent this long is killed and replaced (default 10, or "
+                        "$ELF_WORKER_TIMEOUT_SECONDS)")
+    p.add_argument("--hot-restart", action="store_true", default=None,
+                   help="start beside a server already on the port (then SIGTERM that one: it drains); "
+                        "without it a second server on the port is refused")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None)
     return p
 

@@ -28,6 +28,7 @@ from .service import ModelService
 
 log = logging.getLogger(__name__)
 DOCS_ASSETS = "/docs-assets"
+WARM_UP_BATCH = 8
 
 
 def decode_workers(settings: Settings) -> int:
@@ -39,7 +40,9 @@ async def lifespan(app: FastAPI):
     state = app.state
     for service in state.services.values():
         # Admission's estimate starts from the warm-up's timings, not from zero (admit everything).
-        for images, seconds in await run_in_threadpool(service.model.warm_up, (1, state.settings.batch_size)):
+        # Small batches: ONNX Runtime's arena grows to the largest batch run (64: +50 MB a worker).
+        sizes = (1, min(WARM_UP_BATCH, state.settings.batch_size))
+        for images, seconds in await run_in_threadpool(service.model.warm_up, sizes):
             state.admission.observe_batch(images, seconds)
         service.batcher.start()
     state.warm = True

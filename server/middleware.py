@@ -8,7 +8,8 @@ request is an upload in progress until its body is complete; then it holds one i
 admitted work until it is answered (the batch endpoint adds its other files once it has counted
 them). A body not complete within `read_timeout_seconds` of the headers is answered 408 and its
 connection closed; a client that goes away mid-body is counted as 499 (nginx's "client closed
-request"), apart from bad input. Once the server is closing (after the drain, serving.py), every
+request"), apart from bad input; an answer given before the body is complete closes the
+connection (the rest of the body is not read). Once the server is closing (after the drain, serving.py), every
 response carries `Connection: close`, and a request still unanswered when the shutdown timeout
 cancels it gets a JSON 503.
 """
@@ -85,7 +86,8 @@ class ObserveMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if self.state.closing:
+                # Closing: and an answer before the body's end (a bad upload): the rest is not read.
+                if self.state.closing or (uploading and not request_state["images"]):
                     message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
             await send(message)
 

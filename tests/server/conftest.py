@@ -40,8 +40,8 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, *args, env=None):
-        self.port = self.health_port = free_port()
+    def __init__(self, *args, env=None, port=None, base_env=None):
+        self.port = self.health_port = port or free_port()
         while self.health_port == self.port:
             self.health_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,7 +52,7 @@ class RunningServer:
              "--log-level", "warning", *args],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=REPO,
             # no drain period unless a test asks for one: stopping takes no 5 s then
-            env={**os.environ, "ELF_DRAIN_SECONDS": "0", **(env or {})})
+            env={**(os.environ if base_env is None else base_env), "ELF_DRAIN_SECONDS": "0", **(env or {})})
         self.started = time.monotonic()
         self._wait_until(lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200, "answer")
         self.first_answer_s = time.monotonic() - self.started
