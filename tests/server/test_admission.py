@@ -30,3 +30,36 @@ def test_unknown_rate_admits_and_one_batch_size_is_proportional():
     assert adm.per_batch == 0 and adm.per_image == pytest.approx(0.001)
     with pytest.raises(Overloaded):
         adm.check()
+
+
+def test_uploads_in_progress_are_bounded_apart_from_admitted_work():
+    adm = Admission(max_wait_s=0.05, batch_size=64, max_uploads=2)
+    adm.observe_batch(8, 0.008)
+    adm.start_upload()
+    adm.start_upload()
+    assert adm.outstanding == 0  # a body on its way holds no share of the admitted work ...
+    with pytest.raises(Overloaded, match="2 uploads in progress"):  # ... only an upload slot
+        adm.check()
+    adm.end_upload(1)  # complete: its image is admitted work now
+    adm.end_upload(0)  # never completed (deadline, client gone): nothing to admit
+    assert (adm.uploads, adm.outstanding) == (0, 1)
+    adm.check()
+
+
+def test_a_fresh_server_starts_from_its_warm_up_timings():
+    """Before any request, admission knows what a batch costs (it admitted without limit before)."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.config import Settings
+
+    from .conftest import MODELS
+
+    app = create_app(Settings(model_repository=MODELS, intra_op_threads=1, decode_workers=1))
+    with TestClient(app):
+        adm = app.state.admission
+        assert adm.per_image > 0
+        adm.reserve(100_000)  # a backlog no bound admits
+        with pytest.raises(Overloaded):
+            adm.check()
+        adm.release(100_000)

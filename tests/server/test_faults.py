@@ -3,7 +3,6 @@ uploads beside normal clients, a stopped (hung) worker, a killed worker's replac
 share, a second server on the same port or metrics directory, a bad metrics directory, uploads
 unfinished at the end of a drain, aborted uploads, stalled health-port connections, and a
 supervisor killed with SIGKILL. Each test asserts the outcome, not only that nothing crashed."""
-import json
 import os
 import signal
 import socket
@@ -21,107 +20,26 @@ from server.config import Settings
 from server.supervisor import HealthServer, Supervisor, Worker, health_handler
 
 from ..conftest import REPO
+from . import faults
 from .conftest import MODELS, RunningServer, free_port, png
 from .test_supervisor import health, wait_for, workers_of
 
 pytestmark = pytest.mark.slow
 
 
-def upload(port: int, image: bytes, boundary: str = "b0undary") -> tuple[bytes, bytes]:
-    """A /classify request for `image`: (headers, multipart body)."""
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode(), body
-
-
-def keep_alive_clients(url: str, data: bytes, n: int, seconds: float) -> list[int]:
-    """`n` keep-alive clients posting `data` for `seconds`: every status (None for a transport error)."""
-    statuses, lock = [], threading.Lock()
-
-    def client():
-        with httpx.Client(base_url=url, timeout=10) as c:
-            stop = time.monotonic() + seconds
-            while time.monotonic() < stop:
-                try:
-                    status = c.post("/classify", files={"file": ("x.png", data)}).status_code
-                except httpx.TransportError:
-                    status = None
-                with lock:
-                    statuses.append(status)
-
-    threads = [threading.Thread(target=client) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return statuses
-
-
-def read_until_closed(sock: socket.socket, seconds: float) -> tuple[bytes, float | None]:
-    """What the server sent, and when (monotonic) it closed the connection (None: still open)."""
-    sock.settimeout(0.2)
-    received, deadline = b"", time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return received, time.monotonic()
-        if not chunk:
-            return received, time.monotonic()
-        received += chunk
-    return received, None
-
-
-def json_body(response: bytes) -> dict:
-    return json.loads(response.partition(b"\r\n\r\n")[2])
-
-
 def test_slow_uploads_hold_nothing_the_normal_clients_need(cifar):
     """100 connections sending their body at 1 byte/s (and 10 sending headers only) beside 8
     keep-alive clients: the clients are answered, the slow ones get 408 and are closed."""
-    server = RunningServer("--model-repository", str(MODELS), "--workers", "2")
-    image = png(cifar[1].images[0])
-    head, body = upload(server.port, image)
-    slow, started = [], time.monotonic()
-    try:
-        for i in range(110):
-            s = socket.create_connection(("127.0.0.1", server.port))
-            s.sendall(head)
-            slow.append(s)
-        stop = threading.Event()
-
-        def trickle():  # one byte a second on each of the first 100; the last 10 send no body at all
-            for k in range(len(body)):
-                if stop.wait(1.0):
-                    return
-                for s in slow[:100]:
-                    try:
-                        s.send(body[k:k + 1])
-                    except OSError:
-                        pass
-
-        threading.Thread(target=trickle, daemon=True).start()
-        statuses = keep_alive_clients(server.url, image, 8, 15)
-        stop.set()
-        outcomes = [read_until_closed(s, 40 - (time.monotonic() - started)) for s in slow]
-        metrics = httpx.get(server.url + "/metrics").text
-    finally:
-        for s in slow:
-            s.close()
-        server.stop()
-    ok = statuses.count(200) / len(statuses)
-    assert ok >= 0.9 and len(statuses) > 200, (ok, len(statuses), {s: statuses.count(s) for s in set(statuses)})
-    closed = [t - started for _, t in outcomes if t is not None]
-    assert len(closed) == 110 and max(closed) < 40, (len(closed), max(closed, default=None))
-    for response, _ in outcomes:
+    r = faults.slow_uploads(png(cifar[1].images[0]))
+    statuses = r["statuses"]
+    assert r["ok_share"] >= 0.9 and len(statuses) > 200, (r["ok_share"], len(statuses),
+                                                          {s: statuses.count(s) for s in set(statuses)})
+    assert all(t is not None and t < 40 for t in r["closed_after"]), r["closed_after"]
+    for response in r["responses"]:
         assert response.startswith(b"HTTP/1.1 408") and b"connection: close" in response.lower(), response[:300]
-        body = json_body(response)
+        body = faults.json_body(response)
         assert body["status"] == 408 and "not received within 5 s" in body["error"]
-    assert 'elf_http_requests_total{endpoint="/classify",status="408"} 110.0' in metrics
+    assert 'elf_http_requests_total{endpoint="/classify",status="408"} 110.0' in r["metrics"]
 
 
 def test_slow_headers_get_408_from_the_protocol():
@@ -130,9 +48,9 @@ def test_slow_headers_get_408_from_the_protocol():
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\n")  # and never the rest of the headers
             t0 = time.monotonic()
-            response, closed = read_until_closed(s, 10)
+            response, closed = faults.read_until_closed(s, 10)
         assert closed is not None and 0.9 < closed - t0 < 3, closed and closed - t0
-        assert response.startswith(b"HTTP/1.1 408") and json_body(response) == {
+        assert response.startswith(b"HTTP/1.1 408") and faults.json_body(response) == {
             "error": "request headers not received within 1 s", "status": 408}
     finally:
         server.stop()
@@ -140,7 +58,7 @@ def test_slow_headers_get_408_from_the_protocol():
 
 def test_an_aborted_upload_is_counted_as_499_not_as_bad_input(cifar):
     server = RunningServer("--model-repository", str(MODELS))
-    head, body = upload(server.port, png(cifar[1].images[0]))
+    head, body = faults.upload(server.port, png(cifar[1].images[0]))
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(head + body[:100])
@@ -154,29 +72,12 @@ def test_an_aborted_upload_is_counted_as_499_not_as_bad_input(cifar):
 
 
 def test_a_stopped_worker_is_noticed_killed_and_replaced(cifar):
-    server = RunningServer("--model-repository", str(MODELS), "--workers", "2")
-    data = png(cifar[1].images[0])
-    victim = workers_of(server)[0]
-    try:
-        victim.suspend()  # SIGSTOP
-        stopped = time.monotonic()
-        r = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(health(server, "/readyz")), 5,
-                     "readyz 503 after the stop")
-        assert any("has not answered for" in p for p in r.json()["problems"]), r.json()
-        assert time.monotonic() - stopped < 5
-        wait_for(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE, 20, "the kill")
-        wait_for(lambda: health(server, "/readyz").status_code == 200, 20 - (time.monotonic() - stopped),
-                 "a replacement, ready")
-        assert victim.pid not in [w.pid for w in workers_of(server)] and len(workers_of(server)) == 2
-        for _ in range(20):  # new connections: none lands on a listener nobody accepts from
-            t0 = time.monotonic()
-            assert httpx.post(server.url + "/classify", files={"file": ("x.png", data)}, timeout=2).status_code == 200
-            assert time.monotonic() - t0 < 2
-        assert "has not answered for" in server.log.read_text()
-    finally:
-        if victim.is_running():
-            victim.resume()
-        server.stop()
+    r = faults.stopped_worker(png(cifar[1].images[0]))
+    assert r["unready_after"] < 5 and any("has not answered for" in p for p in r["problems"]), r["problems"]
+    assert r["replaced_after"] < 20 and r["victim"] not in r["workers"] and len(r["workers"]) == 2
+    # new connections: none lands on a listener nobody accepts from
+    assert all(status == 200 and seconds < 2 for status, seconds in r["answers"]), r["answers"]
+    assert "has not answered for" in r["log"] and "killing it" in r["log"]
 
 
 def test_healthz_fails_while_a_worker_is_silent_past_the_timeout():
@@ -206,25 +107,8 @@ def test_healthz_fails_while_a_worker_is_silent_past_the_timeout():
 
 
 def test_a_replaced_worker_gets_its_share_of_keep_alive_clients(cifar):
-    server = RunningServer("--model-repository", str(MODELS), "--workers", "2")
-    data = png(cifar[1].images[0])
-    try:
-        load = threading.Thread(target=keep_alive_clients, args=(server.url, data, 12, 27))
-        load.start()
-        time.sleep(2)
-        survivor, victim = workers_of(server)
-        victim.kill()
-        time.sleep(15)
-        workers = workers_of(server)
-        (replacement,) = [w for w in workers if w.pid not in (survivor.pid, victim.pid)]
-        before = {w.pid: sum(w.cpu_times()[:2]) for w in workers}
-        time.sleep(10)
-        share = {w.pid: sum(w.cpu_times()[:2]) - before[w.pid] for w in workers}
-        load.join()
-    finally:
-        server.stop()
-    assert len(share) == 2 and replacement.pid != victim.pid
-    assert share[replacement.pid] >= 0.25 * sum(share.values()), share
+    r = faults.replacement_share(png(cifar[1].images[0]))
+    assert r["share"] >= 0.25, r
 
 
 def test_a_second_server_on_the_port_is_refused_and_the_first_keeps_its_metrics(tmp_path, cifar):
@@ -280,16 +164,16 @@ def test_an_unusable_metrics_directory_is_one_line_and_exit_2(folder, reason):
 def test_uploads_unfinished_at_the_end_of_a_drain_get_a_json_503(cifar):
     server = RunningServer("--model-repository", str(MODELS), "--read-timeout", "30",
                            env={"ELF_DRAIN_SECONDS": "0.5", "ELF_SHUTDOWN_TIMEOUT_SECONDS": "1"})
-    head, body = upload(server.port, png(cifar[1].images[0]))
+    head, body = faults.upload(server.port, png(cifar[1].images[0]))
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(head + body[:100])
         time.sleep(0.3)
         server.proc.send_signal(signal.SIGTERM)
-        response, closed = read_until_closed(s, 15)
+        response, closed = faults.read_until_closed(s, 15)
     assert server.proc.wait(30) == 0
     assert closed is not None and response.startswith(b"HTTP/1.1 503"), response[:300]
-    assert b"connection: close" in response.lower() and json_body(response)["status"] == 503
-    assert "shutting down" in json_body(response)["error"]
+    assert b"connection: close" in response.lower() and faults.json_body(response)["status"] == 503
+    assert "shutting down" in faults.json_body(response)["error"]
 
 
 def test_the_health_port_bounds_its_threads_and_drops_stalled_connections():
@@ -304,8 +188,8 @@ def test_the_health_port_bounds_its_threads_and_drops_stalled_connections():
         time.sleep(0.5)
         assert supervisor.num_threads() <= threads_before + 32 + 1
         wait_for(lambda: health(server, "/healthz").status_code == 200, 10, "a probe answered among the stalled")
-        closed = [read_until_closed(s, 0.1)[1] for s in stalled]
-        wait_for(lambda: all(read_until_closed(s, 0.05)[1] or c for s, c in zip(stalled, closed)), 10,
+        closed = [faults.read_until_closed(s, 0.1)[1] for s in stalled]
+        wait_for(lambda: all(faults.read_until_closed(s, 0.05)[1] or c for s, c in zip(stalled, closed)), 10,
                  "every stalled connection closed")
     finally:
         for s in stalled:

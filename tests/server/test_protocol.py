@@ -1,7 +1,8 @@
-"""refusal.py: a busy server's 503s answered by the HTTP protocol itself, on a real uvicorn over
-loopback, with a real Admission made busy: the app behind never sees a refused request, the
-refused body is skipped, the connection stays usable, pipelined answers keep their order, and
-what the protocol hands on reaches the ASGI path."""
+"""protocol.py on a real uvicorn over loopback: a busy server's 503s answered by the HTTP protocol
+itself, with a real Admission made busy (the app behind never sees a refused request, the refused
+body is skipped, the connection stays usable, pipelined answers keep their order, what the
+protocol hands on reaches the ASGI path), and connections that age out, except while draining."""
+import contextlib
 import json
 import socket
 import threading
@@ -37,11 +38,16 @@ async def app(scope, receive, send):
 
 @pytest.fixture
 def served():
-    """(port, state): uvicorn with the refusing protocol; state.admission refuses until emptied."""
+    """(port, state): uvicorn with the server's protocol; state.admission refuses until emptied."""
     admission = Admission(max_wait_s=0.05, batch_size=64)
     admission.observe_batch(64, 1.0)
     admission.reserve(64)  # one batch of a second admitted: expected wait 1 s > 50 ms
-    state = SimpleNamespace(settings=Settings(), admission=admission, draining=False, closing=False)
+    with serving(SimpleNamespace(settings=Settings(), admission=admission, draining=False, closing=False)) as port_state:
+        yield port_state
+
+
+@contextlib.contextmanager
+def serving(state):
     app.seen = []
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -54,9 +60,11 @@ def served():
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
         time.sleep(0.01)
-    yield sock.getsockname()[1], state
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield sock.getsockname()[1], state
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def post(path: str, body: bytes, extra: str = "") -> bytes:
@@ -133,3 +141,22 @@ def test_what_the_protocol_hands_on_reaches_the_app(served):
         s.sendall(post("/classify/batch", b"123"))
         assert read_response(f)[0] == 200
     assert app.seen == [("POST", "/classify", 3), ("POST", "/classify", 5), ("POST", "/classify/batch", 3)]
+
+
+def test_a_connection_past_its_age_is_answered_with_close_except_while_draining():
+    state = SimpleNamespace(settings=Settings(connection_max_age_seconds=0.3), admission=Admission(0.05, 64),
+                            draining=False, closing=False)
+    with serving(state) as (port, _):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s, s.makefile("rb") as f:
+            s.sendall(post("/classify", b"abc"))
+            assert "connection" not in read_response(f)[1]  # young: kept alive
+            time.sleep(0.4)
+            s.sendall(post("/classify", b"abc"))
+            status, headers, _ = read_response(f)
+            assert status == 200 and headers["connection"] == "close" and f.read() == b""  # then closed
+        state.draining = True
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s, s.makefile("rb") as f:
+            time.sleep(0.4)
+            for _ in range(2):
+                s.sendall(post("/classify", b"abc"))
+                assert "connection" not in read_response(f)[1]

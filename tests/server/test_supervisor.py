@@ -130,3 +130,22 @@ def test_readyz_on_the_health_port_turns_503_at_sigterm(cifar):
     assert r.json()["draining"] and "draining" in r.json()["problems"][0]
     assert httpx.post(server.url + "/classify", files={"file": ("x.png", png(cifar[1].images[0]))}).status_code == 200
     assert server.proc.wait(30) == 0
+
+
+def test_readiness_says_a_worker_exited_during_shutdown(tmp_path, monkeypatch):
+    """Not 'is starting' for a worker that has exited normally in the drain."""
+    import multiprocessing
+
+    from server.config import Settings
+    from server.supervisor import Supervisor, Worker
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    supervisor = Supervisor(Settings(workers=2))
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))
+    process.start()
+    process.join()
+    supervisor.running[1] = Worker(1, process, readiness={"problems": [], "providers": {}})
+    supervisor.draining = True
+    supervisor.reap(supervisor.running[1])
+    assert "worker 2 of 2 exited (0)" in supervisor.readiness()["problems"]
+    assert supervisor.exit_codes == [0]
