@@ -48,7 +48,7 @@ def answer(service: ModelService, r, t0: float) -> Classification:
                           latency_ms=1000 * (time.perf_counter() - t0), model=service.name)
 
 
-@router.post("/classify", response_model=Classification, responses=errors(400, 404, 413, 415, 422, 503))
+@router.post("/classify", response_model=Classification, responses=errors(400, 404, 408, 413, 415, 422, 503))
 async def classify(request: Request,
                    file: Annotated[UploadFile, File(description="the image (PNG, JPEG, BMP, WebP, GIF...)")],
                    model: ModelField = None, threshold: ThresholdField = None):
@@ -60,7 +60,7 @@ async def classify(request: Request,
     return answer(service, result, t0)
 
 
-@router.post("/classify/batch", response_model=BatchClassification, responses=errors(400, 404, 413, 415, 422, 503))
+@router.post("/classify/batch", response_model=BatchClassification, responses=errors(400, 404, 408, 413, 415, 422, 503))
 async def classify_batch(request: Request,
                          files: Annotated[list[UploadFile], File(description="several images; each gets its "
                                                                   "own result or error")],
