@@ -13,6 +13,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1, or $ELF_HOST)")
     p.add_argument("--port", type=int, default=None, help="port (default 8000, or $ELF_PORT)")
+    p.add_argument("--grpc-port", type=int, default=None,
+                   help="the Open Inference Protocol over gRPC (default 8002, or $ELF_GRPC_PORT)")
     p.add_argument("--health-port", type=int, default=None,
                    help="port answering only /healthz and /readyz, apart from the load (default 8001, or $ELF_HEALTH_PORT)")
     p.add_argument("--workers", type=int, default=None,

@@ -21,10 +21,14 @@ from .admission import Admission, Overloaded
 from .config import Settings, machine_cpus
 from .engine import StagedModel, load_repository
 from .images import DecodePool, ImageError
+from .inference_protocol import ProtocolError, model_version
 from .middleware import ObserveMiddleware, error_response
 from .openapi import document_limits
 from .routes import ApiError, router
 from .service import ModelService
+from .v2_grpc import create_server as create_grpc_server
+from .v2_http import package_version
+from .v2_http import router as v2_router
 
 log = logging.getLogger(__name__)
 DOCS_ASSETS = "/docs-assets"
@@ -45,12 +49,17 @@ async def lifespan(app: FastAPI):
         for images, seconds in await run_in_threadpool(service.model.warm_up, sizes):
             state.admission.observe_batch(images, seconds)
         service.batcher.start()
+    if state.grpc_port is not None:  # in the event loop the batchers run in
+        state.grpc = create_grpc_server(state, state.grpc_port, package_version())
+        await state.grpc.start()
     state.warm = True
     gc.freeze()  # what start-up made lives for good: keep it out of every later collection's scan
     m.READY.set(1 if all(s.model.provider_ok for s in state.services.values()) else 0)
     log.info("serving %s (default %s)", ", ".join(state.services), state.settings.default_model)
     yield
     m.READY.set(0)
+    if state.grpc is not None:
+        await state.grpc.stop(0)  # stopped at the drain's end already (serving.py); a test app's here
     for service in state.services.values():
         await service.batcher.stop()
     state.decoder.shutdown()
@@ -62,6 +71,10 @@ def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(ProtocolError)
+    async def _protocol_error(request: Request, exc: ProtocolError):
+        return error_response(exc.status, exc.message)
 
     @app.exception_handler(ImageError)
     async def _image_error(request: Request, exc: ImageError):
@@ -107,8 +120,10 @@ def publish_admission(admission: Admission) -> None:
     m.ADMISSION_OUTSTANDING.set(admission.outstanding)
 
 
-def create_app(settings: Settings, models: dict[str, StagedModel] | None = None) -> FastAPI:
-    """Build the app. `models` may be loaded beforehand (so start-up errors surface before serving)."""
+def create_app(settings: Settings, models: dict[str, StagedModel] | None = None,
+               grpc_port: int | None = None) -> FastAPI:
+    """Build the app. `models` may be loaded beforehand (so start-up errors surface before serving);
+    with `grpc_port` it also serves the inference protocol over gRPC there."""
     if models is None:
         models = load_repository(settings.model_repository, settings.default_model, settings.provider,
                                  settings.intra_op_threads, settings.ort_spinning)
@@ -122,6 +137,7 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None)
     state = app.state
     state.settings, state.admission = settings, admission
     state.warm = state.draining = state.closing = False
+    state.grpc_port, state.grpc = grpc_port, None
     state.services = {name: ModelService(model, settings, on_batch=admission.observe_batch)
                       for name, model in models.items()}
     state.decoder = DecodePool(decode_workers(settings), settings.max_upload_bytes, settings.max_image_pixels,
@@ -129,8 +145,9 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None)
     register_error_handlers(app)
     app.add_middleware(ObserveMiddleware, state=state)
     app.include_router(router)
+    app.include_router(v2_router)
     add_offline_docs(app)
-    document_limits(app, settings, list(models))
+    document_limits(app, settings, list(models), [model_version(s) for s in state.services.values()])
     return app
 
 

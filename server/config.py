@@ -14,6 +14,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8002, ge=0, le=65535, description="the Open Inference Protocol's gRPC port (its "
+                           "HTTP/REST form is on the main port, under /v2)")
     health_port: int = Field(8001, ge=0, le=65535, description="a second port answering only /healthz and "
                              "/readyz, from the supervisor process: probes never wait behind uploads")
     workers: int = Field(0, ge=0, description="server worker processes, each with its own models, batcher and "

@@ -27,6 +27,10 @@ REQUESTS = Counter("elf_http_requests_total", "HTTP requests by endpoint and sta
                    ["endpoint", "status"], registry=REGISTRY)
 REQUEST_LATENCY = Histogram("elf_http_request_duration_seconds", "HTTP request latency",
                             ["endpoint"], buckets=REQUEST_BUCKETS, registry=REGISTRY)
+GRPC_REQUESTS = Counter("elf_grpc_requests_total", "gRPC calls (the inference protocol) by method and status code",
+                        ["method", "code"], registry=REGISTRY)
+GRPC_LATENCY = Histogram("elf_grpc_request_duration_seconds", "gRPC call latency", ["method"],
+                         buckets=REQUEST_BUCKETS, registry=REGISTRY)
 EXITS = Counter("elf_exits_total", "Images classified, by model and exit level (1-based)",
                 ["model", "exit"], registry=REGISTRY)
 EXIT_DEPTH = Histogram("elf_exit_depth", "Exit level at which images leave the network",

@@ -16,6 +16,7 @@ cancels it gets a JSON 503.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from fastapi.responses import JSONResponse
@@ -24,9 +25,22 @@ from starlette.exceptions import HTTPException
 from . import metrics as m
 from .admission import Overloaded
 
-ENDPOINTS = frozenset({"/classify", "/classify/batch", "/models", "/healthz", "/readyz", "/metrics"})
-INFERENCE = frozenset({"/classify", "/classify/batch"})
+ENDPOINTS = frozenset({"/classify", "/classify/batch", "/models", "/healthz", "/readyz", "/metrics",
+                       "/v2", "/v2/health/live", "/v2/health/ready"})
+V2_MODEL = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(/ready|/config|/infer)?")
+V2_INFER = "/v2/models/{model}/infer"
+INFERENCE = frozenset({"/classify", "/classify/batch", V2_INFER})
 CLIENT_CLOSED_REQUEST = 499
+
+
+def endpoint_label(path: str) -> str:
+    """The metrics' `endpoint` label of a path: itself for fixed routes, the route's template for the
+    inference protocol's per-model ones (bounded label values), else "other"."""
+    if path in ENDPOINTS:
+        return path
+    if path.startswith("/v2/models/") and (match := V2_MODEL.fullmatch(path)):
+        return "/v2/models/{model}" + (match[1] or "")
+    return "other"
 
 
 def upload_limit(settings) -> int:
@@ -76,7 +90,7 @@ class ObserveMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
-        path = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        path = endpoint_label(scope["path"])
         status = None  # until a response starts
         request_state = scope.setdefault("state", {})  # request.state; "images": what this request holds
         admission = self.state.admission

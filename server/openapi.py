@@ -2,7 +2,7 @@
 signatures cannot express (a file has at least one byte, a batch
 1..max_batch_files files; a bad file in a batch gets its own error in a 200 answer), and
 optional form fields are optional by being left out (a multipart form has no null), and `model`
-names one of the models this server loaded.
+(and the inference protocol's `model_version`) names one of the models this server loaded.
 
 What no schema can say: that a file's bytes decode as an image. A schema-valid upload that is not
 one gets 415 (or 400 when truncated or corrupt), as documented; schemathesis.toml tells the
@@ -26,7 +26,7 @@ def _without_null(prop: dict) -> None:
     prop.update(variant)
 
 
-def document_limits(app: FastAPI, settings: Settings, model_names: list[str]) -> None:
+def document_limits(app: FastAPI, settings: Settings, model_names: list[str], versions: list[str]) -> None:
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
@@ -40,6 +40,11 @@ def document_limits(app: FastAPI, settings: Settings, model_names: list[str]) ->
                 for name in ("model", "threshold"):
                     _without_null(body[name])
                 body["model"]["enum"] = model_names
+            for path, operations in schema["paths"].items():  # the inference protocol's model routes
+                for operation in operations.values():
+                    for param in operation.get("parameters", []):
+                        if param["in"] == "path" and param["name"] in ("model", "model_version"):
+                            param["schema"]["enum"] = model_names if param["name"] == "model" else versions
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -30,7 +30,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from . import metrics as m
 from .admission import Overloaded
-from .middleware import ENDPOINTS, INFERENCE, upload_limit
+from .middleware import INFERENCE, endpoint_label, upload_limit
 
 
 def server_protocol(state) -> type[HttpToolsProtocol]:
@@ -75,15 +75,15 @@ def server_protocol(state) -> type[HttpToolsProtocol]:
             self.header_timer = None
             if self.transport.is_closing():
                 return
-            path = self.url.partition(b"?")[0].decode("latin-1")
-            m.REQUESTS.labels(path if path in ENDPOINTS else "other", "408").inc()
+            m.REQUESTS.labels(endpoint_label(self.url.partition(b"?")[0].decode("latin-1")), "408").inc()
             self._write_error(408, f"request headers not received within {read_timeout:g} s", close=True)
             self.transport.close()
 
         def _refused(self) -> bool:
             t0 = time.perf_counter()
-            path = paths.get(self.url.partition(b"?")[0])
-            if (path is None or self.parser.get_method() != b"POST" or state.closing or self.config.access_log
+            url = self.url.partition(b"?")[0]
+            path = paths.get(url) or (url.startswith(b"/v2/") and endpoint_label(url.decode("latin-1")))
+            if (path not in INFERENCE or self.parser.get_method() != b"POST" or state.closing or self.config.access_log
                     or self.expect_100_continue or self.pipeline or not self.parser.should_keep_alive()
                     or (self.cycle is not None and not self.cycle.response_complete)):
                 return False

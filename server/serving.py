@@ -100,6 +100,10 @@ class DrainingServer(uvicorn.Server):
         self.state.draining = True
         for server in self.servers:
             server.close()
+        # gRPC stops taking calls with the HTTP listeners and finishes those under way meanwhile.
+        grpc = self.state.grpc
+        grpc_stopped = (asyncio.ensure_future(grpc.stop(self.config.timeout_graceful_shutdown)) if grpc is not None
+                        else None)
         self.barrier.arrive()
         await self.barrier.wait(LAST_REQUEST_GRACE_S)
         self.state.closing = True
@@ -107,6 +111,8 @@ class DrainingServer(uvicorn.Server):
         while time.monotonic() < deadline and any(idle(c) for c in self.server_state.connections):
             await asyncio.sleep(0.01)
         await super().shutdown(sockets)  # closes idle connections, waits for requests in flight
+        if grpc_stopped is not None:
+            await grpc_stopped
 
 
 def idle(connection) -> bool:

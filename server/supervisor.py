@@ -113,7 +113,7 @@ def serve_worker(settings: Settings, port: int, slot: int, events, closed, worke
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    app = create_app(settings, models)
+    app = create_app(settings, models, grpc_port=settings.grpc_port)
     # Bound now, listening once warmed up (no connection waits on a worker still loading); then it
     # reports its readiness to the supervisor.
     serve(app, settings, port_socket(settings.host, port), ListenerBarrier(closed, workers),
@@ -236,6 +236,8 @@ class Supervisor:
             self.sock = port_socket(self.settings.host, self.settings.port)
             self.port = self.sock.getsockname()[1]
             claim = PortClaim(self.port, self.settings.hot_restart)
+            self.grpc_sock = port_socket(self.settings.host, self.settings.grpc_port)
+            self.per_worker = self.per_worker.model_copy(update={"grpc_port": self.grpc_sock.getsockname()[1]})
         except InstanceError as exc:
             self.sock.close()
             print(f"error: {exc}", file=sys.stderr)
@@ -252,9 +254,10 @@ class Supervisor:
                   file=sys.stderr)
             return 2
         threading.Thread(target=health.serve_forever, name="health", daemon=True).start()
-        log.info("listening on http://%s:%d with %d worker(s) (ONNX Runtime threads %d, decode threads %d "
-                 "each); /healthz and /readyz also on port %d%s", self.settings.host, self.port, self.workers,
-                 self.per_worker.intra_op_threads, self.per_worker.decode_workers, health.server_address[1],
+        log.info("listening on http://%s:%d (gRPC on port %d) with %d worker(s) (ONNX Runtime threads %d, decode "
+                 "threads %d each); /healthz and /readyz also on port %d%s", self.settings.host, self.port,
+                 self.per_worker.grpc_port, self.workers, self.per_worker.intra_op_threads,
+                 self.per_worker.decode_workers, health.server_address[1],
                  "" if claim.socket else " (hot restart: beside the server already on this port)")
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
@@ -264,6 +267,7 @@ class Supervisor:
             health.shutdown()
             health.server_close()
             self.sock.close()
+            self.grpc_sock.close()
             claim.release()
 
     def supervise(self) -> int:

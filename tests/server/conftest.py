@@ -41,14 +41,19 @@ def free_port() -> int:
 
 class RunningServer:
     def __init__(self, *args, env=None, port=None, base_env=None):
-        self.port = self.health_port = port or free_port()
+        self.port = port or free_port()
+        self.health_port = self.grpc_port = self.port
         while self.health_port == self.port:
             self.health_port = free_port()
+        while self.grpc_port in (self.port, self.health_port):
+            self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.health_url = f"http://127.0.0.1:{self.health_port}"  # the supervisor's /healthz and /readyz
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{self.port}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", str(self.port), "--health-port", str(self.health_port),
+             "--grpc-port", str(self.grpc_port),
              "--log-level", "warning", *args],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=REPO,
             # no drain period unless a test asks for one: stopping takes no 5 s then
