@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,11 +138,16 @@ def tensor_from_list(name: str, datatype: str, shape: list[int], data) -> Tensor
 
 
 def _flatten(data):
-    if isinstance(data, (list, tuple)):
-        for x in data:
-            yield from _flatten(x)
-    else:
-        yield data
+    """The leaves of nested lists, in order (iteratively: a JSON body may nest deeply)."""
+    stack = [iter([data])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, (list, tuple)):
+                stack.append(iter(item))
+                break
+            yield item
+        else:
+            stack.pop()
 
 
 def request_images(inputs: list[Tensor], max_images: int) -> tuple[str, list]:
@@ -151,7 +157,7 @@ def request_images(inputs: list[Tensor], max_images: int) -> tuple[str, list]:
     (t,) = inputs
     if not t.shape or any(not isinstance(d, int) or d < 0 for d in t.shape):
         raise ProtocolError(400, f"input {t.name!r}: shape {t.shape} is not a list of sizes")
-    count = int(np.prod(t.shape))
+    count = math.prod(t.shape)
     if len(t.data) != count:
         raise ProtocolError(400, f"input {t.name!r}: shape {t.shape} holds {count} elements, the data {len(t.data)}")
     if t.name == IMAGE:

@@ -57,25 +57,36 @@ def service_of(request: Request, model: str, model_version: str | None):
 
 
 @router.get("/models/{model}", summary="Model metadata", responses=errors(404))
+async def model_metadata(request: Request, model: str) -> dict:
+    return oip.model_metadata(service_of(request, model, None))
+
+
 @router.get("/models/{model}/versions/{model_version}", summary="Model metadata (a version)", responses=errors(404))
-async def model_metadata(request: Request, model: str, model_version: str | None = None) -> dict:
+async def model_version_metadata(request: Request, model: str, model_version: str) -> dict:
     return oip.model_metadata(service_of(request, model, model_version))
 
 
-@router.get("/models/{model}/ready", summary="Model ready", responses=errors(400, 404))
-@router.get("/models/{model}/versions/{model_version}/ready", summary="Model ready (a version)",
-            responses=errors(400, 404))
-async def model_ready(request: Request, model: str, model_version: str | None = None):
+def ready_answer(request: Request, model: str, model_version: str | None) -> Response:
     service = service_of(request, model, model_version)
     ready = request.app.state.warm and service.model.provider_ok and not request.app.state.draining
     return json_response({"name": service.name, "ready": ready}, 200 if ready else 400)
 
 
+@router.get("/models/{model}/ready", summary="Model ready", responses=errors(400, 404))
+async def model_ready(request: Request, model: str):
+    return ready_answer(request, model, None)
+
+
+@router.get("/models/{model}/versions/{model_version}/ready", summary="Model ready (a version)",
+            responses=errors(400, 404))
+async def model_version_ready(request: Request, model: str, model_version: str):
+    return ready_answer(request, model, model_version)
+
+
 @router.get("/models/{model}/config", summary="Model configuration (Triton's extension, for perf_analyzer)",
             responses=errors(404))
-@router.get("/models/{model}/versions/{model_version}/config", include_in_schema=False)
-async def model_config(request: Request, model: str, model_version: str | None = None) -> dict:
-    meta = oip.model_metadata(service_of(request, model, model_version))
+async def model_config(request: Request, model: str) -> dict:
+    meta = oip.model_metadata(service_of(request, model, None))
 
     def tensors(items):
         return [{"name": t["name"], "data_type": TRITON_DTYPES.get(t["datatype"], f"TYPE_{t['datatype']}"),
@@ -107,27 +118,44 @@ INFER_BODY = {"openapi_extra": {"requestBody": {"required": True, "content": {
 
 
 @router.post("/models/{model}/infer", summary="Inference", responses=INFER_ERRORS, **INFER_BODY)
+async def model_infer(request: Request, model: str):
+    return await infer_answer(request, model, None)
+
+
 @router.post("/models/{model}/versions/{model_version}/infer", summary="Inference (a version)",
              responses=INFER_ERRORS, **INFER_BODY)
-async def model_infer(request: Request, model: str, model_version: str | None = None):
+async def model_version_infer(request: Request, model: str, model_version: str):
+    return await infer_answer(request, model, model_version)
+
+
+def mapping(value, what: str) -> dict:
+    """A JSON object of the request (absent: empty), or a 400 naming where it is not one."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise oip.ProtocolError(400, f"{what} must be an object")
+    return value
+
+
+async def infer_answer(request: Request, model: str, model_version: str | None) -> Response:
     state = request.app.state
     service = service_of(request, model, model_version)
-    body = await request.body()
-    header, inputs = parse_request(body, request.headers.get(HEADER_LENGTH))
+    header, inputs = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
     kind, images = oip.request_images(inputs, state.settings.max_batch_files)
-    threshold = oip.threshold_parameter(header.get("parameters"))
+    parameters = mapping(header.get("parameters"), "'parameters'")
+    threshold = oip.threshold_parameter(parameters)
     wanted = header.get("outputs") or []
     if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
         raise oip.ProtocolError(400, "'outputs' must be a list of objects with a 'name'")
     names = oip.requested_outputs([o["name"] for o in wanted])
+    binary = {o["name"] for o in wanted
+              if mapping(o.get("parameters"), f"output {o['name']!r}: 'parameters'").get("binary_data") is True}
+    if parameters.get("binary_data_output") is True:
+        binary = set(names)
     # The middleware admitted this request as one image; hold the others too until answered.
     state.admission.reserve(len(images) - 1)
     request.state.images += len(images) - 1
     outputs = await oip.infer(state.decoder, service, kind, images, threshold, names)
-    binary_all = (header.get("parameters") or {}).get("binary_data_output", False) is True
-    binary = {o["name"] for o in wanted if (o.get("parameters") or {}).get("binary_data") is True}
-    if binary_all:
-        binary = set(names)
     return encode_response(service.name, oip.model_version(service), header.get("id"), outputs, binary)
 
 
@@ -142,15 +170,16 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, list[oi
         split = len(body)
     try:
         header = json.loads(body[:split])
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise oip.ProtocolError(400, f"the request is not JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise oip.ProtocolError(400, "the request must be an object with an 'inputs' list")
     binary, offset, tensors = memoryview(body)[split:], 0, []
     for t in header["inputs"]:
-        if not isinstance(t, dict) or not all(isinstance(t.get(k), (str, list)) for k in ("name", "datatype", "shape")):
+        if not (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("datatype"), str)
+                and isinstance(t.get("shape"), list)):
             raise oip.ProtocolError(400, "each input needs a 'name', a 'datatype' and a 'shape'")
-        size = (t.get("parameters") or {}).get("binary_data_size")
+        size = mapping(t.get("parameters"), f"input {t['name']!r}: 'parameters'").get("binary_data_size")
         if size is None:
             if "data" not in t:
                 raise oip.ProtocolError(400, f"input {t['name']!r} has neither 'data' nor a binary_data_size")

@@ -102,11 +102,14 @@ def test_a_busy_server_refuses_in_the_protocol_and_the_connection_goes_on(served
 
         s.sendall(post("/classify/batch", body[:5000]) + post("/classify", body))  # pipelined
         assert [read_response(f)[0] for _ in range(2)] == [503, 503]
+        s.sendall(post("/v2/models/default/infer", body[:100]))  # the inference protocol's too
+        assert read_response(f)[0] == 503
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection, after skipped bodies
         status, _, payload = read_response(f)
         assert status == 200 and json.loads(payload) == {"path": "/healthz", "body": 0}
     assert app.seen == [("GET", "/healthz", 0)]  # no refused request reached the app
     assert refusals_counted() - before == 2 and refusals_counted("/classify/batch") >= 1
+    assert refusals_counted("/v2/models/{model}/infer") >= 1
 
 
 def test_a_refused_body_split_over_many_writes_is_skipped_to_its_end(served):
