@@ -29,5 +29,5 @@ RUN pip install --no-cache-dir --constraint constraints.txt ".[${EXTRA}]"
 COPY models ./models
 RUN useradd --uid 10001 --no-create-home --home-dir /app elf
 USER 10001
-EXPOSE 8000 8001
+EXPOSE 8000 8001 8002
 ENTRYPOINT ["python", "-m", "server", "--host", "0.0.0.0", "--port", "8000", "--model-repository", "/app/models"]

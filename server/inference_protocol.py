@@ -12,6 +12,7 @@ It answers `class_id` (`INT64` `[N]`), `confidence` (`FP32` `[N]`) and `exit` (`
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import io
@@ -189,13 +190,13 @@ async def infer(decoder, service: ModelService, kind: str, images: list, thresho
                 outputs: list[str]) -> list[Tensor]:
     """Decode (encoded images) and classify; one bad image fails the request (the protocol has no
     per-element errors), with the status /classify would answer for it."""
-    if kind == IMAGE:
-        decoded = []
-        for k, data in enumerate(images):
-            try:
-                decoded.append(await decoder.decode(io.BytesIO(data)))
-            except ImageError as exc:
-                raise ProtocolError(exc.status, f"input {IMAGE!r}, element {k}: {exc}") from None
+    if kind == IMAGE:  # decoded side by side in the decode pool, as /classify/batch's files
+        decoded = await asyncio.gather(*(decoder.decode(io.BytesIO(data)) for data in images), return_exceptions=True)
+        for k, image in enumerate(decoded):
+            if isinstance(image, ImageError):
+                raise ProtocolError(image.status, f"input {IMAGE!r}, element {k}: {image}")
+            if isinstance(image, BaseException):
+                raise image
         images = decoded
     results: list[ImageResult] = await service.classify(images, threshold)
     return [Tensor(name, OUTPUTS[name][0], [len(results)],

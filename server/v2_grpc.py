@@ -105,8 +105,8 @@ class InferenceServicer:
 
     async def _model_config(self, request):
         meta = oip.model_metadata(self._service(request.name, request.version))
-        inputs = [message("ModelInput")(name=t["name"], data_type=data_type(t["datatype"]), dims=t["shape"])
-                  for t in meta["inputs"]]
+        inputs = [message("ModelInput")(name=t["name"], data_type=data_type(t["datatype"]), dims=t["shape"],
+                                        optional=True) for t in meta["inputs"]]
         outputs = [message("ModelOutput")(name=t["name"], data_type=data_type(t["datatype"]), dims=t["shape"])
                    for t in meta["outputs"]]
         config = message("ModelConfig")(name=meta["name"], platform=meta["platform"], max_batch_size=0,

@@ -88,12 +88,14 @@ async def model_version_ready(request: Request, model: str, model_version: str):
 async def model_config(request: Request, model: str) -> dict:
     meta = oip.model_metadata(service_of(request, model, None))
 
-    def tensors(items):
+    def tensors(items, **extra):
         return [{"name": t["name"], "data_type": TRITON_DTYPES.get(t["datatype"], f"TYPE_{t['datatype']}"),
-                 "dims": t["shape"]} for t in items]
+                 "dims": t["shape"], **extra} for t in items]
 
+    # A request sends one of the inputs: each is optional (clients such as perf_analyzer then send
+    # only those their data names).
     return {"name": meta["name"], "platform": meta["platform"], "max_batch_size": 0,
-            "input": tensors(meta["inputs"]), "output": tensors(meta["outputs"])}
+            "input": tensors(meta["inputs"], optional=True), "output": tensors(meta["outputs"])}
 
 
 INFER_ERRORS = errors(400, 404, 408, 413, 415, 422, 503)

@@ -58,7 +58,7 @@ def test_threads_probes_and_shutdown_fit_the_pod():
         assert container[probe]["timeoutSeconds"] < container[probe]["periodSeconds"] or probe == "startupProbe"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     from server.config import Settings
-    assert ports == {"http": Settings().port, "health": Settings().health_port}
+    assert ports == {"http": Settings().port, "health": Settings().health_port, "grpc": Settings().grpc_port}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     env = {e["name"]: e.get("value") for e in container["env"]}

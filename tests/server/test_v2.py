@@ -157,3 +157,59 @@ def test_the_shipped_descriptor_set_is_the_protos(tmp_path):
     assert out.read_bytes() == DESCRIPTORS.read_bytes(), ("server/grpc_v2/inference.binpb is stale: run "
                                                           "python -m grpc_tools.protoc -Iserver/grpc_v2 "
                                                           "--descriptor_set_out=server/grpc_v2/inference.binpb inference.proto")
+
+
+def test_grpc_calls_finish_through_the_drain(cifar):
+    """SIGTERM under gRPC load: ServerReady turns false while calls are still answered, then the
+    gRPC server stops taking calls with the HTTP listeners (UNAVAILABLE: never started, safe to
+    retry), every call it started is answered, and the server exits 0."""
+    import signal
+    import threading
+    import time
+
+    server = RunningServer("--model-repository", str(MODELS), "--drain-seconds", "1.5", "--max-wait-ms", "5000")
+    images = cifar[1].images[:16]
+    outcomes, ready, lock, done = {"ok": 0, "refused": 0, "lost": []}, [], threading.Lock(), threading.Event()
+
+    def client():
+        grpc = triton_grpc.InferenceServerClient(server.grpc_url)
+        tensor = triton_grpc.InferInput("pixels", [4, 32, 32, 3], "UINT8")
+        tensor.set_data_from_numpy(images[:4])
+        while not done.is_set():
+            try:
+                grpc.infer("default", [tensor], client_timeout=20)
+                key = "ok"
+            except InferenceServerException as exc:
+                key = "refused" if exc.status() == "StatusCode.UNAVAILABLE" else None
+                if key is None:
+                    with lock:
+                        outcomes["lost"].append(exc.message())
+                    continue
+                time.sleep(0.05)
+            with lock:
+                outcomes[key] += 1
+
+    def watch():
+        grpc = triton_grpc.InferenceServerClient(server.grpc_url)
+        while not done.is_set():
+            try:
+                ready.append(grpc.is_server_ready())
+            except InferenceServerException:
+                ready.append(None)
+            time.sleep(0.1)
+
+    threads = [threading.Thread(target=client) for _ in range(8)] + [threading.Thread(target=watch)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    before = outcomes["ok"]
+    server.proc.send_signal(signal.SIGTERM)
+    status = server.proc.wait(30)
+    done.set()
+    for t in threads:
+        t.join()
+    assert status == 0, server.log.read_text()[-2000:]
+    assert outcomes["lost"] == [] and before > 0 and outcomes["ok"] > before, outcomes
+    assert outcomes["refused"] > 0  # after the listeners closed
+    seen = [r for r in ready if r is not None]
+    assert seen[0] is True and False in seen  # ready, then not while still answering
