@@ -58,8 +58,8 @@ async def lifespan(app: FastAPI):
     log.info("serving %s (default %s)", ", ".join(state.services), state.settings.default_model)
     yield
     m.READY.set(0)
-    if state.grpc is not None:
-        await state.grpc.stop(0)  # stopped at the drain's end already (serving.py); a test app's here
+    if state.grpc is not None:  # stopping since the listeners closed (serving.py): its calls finish first
+        await state.grpc.stop(state.settings.shutdown_timeout_seconds)
     for service in state.services.values():
         await service.batcher.stop()
     state.decoder.shutdown()

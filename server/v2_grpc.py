@@ -158,15 +158,21 @@ async def observed(method: str, context, call):
 
 def create_server(state, port: int, server_version: str) -> grpc.aio.Server:
     """The worker's gRPC server on `port` (started by the app's lifespan, in its event loop)."""
-    limit = upload_limit(state.settings)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", limit)])
+    settings = state.settings
+    limit = upload_limit(settings)
+    # A client multiplexes its calls over one HTTP/2 connection, and a connection is served by the
+    # worker the kernel gave it: connections age out as HTTP's do (GOAWAY; calls under way finish),
+    # so long-lived clients spread again over the workers, a replaced one included.
+    server = grpc.aio.server(options=[
+        ("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+        ("grpc.max_connection_age_ms", int(1000 * settings.connection_max_age_seconds)),
+        ("grpc.max_connection_age_grace_ms", int(1000 * settings.shutdown_timeout_seconds))])
     servicer = InferenceServicer(state, server_version)
     handlers = {method.name: grpc.unary_unary_rpc_method_handler(
         getattr(servicer, method.name), request_deserializer=message(method.input_type.name).FromString,
         response_serializer=message(method.output_type.name).SerializeToString) for method in SERVICE.methods}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
-    host = state.settings.host
+    host = settings.host
     server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     return server
 

@@ -159,17 +159,25 @@ def test_the_shipped_descriptor_set_is_the_protos(tmp_path):
                                                           "--descriptor_set_out=server/grpc_v2/inference.binpb inference.proto")
 
 
-def test_grpc_calls_finish_through_the_drain(cifar):
+def test_grpc_calls_finish_through_the_drain(cifar, tmp_path):
     """SIGTERM under gRPC load: ServerReady turns false while calls are still answered, then the
     gRPC server stops taking calls with the HTTP listeners (UNAVAILABLE: never started, safe to
-    retry), every call it started is answered, and the server exits 0."""
+    retry), every call the server started is answered, and the server exits 0. A call that reaches
+    gRPC's core in the instant it stops is cancelled there (CANCELLED) before the server sees it:
+    the server's own count of answered calls equals the clients' count of answers."""
     import signal
     import threading
     import time
 
-    server = RunningServer("--model-repository", str(MODELS), "--drain-seconds", "1.5", "--max-wait-ms", "5000")
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    metrics_dir = tmp_path / "metrics"
+    server = RunningServer("--model-repository", str(MODELS), "--drain-seconds", "1.5", "--max-wait-ms", "5000",
+                           env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     images = cifar[1].images[:16]
-    outcomes, ready, lock, done = {"ok": 0, "refused": 0, "lost": []}, [], threading.Lock(), threading.Event()
+    outcomes = {"ok": 0, "refused": 0, "cancelled": 0, "lost": []}
+    ready, lock, done = [], threading.Lock(), threading.Event()
 
     def client():
         grpc = triton_grpc.InferenceServerClient(server.grpc_url)
@@ -180,7 +188,7 @@ def test_grpc_calls_finish_through_the_drain(cifar):
                 grpc.infer("default", [tensor], client_timeout=20)
                 key = "ok"
             except InferenceServerException as exc:
-                key = "refused" if exc.status() == "StatusCode.UNAVAILABLE" else None
+                key = {"StatusCode.UNAVAILABLE": "refused", "StatusCode.CANCELLED": "cancelled"}.get(exc.status())
                 if key is None:
                     with lock:
                         outcomes["lost"].append(exc.message())
@@ -211,5 +219,10 @@ def test_grpc_calls_finish_through_the_drain(cifar):
     assert status == 0, server.log.read_text()[-2000:]
     assert outcomes["lost"] == [] and before > 0 and outcomes["ok"] > before, outcomes
     assert outcomes["refused"] > 0  # after the listeners closed
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(metrics_dir))
+    answered = {s.labels["code"]: s.value for m in registry.collect() for s in m.samples
+                if s.name == "elf_grpc_requests_total" and s.labels["method"] == "ModelInfer"}
+    assert answered == {"OK": outcomes["ok"]}, (answered, outcomes)  # nothing the server started was lost
     seen = [r for r in ready if r is not None]
     assert seen[0] is True and False in seen  # ready, then not while still answering
