@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -85,6 +86,22 @@ class RunningServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+def sigterm_under_load(server: RunningServer, threads: list, done, at_signal):
+    """Start the load's threads, SIGTERM the server 2 s later, wait for its exit and the threads'
+    end (`done` set once it has exited): (its exit code, what `at_signal()` said just before the
+    signal)."""
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    before = at_signal()
+    server.proc.send_signal(signal.SIGTERM)
+    status = server.proc.wait(30)
+    done.set()
+    for t in threads:
+        t.join()
+    return status, before
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 no accepted request, overload is refused early with 503 + Retry-After while health stays quick
 to answer, the OpenAPI document survives schemathesis, and /docs works offline."""
 import asyncio
-import signal
 import subprocess
 import sys
 import threading
@@ -11,7 +10,7 @@ import time
 import httpx
 
 from ..conftest import REPO
-from .conftest import MODELS, RunningServer, png
+from .conftest import MODELS, RunningServer, png, sigterm_under_load
 
 
 def test_sigterm_drains_without_losing_an_accepted_request(cifar):
@@ -53,15 +52,7 @@ def test_sigterm_drains_without_losing_an_accepted_request(cifar):
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
     threads.append(threading.Thread(target=watch_readiness))
-    for t in threads:
-        t.start()
-    time.sleep(2)
-    before = outcomes["ok"]
-    server.proc.send_signal(signal.SIGTERM)
-    status = server.proc.wait(30)
-    done.set()
-    for t in threads:
-        t.join()
+    status, before = sigterm_under_load(server, threads, done, at_signal=lambda: outcomes["ok"])
     assert status == 0, server.log.read_text()[-2000:]
     assert outcomes["lost"] == [] and outcomes["other"] == [], outcomes
     assert before > 0 and outcomes["ok"] > before  # served during the drain too

@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from server.grpc_v2 import DESCRIPTORS, PROTO
 
-from .conftest import DEFAULT_EXITS, MODELS, RunningServer, png
+from .conftest import DEFAULT_EXITS, MODELS, RunningServer, png, sigterm_under_load
 
 IMAGES = 1000
 BATCH = 50
@@ -165,7 +165,6 @@ def test_grpc_calls_finish_through_the_drain(cifar, tmp_path):
     retry), every call the server started is answered, and the server exits 0. A call that reaches
     gRPC's core in the instant it stops is cancelled there (CANCELLED) before the server sees it:
     the server's own count of answered calls equals the clients' count of answers."""
-    import signal
     import threading
     import time
 
@@ -207,15 +206,7 @@ def test_grpc_calls_finish_through_the_drain(cifar, tmp_path):
             time.sleep(0.1)
 
     threads = [threading.Thread(target=client) for _ in range(8)] + [threading.Thread(target=watch)]
-    for t in threads:
-        t.start()
-    time.sleep(2)
-    before = outcomes["ok"]
-    server.proc.send_signal(signal.SIGTERM)
-    status = server.proc.wait(30)
-    done.set()
-    for t in threads:
-        t.join()
+    status, before = sigterm_under_load(server, threads, done, at_signal=lambda: outcomes["ok"])
     assert status == 0, server.log.read_text()[-2000:]
     assert outcomes["lost"] == [] and before > 0 and outcomes["ok"] > before, outcomes
     assert outcomes["refused"] > 0  # after the listeners closed
