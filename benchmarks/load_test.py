@@ -1,4 +1,4 @@
-"""Load test of the inference server (issue 9): one run, side by side, on this machine.
+"""Load test of the inference server: one run, side by side, on this machine.
 
   decode-only   a FastAPI + uvicorn endpoint that only parses the multipart upload and decodes
                 the PNG (the HTTP + decode ceiling; same settings as the server)

@@ -9,8 +9,7 @@ On the same real CIFAR-10 test images (PNG-encoded), in one run:
 noise hits both; the clients are load_test.py's (asyncio, raw keep-alive sockets, prebuilt requests),
 so they take little of the CPU the server shares with them. (a)/(b) is what a deployment sees;
 (c)/(d) is the inference alone, the most (a)/(b) can reach if HTTP and decoding cost nothing.
-Goals: (a)/(b) >= 1.25x for a model whose exits are trained (issue 3); >= 1.15x for models/default
-(issue 8).
+Goals: (a)/(b) >= 1.25x for a model whose exits are trained; >= 1.15x for models/default.
 
     python benchmarks/serve_throughput.py [--model-repository models] [--model default]
                                           [--images 512] [--clients 16] [--seconds 5] [--rounds 3]

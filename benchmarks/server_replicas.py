@@ -1,4 +1,4 @@
-"""Issue 18's design question, measured: one server process against N independent replicas.
+"""A design question, measured: one server process against N independent replicas.
 
 Starts 1 server (ONNX Runtime threads: its default) and N servers (one ONNX Runtime thread each),
 rounds alternating, and drives the same 16 keep-alive connections of real PNG uploads at them

@@ -3,7 +3,7 @@
 Two real uvicorn processes on loopback serve the same model, one with --shadow-rate 0 and one
 with the rate under test (default 0.01); --clients concurrent clients saturate them in
 alternating rounds, so machine noise hits both alike. Printed per server: req/s, latency
-percentiles, shadow runs completed and dropped. Goal (issue 11): req/s at rate 0.01 >= 0.97x
+percentiles, shadow runs completed and dropped. Goal: req/s at rate 0.01 >= 0.97x
 rate 0, same run.
 
     python benchmarks/shadow_overhead.py [--rate 0.01] [--images 400] [--clients 32] [--rounds 3]

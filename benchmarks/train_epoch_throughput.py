@@ -5,7 +5,7 @@ timed on whole training steps (`run_epoch` capped at --batches), rounds interlea
 machine noise hits every path alike; then one per-epoch test-set evaluation each (bf16 on paths
 with --amp, as `train` runs it), and the augmentation alone (batches drawn, no step), so that a data
 path that became the bottleneck shows. A full epoch is estimated as the epoch's batches x the
-median step + the median evaluation. Issue 16's goal: the CPU fast path >= 1.8x the fp32 reference
+median step + the median evaluation. The goal: the CPU fast path >= 1.8x the fp32 reference
 path per epoch for the simulated family.
 
     python benchmarks/train_epoch_throughput.py [--device cpu|cuda] [--variants model8 model7 model14 elf erm]

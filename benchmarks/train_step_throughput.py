@@ -1,7 +1,7 @@
 """Training-step throughput: one hybrid (early-exit) step against a plain ResNet-32 step.
 
 Both run in the same process on the same real CIFAR-10 batches, interleaved round by round so
-that machine noise hits both alike. Goal (issue 2): hybrid step time <= 1.3x the plain step.
+that machine noise hits both alike. Goal: hybrid step time <= 1.3x the plain step.
 
     python benchmarks/train_step_throughput.py [--variant model8] [--batch-size 128] [--rounds 5]
 """

@@ -1,6 +1,6 @@
 """The study's open runs on a lent GPU machine, in one device call, packed into $OUT.
 
-Runs go in priority order (issue 19's product candidates, then issue 16's table), PARALLEL at a
+Runs go in priority order (the product candidates, then the report's table), PARALLEL at a
 time, each a `python -m training train` process on the CPU fast path's flags (bf16, batched
 augmentation on the device, channels-last where the CPU would take it; eager), so that a run cut
 by the budget resumes on this project's CPU or the next GPU with the same config. At the deadline

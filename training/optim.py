@@ -1,5 +1,5 @@
 """A run's optimizer and its step: SGD with momentum (SPEC §5), or SAM around that SGD where the
-variant's recipe asks for it (`Variant.sam_rho`, issue 19).
+variant's recipe asks for it (`Variant.sam_rho`).
 
 SAM (Foret et al. 2021) takes each step with the gradient at the worst point of a rho-ball around
 the weights; on long-tailed CIFAR it lifts the tail classes out of the saddle points that

@@ -278,7 +278,7 @@ def retired_table(runs: list[RunResult]) -> str:
 
 def path_agreement(runs: list[RunResult], goal: float = 1.5) -> str:
     """Markdown: last-epoch accuracy of each completed bf16 (--amp) run beside the fp32 run of the
-    same variant, imbalance and seed (issue 16: within `goal` points, seed noise)."""
+    same variant, imbalance and seed (within `goal` points: seed noise)."""
     done = [r for r in runs if r.status == rundir.COMPLETED and r.rule == LOSS_RULE and r.train_config]
     fp32 = {(r.variant, r.imbalance, r.seed): r for r in done if not r.train_config.amp}
     lines = [f"| variant | IF | seed | fp32 run | bf16 run | difference | within {goal} points "

@@ -12,7 +12,7 @@ from .registry import UnknownNameError
 from .routing import ROUTINGS
 
 # Families of the report, and the variants that are not of its table: the dataset-copy controls
-# (erm), the ablations that explain a row, and the product's own recipes (issue 19), run apart.
+# (erm), the ablations that explain a row, and the product's own recipes, run apart.
 FAMILIES = ("simulated", "full_power", "elf", "reslt", "control", "ablation", "product")
 # The loss rule a run was trained under (SPEC §4). "per_exit" is the corrected rule of 2026-11-28;
 # runs written before it (no exit_losses in their variant record) are "simulated_everywhere".
@@ -191,7 +191,7 @@ for _base, _alias, _if in (("model8", "model12", 50), ("model8", "model13", 10),
     _b = _REGISTRY[_base]
     register(dataclasses.replace(_b, name=_alias, imbalance=_if, description=f"{_base} at IF {_if}"))
 
-# Ablations of model8 (issue 16): run at IF 100 beside it to explain its row, not rows of the table.
+# Ablations of model8: run at IF 100 beside it to explain its row, not rows of the table.
 register(dataclasses.replace(
     _REGISTRY["model8"], name="model8-linear", family="ablation", exit_heads=("light", "light", "linear"),
     exit_losses=("simulated", "simulated", "plain"), reported={},
@@ -203,7 +203,7 @@ register(dataclasses.replace(
     description="ablation: model8 with the ResLT loss as the official ResLT code writes it (branch masks "
                 "classes 2-9 and 4-9, alpha 0.95)"))
 
-# The product's first candidate recipe (issue 19; not yet measured): model8's network and Mixup with
+# The product's first candidate recipe (measured: results/DEFAULT_MODEL.md): model8's network and Mixup with
 # the anchors' long-tail tools. Logit-adjusted CE (Balanced Softmax at tau 1) instead of CE; every
 # exit trained from the first epoch (joint routing: routed training never trains the early
 # exits), the early ones self-distilled from the final exit; the deeper light2 early heads, which
@@ -229,14 +229,14 @@ register(dataclasses.replace(
                 "(logit adjustment already balances; ResLT's branches and split weights would favour "
                 "the tail twice)"))
 
-# The same with a fourth exit inside stage 2, after its third block (issue 19: whether an exit
+# The same with a fourth exit inside stage 2, after its third block (whether an exit
 # between exit 1 (0.42 of the full MACs) and exit 2 (0.80) buys MACs).
 register(dataclasses.replace(
     _REGISTRY["hybrid-lt"], name="hybrid-lt-mid", exit_heads=("light2",) * 3 + ("reslt",),
     exit_losses=("distilled",) * 3 + ("reslt",), exit_blocks=(4, 7, 9, 14),
     description="product candidate: hybrid-lt with a fourth exit inside stage 2 (after block 8 of 15)"))
 
-# The same trained with SAM (issue 19): the anchors' largest single gain on CIFAR-10-LT IF 100
+# The same trained with SAM: the anchors' largest single gain on CIFAR-10-LT IF 100
 # (CE + DRW + SAM 80.6, LDAM-DRW + SAM 81.9, ResNet-32, 200 epochs). rho 0.5 is their CE + DRW
 # setting, the nearest to a logit-adjusted CE; not tuned here. Each step costs two passes.
 register(dataclasses.replace(
@@ -281,7 +281,7 @@ def ablation_runs() -> list[tuple[str, int]]:
 
 
 def product_runs() -> list[tuple[str, int]]:
-    """Issue 19's candidates for the shipped model, each at its own IF."""
+    """The candidates for the shipped model, each at its own IF."""
     return [(v.name, v.imbalance) for v in all_variants() if v.family == "product"]
 
 

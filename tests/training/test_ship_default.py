@@ -48,7 +48,7 @@ def test_ship_default_replaces_the_model_and_names_it_after_its_folder(tmp_path,
 
 
 def test_ship_default_skips_the_fits_for_exits_trained_jointly(tmp_path, data_dir):
-    """A run of issue 19's candidates (joint routing): no fit-exits, only rebalance, then export."""
+    """A run of the product candidates (joint routing): no fit-exits, only rebalance, then export."""
     run = REPO / "results" / "runs" / "hybrid-lt-if100-seed0"
     fits, model = tmp_path / "fits", tmp_path / "models" / "default"
     env = {**os.environ, "CIFAR10_DIR": str(data_dir), "FITS": str(fits), "MODEL_OUT": str(model),

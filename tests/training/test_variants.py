@@ -50,7 +50,7 @@ def test_ablations_and_product_recipes_stay_out_of_the_report_table():
 
 
 def test_hybrid_ce_is_model8_with_hybrid_lt_exits():
-    """issue 19's fifth candidate changes exactly one thing on each side: model8's loss, head and
+    """The fifth product candidate changes exactly one thing on each side: model8's loss, head and
     data with hybrid-lt's jointly trained, distilled exits."""
     ce, lt, model8 = get_variant("hybrid-ce"), get_variant("hybrid-lt"), get_variant("model8")
     assert (ce.loss, ce.augmentation, ce.widths, ce.exit_heads[-1], ce.exit_losses[-1]) == (
