@@ -11,7 +11,7 @@ connection's bytes before any request exists):
   its first byte, else 408 and the connection is closed (the body's deadline is the
   middleware's, which answers through the app). uvicorn itself bounds only idle keep-alive time.
 - **Connection age.** A request on a connection older than `connection_max_age_seconds` is
-  answered with `Connection: close`: keep-alive clients reconnect now and then, so the kernel
+  answered with `Connection: close` (when the request was read whole before its answer began): keep-alive clients reconnect now and then, so the kernel
   spreads them again over the workers (a replaced worker gets its share) at the cost of one
   loopback handshake per connection and age. Not while draining: a client reconnecting then could
   land in a listener's accept queue as it closes and be reset.
@@ -63,8 +63,6 @@ def server_protocol(state) -> type[HttpToolsProtocol]:
             if self._refused():
                 return
             super().on_headers_complete()
-            if not state.draining and time.monotonic() - self.opened > max_age and self.cycle is not None:
-                self.cycle.keep_alive = False  # uvicorn answers with `Connection: close`, then closes
 
         def _disarm(self) -> None:
             if self.header_timer is not None:
@@ -122,6 +120,12 @@ def server_protocol(state) -> type[HttpToolsProtocol]:
 
         def on_message_complete(self) -> None:
             if not self.refusing:
+                # Aged out once the whole request is read and before its answer starts: closing with
+                # a body still arriving would reset the connection under the answer (RST).
+                cycle = self.cycle
+                if (cycle is not None and not cycle.response_started and not state.draining
+                        and time.monotonic() - self.opened > max_age):
+                    cycle.keep_alive = False  # uvicorn answers with `Connection: close`, then closes
                 return super().on_message_complete()
             self.refusing = False
             self.on_response_complete()  # as after any answer: keep-alive timer, reading resumed
