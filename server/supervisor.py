@@ -32,6 +32,7 @@ answers `/metrics`, it merges every worker's values.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -232,27 +233,33 @@ class Supervisor:
             self.metrics.close()
 
     def run_claimed(self) -> int:
+        """Bind the ports (the main one claimed for this server), then supervise; one line and exit 2
+        for whatever cannot be had, with what was had given back."""
+        with contextlib.ExitStack() as held:
+            try:
+                self.sock = held.enter_context(self.bind("port", self.settings.port, port_socket))
+                self.port = self.sock.getsockname()[1]
+                claim = PortClaim(self.port, self.settings.hot_restart)
+                held.callback(claim.release)
+                self.grpc_sock = held.enter_context(self.bind("gRPC port", self.settings.grpc_port, port_socket))
+                grpc_port = self.grpc_sock.getsockname()[1]
+                held.callback(PortClaim(grpc_port, self.settings.hot_restart).release)
+                self.per_worker = self.per_worker.model_copy(update={"grpc_port": grpc_port})
+                health = self.bind("health port", self.settings.health_port,
+                                   lambda host, port: HealthServer((host, port), health_handler(self)))
+            except InstanceError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            return self.serve_health_and_workers(health, claim)
+
+    def bind(self, what: str, port: int, open_port):
+        """`open_port(host, port)`, or InstanceError saying which port could not be had."""
         try:
-            self.sock = port_socket(self.settings.host, self.settings.port)
-            self.port = self.sock.getsockname()[1]
-            claim = PortClaim(self.port, self.settings.hot_restart)
-            self.grpc_sock = port_socket(self.settings.host, self.settings.grpc_port)
-            self.per_worker = self.per_worker.model_copy(update={"grpc_port": self.grpc_sock.getsockname()[1]})
-        except InstanceError as exc:
-            self.sock.close()
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return open_port(self.settings.host, port)
         except OSError as exc:
-            print(f"error: cannot listen on {self.settings.host} (port {self.settings.port}): {exc}", file=sys.stderr)
-            return 2
-        try:
-            health = HealthServer((self.settings.host, self.settings.health_port), health_handler(self))
-        except OSError as exc:
-            claim.release()
-            self.sock.close()
-            print(f"error: cannot listen on {self.settings.host} (health port {self.settings.health_port}): {exc}",
-                  file=sys.stderr)
-            return 2
+            raise InstanceError(f"cannot listen on {self.settings.host} ({what} {port}): {exc.strerror or exc}") from None
+
+    def serve_health_and_workers(self, health: HealthServer, claim: PortClaim) -> int:
         threading.Thread(target=health.serve_forever, name="health", daemon=True).start()
         log.info("listening on http://%s:%d (gRPC on port %d) with %d worker(s) (ONNX Runtime threads %d, decode "
                  "threads %d each); /healthz and /readyz also on port %d%s", self.settings.host, self.port,
@@ -266,9 +273,6 @@ class Supervisor:
         finally:
             health.shutdown()
             health.server_close()
-            self.sock.close()
-            self.grpc_sock.close()
-            claim.release()
 
     def supervise(self) -> int:
         while self.running or not self.draining:

@@ -142,6 +142,9 @@ def test_metrics_per_protocol(served, reference):
     tensor = triton_grpc.InferInput("pixels", [1, 32, 32, 3], "UINT8")
     tensor.set_data_from_numpy(reference[0][:1])
     triton_grpc.InferenceServerClient(served.grpc_url).infer("default", [tensor])
+    http_tensor = triton_http.InferInput("pixels", [1, 32, 32, 3], "UINT8")
+    http_tensor.set_data_from_numpy(reference[0][:1])
+    triton_http.InferenceServerClient(f"127.0.0.1:{served.port}").infer("default", [http_tensor])
     text = httpx.get(served.url + "/metrics").text
     http_ok = next(x for x in text.splitlines()
                    if x.startswith('elf_http_requests_total{endpoint="/v2/models/{model}/infer",status="200"}'))
