@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import SIZE, ImageError
+from .routes import lookup_service, readiness
 from .service import ImageResult, ModelService
 
 SERVER_NAME = "elf-reslt"
@@ -80,10 +81,33 @@ def model_metadata(service: ModelService) -> dict:
             "outputs": [{"name": name, "datatype": dtype, "shape": [-1]} for name, (dtype, _, _) in OUTPUTS.items()]}
 
 
-def check_version(service: ModelService, version: str | None) -> None:
+def find_service(state, name: str | None, version: str | None) -> ModelService:
+    """The model a request names (none: the default) at the version it names (none: its one)."""
+    try:
+        service = lookup_service(state, name)
+    except KeyError as exc:
+        raise ProtocolError(404, exc.args[0]) from None
     if version and version != model_version(service):
         raise ProtocolError(404, f"model {service.name!r} has no version {version!r}; "
                                  f"it has {model_version(service)!r}")
+    return service
+
+
+def model_ready(state, service: ModelService) -> bool:
+    return readiness(state).ready and service.model.provider_ok
+
+
+def model_config(service: ModelService) -> dict:
+    """Triton's model configuration extension (what perf_analyzer reads), as JSON. A request sends one
+    of the inputs: each is optional, so clients send only those their data names."""
+    meta = model_metadata(service)
+
+    def tensors(items, **extra):
+        return [{"name": t["name"], "data_type": "TYPE_STRING" if t["datatype"] == "BYTES" else f"TYPE_{t['datatype']}",
+                 "dims": t["shape"], **extra} for t in items]
+
+    return {"name": meta["name"], "platform": meta["platform"], "max_batch_size": 0,
+            "input": tensors(meta["inputs"], optional=True), "output": tensors(meta["outputs"])}
 
 
 def threshold_parameter(parameters: dict | None) -> float | None:

@@ -34,12 +34,19 @@ class ApiError(Exception):
         self.status, self.message, self.headers = status, message, headers
 
 
-def get_service(request: Request, name: str | None) -> ModelService:
-    state = request.app.state
+def lookup_service(state, name: str | None) -> ModelService:
+    """The model named (none: the default), or KeyError saying which exist (every protocol's 404)."""
     name = name or state.settings.default_model
     if name not in state.services:
-        raise ApiError(404, f"unknown model {name!r}; available: {', '.join(state.services)}")
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(state.services)}")
     return state.services[name]
+
+
+def get_service(request: Request, name: str | None) -> ModelService:
+    try:
+        return lookup_service(request.app.state, name)
+    except KeyError as exc:
+        raise ApiError(404, exc.args[0]) from None
 
 
 def answer(service: ModelService, r, t0: float) -> Classification:

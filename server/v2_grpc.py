@@ -13,11 +13,12 @@ import logging
 import time
 
 import grpc
+from google.protobuf import json_format
 
 from . import inference_protocol as oip
 from . import metrics as m
 from .admission import Overloaded
-from .grpc_v2 import SERVICE, data_type, message
+from .grpc_v2 import SERVICE, message
 from .middleware import upload_limit
 from .routes import readiness
 
@@ -63,12 +64,7 @@ class InferenceServicer:
         self.state, self.version = state, server_version  # state: the app's (services, admission, decoder...)
 
     def _service(self, name: str, version: str):
-        name = name or self.state.settings.default_model
-        if name not in self.state.services:
-            raise oip.ProtocolError(404, f"unknown model {name!r}; available: {', '.join(self.state.services)}")
-        service = self.state.services[name]
-        oip.check_version(service, version)
-        return service
+        return oip.find_service(self.state, name, version)
 
     def _ready(self) -> bool:
         return readiness(self.state).ready
@@ -84,7 +80,7 @@ class InferenceServicer:
 
     async def _model_ready(self, request):
         service = self._service(request.name, request.version)
-        return message("ModelReadyResponse")(ready=self._ready() and service.model.provider_ok)
+        return message("ModelReadyResponse")(ready=oip.model_ready(self.state, service))
 
     async def ServerMetadata(self, request, context):  # noqa: N802
         meta = oip.server_metadata(self.version)
@@ -104,14 +100,8 @@ class InferenceServicer:
         return await observed("ModelConfig", context, self._model_config(request))
 
     async def _model_config(self, request):
-        meta = oip.model_metadata(self._service(request.name, request.version))
-        inputs = [message("ModelInput")(name=t["name"], data_type=data_type(t["datatype"]), dims=t["shape"],
-                                        optional=True) for t in meta["inputs"]]
-        outputs = [message("ModelOutput")(name=t["name"], data_type=data_type(t["datatype"]), dims=t["shape"])
-                   for t in meta["outputs"]]
-        config = message("ModelConfig")(name=meta["name"], platform=meta["platform"], max_batch_size=0,
-                                        input=inputs, output=outputs)
-        return message("ModelConfigResponse")(config=config)
+        config = oip.model_config(self._service(request.name, request.version))
+        return message("ModelConfigResponse")(config=json_format.ParseDict(config, message("ModelConfig")()))
 
     async def ModelInfer(self, request, context):  # noqa: N802
         return await observed("ModelInfer", context, self._model_infer(request))

@@ -14,12 +14,11 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import APIRouter, Request, Response
 
 from . import inference_protocol as oip
-from .routes import get_service, readiness
+from .routes import readiness
 from .schemas import errors
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 HEADER_LENGTH = "inference-header-content-length"
-TRITON_DTYPES = {"BYTES": "TYPE_STRING"}  # the config extension's names: TYPE_<datatype> otherwise
 
 
 def package_version() -> str:
@@ -51,9 +50,7 @@ async def server_ready(request: Request):
 
 
 def service_of(request: Request, model: str, model_version: str | None):
-    service = get_service(request, model)
-    oip.check_version(service, model_version)
-    return service
+    return oip.find_service(request.app.state, model, model_version)
 
 
 @router.get("/models/{model}", summary="Model metadata", responses=errors(404))
@@ -68,7 +65,7 @@ async def model_version_metadata(request: Request, model: str, model_version: st
 
 def ready_answer(request: Request, model: str, model_version: str | None) -> Response:
     service = service_of(request, model, model_version)
-    ready = request.app.state.warm and service.model.provider_ok and not request.app.state.draining
+    ready = oip.model_ready(request.app.state, service)
     return json_response({"name": service.name, "ready": ready}, 200 if ready else 400)
 
 
@@ -86,16 +83,7 @@ async def model_version_ready(request: Request, model: str, model_version: str):
 @router.get("/models/{model}/config", summary="Model configuration (Triton's extension, for perf_analyzer)",
             responses=errors(404))
 async def model_config(request: Request, model: str) -> dict:
-    meta = oip.model_metadata(service_of(request, model, None))
-
-    def tensors(items, **extra):
-        return [{"name": t["name"], "data_type": TRITON_DTYPES.get(t["datatype"], f"TYPE_{t['datatype']}"),
-                 "dims": t["shape"], **extra} for t in items]
-
-    # A request sends one of the inputs: each is optional (clients such as perf_analyzer then send
-    # only those their data names).
-    return {"name": meta["name"], "platform": meta["platform"], "max_batch_size": 0,
-            "input": tensors(meta["inputs"], optional=True), "output": tensors(meta["outputs"])}
+    return oip.model_config(service_of(request, model, None))
 
 
 INFER_ERRORS = errors(400, 404, 408, 413, 415, 422, 503)

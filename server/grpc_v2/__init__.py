@@ -6,6 +6,7 @@ same protocol (`tritonclient.grpc`) registers the same `inference.*` names there
 holding both (a test, a benchmark) would fail with duplicate symbols."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -21,12 +22,7 @@ for _file in descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTORS.read_bytes(
 SERVICE = _pool.FindServiceByName(SERVICE_NAME)
 
 
+@functools.cache
 def message(name: str):
     """The message class of `inference.<name>`."""
     return message_factory.GetMessageClass(_pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
-
-
-def data_type(datatype: str) -> int:
-    """The model configuration's DataType number of a protocol datatype ('BYTES' is TYPE_STRING)."""
-    enum = _pool.FindEnumTypeByName(f"{PACKAGE}.DataType")
-    return enum.values_by_name["TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"].number
