@@ -8,8 +8,9 @@ FROM python:3.11-slim AS base-cpu
 ENV EXTRA=serve VENV=/opt/venv
 RUN python -m venv "$VENV"
 
-# onnxruntime-gpu 1.19+ from PyPI is built for CUDA 12 and cuDNN 9: this runtime image carries both.
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS base-gpu
+# The onnxruntime-gpu that constraints.txt pins links CUDA 13 and cuDNN 9 (its wheel's `cuda` extra):
+# this runtime image carries both (tests/server/test_gpu_image.py keeps the two majors equal).
+FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 AS base-gpu
 ENV EXTRA=serve-gpu VENV=/opt/venv
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.12=3.12.* python3.12-venv=3.12.* \

@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
-# The study on this CPU, one run at a time (two torch threads). First the runs a lent GPU started
-# (scripts/device_study.py; they resume here on the same flags): issue 19's product candidates, then
+# The study on a CPU, one run at a time (two torch threads). First the runs a GPU started
+# (scripts/device_study.py; they resume here on the same flags): the product candidates, then
 # `elf` IF 100 (the last of the baselines that say what our data copy costs) and hybrid-ce (the
-# candidate the others' numbers pointed to); then the cut runs of issue 16's table nearest to their
-# end, in issue 16's order (model8's fast-path parity run; model13 first of the rest, the shipped
-# recipe's network at IF 10 for issue 19, whose exits scripts/ship_default.sh fits), then
-# hybrid-lt-sam (SAM, the last of issue 19's ingredients not yet measured), then model7; then the rest
-# of issue 16's table in its order: models 14, 15, 16 (full power: 25 s an epoch here at IF 100,
-# 30 s at IF 50; model16 at IF 10 55-68 s on 2026-12-05, when model14's benchmarked step took 383 ms
-# instead of an earlier session's 264: the machines this CPU study gets differ by ~1.45x), 1-6, the
-# baselines at IF 50/10 and erm at IF 1; then the shipped recipe (hybrid-lt-mid, models/default) at
-# IF 50 (cut at epoch 86 when issue 19 was blocked) and IF 10 (issue 19 is blocked; its IF 50/10
-# models are a follow-up, issue 16's rows come first).
+# candidate the others' numbers pointed to); then the cut runs of the report's table nearest to
+# their end (model8's fast-path parity run; model13 first of the rest, the previous default's
+# network at IF 10, whose exits scripts/ship_default.sh fits), then hybrid-lt-sam, then model7; then
+# the rest of the report's table in its order: models 14, 15, 16 (full power: 25-68 s an epoch on a
+# 2-core AVX-512 CPU), 1-6, the baselines at IF 50/10 and erm at IF 1; then the shipped recipe
+# (hybrid-lt-mid, models/default) at IF 50 and IF 10.
 # The product candidates' choice is made on held-out images (`calibrate`), never on the test set.
 # Every run takes `train`'s CPU default, the fast path (bf16 only on a CPU with bf16 instructions:
 # training/config.py).
@@ -45,7 +41,7 @@ if [ "$($py -c 'from training.config import cpu_has_bf16; print(cpu_has_bf16())'
   exit 0
 fi
 status() { $py -m training status "$1" | cut -f1; }
-# Issue 19's candidates (jointly trained exits) go on to `rebalance`, their second stage, into
+# The product candidates (jointly trained exits) go on to `rebalance`, their second stage, into
 # results/fits/<run>-rebalance; the choice between them is made there, on held-out images.
 rebalance_product() {
   local run=$1 out=$fits/$(basename "$1")-rebalance resume=()

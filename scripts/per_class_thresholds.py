@@ -9,8 +9,10 @@ On the held-out training images that `calibrate` uses, at the checkpoint's calib
    budgets: how far the thresholds carry to images they were not chosen on.
 Never the test set. results/DEFAULT_MODEL.md ("An earlier default") quotes its output for four model8 fits.
 
-    python scripts/per_class_thresholds.py --checkpoint results/fits/model8-if100-seed0-fit-light2-mixed30-rebalance/checkpoint.pt
+    python scripts/per_class_thresholds.py \
+        --checkpoint results/fits/model8-if100-seed0-fit-light2-mixed30-rebalance/checkpoint.pt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.calibration import balanced_accuracy, calibrate, heldout_split, stratified_half  # noqa: E402
 from modelrepo.exit_rule import first_confident_exit  # noqa: E402
+from training.calibration import balanced_accuracy, calibrate, heldout_split, stratified_half  # noqa: E402
 from training.data import default_data_dir  # noqa: E402
 from training.evaluation import exit_logits  # noqa: E402
 from training.logit_adjust import stage_adjustments  # noqa: E402
@@ -82,9 +84,11 @@ def main() -> None:
     final = outcome(conf, pred, labels, share, np.ones_like(start))[0]
 
     print(f"{len(labels)} held-out images, tau {cal['tau']}, final exit {final:.2f}% (balanced)")
-    print(f"per-exit thresholds {cal['threshold']}: accuracy %.2f, MACs share %.3f" % outcome(conf, pred, labels, share, start))
+    accuracy, macs = outcome(conf, pred, labels, share, start)
+    print(f"per-exit thresholds {cal['threshold']}: accuracy {accuracy:.2f}, MACs share {macs:.3f}")
     thr = greedy(conf, pred, labels, share, np.ones_like(start), final - args.max_drop)
-    print("per-class thresholds, all held-out images: accuracy %.2f, MACs share %.3f" % outcome(conf, pred, labels, share, thr))
+    accuracy, macs = outcome(conf, pred, labels, share, thr)
+    print(f"per-class thresholds, all held-out images: accuracy {accuracy:.2f}, MACs share {macs:.3f}")
     print("  " + "\n  ".join(" ".join(f"{t:.2f}" for t in row) for row in thr))
 
     half = stratified_half(labels, 0)
@@ -96,7 +100,10 @@ def main() -> None:
     for budget in (1.0, 0.9, 0.8):
         t = greedy(*fit, share, np.ones_like(start), fit_final - budget)
         acc, macs = outcome(*check, share, t)
-        print(f"  fitted within {budget:.1f}: on the other half drop {check_final - acc:.2f} points, MACs share {macs:.3f}")
+        print(
+            f"  fitted within {budget:.1f}: on the other half drop {check_final - acc:.2f} points, "
+            f"MACs share {macs:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # Build models/default from a finished training run, as README "The shipped model" does. A model8
 # run: light2 early heads fitted on the frozen network (20 epochs), then mixed fine-tuning of
 # backbone and heads (30 epochs, lr 0.02). A run whose exits were trained with the network from the
-# start (joint routing, issue 19's candidates) skips both. Then every exit's classifier is
+# start (joint routing, the hybrid-* variants) skips both. Then every exit's classifier is
 # re-balanced (rebalance, MiSLAS's stage 2, 10 epochs; for a joint run the folder cpu_study.sh
 # uses), exported with each exit's tau and the thresholds calibrated on held-out training images
 # (at most 1 point below threshold 1.0, with 95% confidence), and the accuracy-vs-MACs curve is

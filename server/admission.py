@@ -15,9 +15,11 @@ The check runs at a request's headers, so a refused request costs neither parsin
 the request's work is reserved once its body is complete. Uploads in progress are bounded apart
 (`max_uploads`): a body that arrives slowly holds an upload slot until its deadline, never a share
 of the admitted work, so slow clients cannot make a server refuse the fast ones by seeming busy.
-The batchers' queue cap stays as the hard limit. All models share the machine's cores, so one Admission serves them all (per
-server worker process: each has its own models and batchers, supervisor.py).
+The batchers' queue cap stays as the hard limit. All models share the machine's cores, so one
+Admission serves them all (per server worker process: each has its own models and batchers,
+supervisor.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,11 +33,8 @@ class Overloaded(RuntimeError):
 class Admission:
     DECAY = 0.9  # weight left to the older batches at each new one (about the last 10 count)
 
-    def __init__(self, max_wait_s: float, batch_size: int, on_change=None, max_uploads: int = 1 << 30):
+    def __init__(self, max_wait_s: float, batch_size: int, max_uploads: int = 1 << 30):
         self.max_wait_s, self.batch_size, self.max_uploads = max_wait_s, batch_size, max_uploads
-        # (admission) -> None after each change of the outstanding work or the fit: publishes the
-        # gauges (pushed, not read on scrape, so that they work in prometheus' multiprocess mode)
-        self.on_change = on_change or (lambda admission: None)
         self.outstanding = 0  # images admitted, not yet answered
         self.uploads = 0  # requests past the headers whose body is still arriving
         self.per_batch = self.per_image = 0.0  # a, b: unknown until the first batch (admit)
@@ -50,11 +49,14 @@ class Admission:
         """Refuse (Overloaded) when the work already admitted would take longer than the bound."""
         wait = self.expected_wait()
         if wait > self.max_wait_s:
-            raise Overloaded(f"server busy: admitted work would take {1000 * wait:.0f} ms "
-                             f"> bound of {1000 * self.max_wait_s:.0f} ms; retry shortly")
+            raise Overloaded(
+                f"server busy: admitted work would take {1000 * wait:.0f} ms "
+                f"> bound of {1000 * self.max_wait_s:.0f} ms; retry shortly"
+            )
         if self.uploads >= self.max_uploads:
-            raise Overloaded(f"server busy: {self.uploads} uploads in progress (limit {self.max_uploads}); "
-                             f"retry shortly")
+            raise Overloaded(
+                f"server busy: {self.uploads} uploads in progress (limit {self.max_uploads}); retry shortly"
+            )
 
     def start_upload(self) -> None:
         """A request passed the check at its headers; its body is on the way."""
@@ -69,12 +71,10 @@ class Admission:
     def reserve(self, images: int) -> None:
         with self._lock:
             self.outstanding += images
-        self.on_change(self)
 
     def release(self, images: int) -> None:
         with self._lock:
             self.outstanding -= images
-        self.on_change(self)
 
     def observe_batch(self, images: int, seconds: float) -> None:
         """An inference batch of `images` took `seconds` of wall time: refit a and b."""
@@ -91,7 +91,6 @@ class Admission:
             if b < 0 or a < 0:  # one batch size only, or noise: cost proportional to images
                 a, b = 0.0, st / sn
             self.per_batch, self.per_image = a, b
-        self.on_change(self)
 
     def retry_after_s(self) -> int:
         """Whole seconds a refused client should wait: about the time to serve what is admitted."""

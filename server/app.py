@@ -1,7 +1,9 @@
 """FastAPI app factory: state, error handlers, the middleware, the routes, offline docs, and the
 lifespan (batchers start, models warm up, the decode pool stops last)."""
+
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
@@ -33,6 +35,7 @@ from .v2_http import router as v2_router
 log = logging.getLogger(__name__)
 DOCS_ASSETS = "/docs-assets"
 WARM_UP_BATCH = 8
+PUBLISH_S = 0.25  # how often the admission gauges are written
 
 
 def decode_workers(settings: Settings) -> int:
@@ -52,12 +55,14 @@ async def lifespan(app: FastAPI):
     if state.grpc_port is not None:  # in the event loop the batchers run in
         state.grpc = create_grpc_server(state, state.grpc_port, package_version())
         await state.grpc.start()
+    publisher = asyncio.get_running_loop().create_task(publish_admission(state.admission))
     state.warm = True
     gc.freeze()  # what start-up made lives for good: keep it out of every later collection's scan
     m.READY.set(1 if all(s.model.provider_ok for s in state.services.values()) else 0)
     log.info("serving %s (default %s)", ", ".join(state.services), state.settings.default_model)
     yield
     m.READY.set(0)
+    publisher.cancel()
     if state.grpc is not None:  # stopping since the listeners closed (serving.py): its calls finish first
         await state.grpc.stop(state.settings.shutdown_timeout_seconds)
     for service in state.services.values():
@@ -109,39 +114,67 @@ def add_offline_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs():
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
-                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
-def publish_admission(admission: Admission) -> None:
-    m.ADMISSION_WAIT.set(admission.expected_wait())
-    m.ADMISSION_OUTSTANDING.set(admission.outstanding)
+async def publish_admission(admission: Admission) -> None:
+    """The admission gauges, sampled every PUBLISH_S until cancelled: pushed, not read on scrape (so
+    that they work in prometheus' multiprocess mode), and not on every change (four metric writes
+    a request were measurable in its CPU cost)."""
+    while True:
+        m.ADMISSION_WAIT.set(admission.expected_wait())
+        m.ADMISSION_OUTSTANDING.set(admission.outstanding)
+        await asyncio.sleep(PUBLISH_S)
 
 
-def create_app(settings: Settings, models: dict[str, StagedModel] | None = None,
-               grpc_port: int | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, models: dict[str, StagedModel] | None = None, grpc_port: int | None = None
+) -> FastAPI:
     """Build the app. `models` may be loaded beforehand (so start-up errors surface before serving);
     with `grpc_port` it also serves the inference protocol over gRPC there."""
     if models is None:
-        models = load_repository(settings.model_repository, settings.default_model, settings.provider,
-                                 settings.intra_op_threads, settings.ort_spinning)
-    app = FastAPI(title="elf-reslt inference server", version="1.0", lifespan=lifespan, docs_url=None,
-                  redoc_url=None, description="Early-exit classification of images with staged ONNX models "
-                  "(every image is converted to RGB and resized to 32x32).")
-    admission = Admission(settings.max_wait_ms / 1000, settings.batch_size, on_change=publish_admission,
-                          max_uploads=settings.max_uploads_in_progress)
-    publish_admission(admission)
+        models = load_repository(
+            settings.model_repository,
+            settings.default_model,
+            settings.provider,
+            settings.intra_op_threads,
+            settings.ort_spinning,
+        )
+    app = FastAPI(
+        title="elf-reslt inference server",
+        version="1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Early-exit classification of images with staged ONNX models "
+        "(every image is converted to RGB and resized to 32x32).",
+        # Prometheus is this server's telemetry; FastAPI's OpenTelemetry hook, off, is one
+        # check a request, on, a span and two instruments a request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    admission = Admission(
+        settings.max_wait_ms / 1000, settings.batch_size, max_uploads=settings.max_uploads_in_progress
+    )
     m.ADMISSION_MAX_WAIT.set(admission.max_wait_s)
     state = app.state
     state.settings, state.admission = settings, admission
     state.warm = state.draining = state.closing = False
     state.grpc_port, state.grpc = grpc_port, None
-    state.services = {name: ModelService(model, settings, on_batch=admission.observe_batch)
-                      for name, model in models.items()}
-    state.decoder = DecodePool(decode_workers(settings), settings.max_upload_bytes, settings.max_image_pixels,
-                               settings.decode_budget_pixels or settings.max_image_pixels)
+    state.services = {
+        name: ModelService(model, settings, on_batch=admission.observe_batch) for name, model in models.items()
+    }
+    state.decoder = DecodePool(
+        decode_workers(settings),
+        settings.max_upload_bytes,
+        settings.max_image_pixels,
+        settings.decode_budget_pixels or settings.max_image_pixels,
+    )
     register_error_handlers(app)
     app.add_middleware(ObserveMiddleware, state=state)
     app.include_router(router)

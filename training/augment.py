@@ -1,4 +1,5 @@
 """Reference (CPU-friendly) augmentation: per-image torchvision transforms and batch Mixup."""
+
 from __future__ import annotations
 
 import numpy as np

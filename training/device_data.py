@@ -10,6 +10,7 @@ The draws themselves (a few numbers per image) are made on the CPU and only thei
 the device: deciding which images an op applies to then never makes the host wait for a GPU, and
 the random stream is the same on every device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -77,7 +78,7 @@ def autoaugment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             chosen = (policy == pid) & (probs[:, position] <= p)
             magnitudes, signed = OP_SPACE[op_name]
             magnitude = float(magnitudes[magnitude_id]) if magnitude_id is not None else 0.0
-            for sign in ((0, 1) if signed else (None,)):
+            for sign in (0, 1) if signed else (None,):
                 mask = chosen if sign is None else chosen & (signs[:, position] == sign)
                 if mask.any():
                     m = -magnitude if sign == 0 else magnitude
@@ -89,8 +90,7 @@ def autoaugment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 class DeviceBatches:
     """One epoch of augmented, normalised batches from a device-resident uint8 training set."""
 
-    def __init__(self, split: Split, device: torch.device, batch_size: int, augmentation: str,
-                 balanced: bool = False):
+    def __init__(self, split: Split, device: torch.device, batch_size: int, augmentation: str, balanced: bool = False):
         """balanced: each epoch draws as many images as the set holds, with replacement, every class
         equally likely (class-balanced sampling, rebalance.py); otherwise a permutation."""
         self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous().to(device)
@@ -112,7 +112,7 @@ class DeviceBatches:
             order = torch.multinomial(self.sample_weights, len(self.labels), replacement=True, generator=g)
         order = order.to(self.device)
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             x = random_crop_flip(self.images[idx], g)
             if self.augmentation == "autoaugment":
                 x = autoaugment(x, g)
