@@ -8,7 +8,6 @@ rate 0, same run.
 
     python benchmarks/shadow_overhead.py [--rate 0.01] [--images 400] [--clients 32] [--rounds 3]
 """
-
 from __future__ import annotations
 
 import argparse
@@ -46,14 +45,10 @@ def main() -> None:
     args = parser.parse_args()
 
     _, test = load_cifar10(args.data_dir)
-    payloads = [png(im) for im in test.images[: args.images]]
+    payloads = [png(im) for im in test.images[:args.images]]
     rates = {"shadow rate 0": 0.0, f"shadow rate {args.rate:g}": args.rate}
-    servers = {
-        name: RunningServer(
-            "--model-repository", str(args.model_repository), "--default-model", args.model, "--shadow-rate", str(rate)
-        )
-        for name, rate in rates.items()
-    }
+    servers = {name: RunningServer("--model-repository", str(args.model_repository), "--default-model", args.model,
+                                   "--shadow-rate", str(rate)) for name, rate in rates.items()}
     results = {name: ([], []) for name in servers}
     try:
         for server in servers.values():
@@ -68,10 +63,8 @@ def main() -> None:
         for server in servers.values():
             server.stop()
 
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {args.images} CIFAR-10 test images x "
-        f"{args.rounds} rounds, {args.clients} clients (saturating), model {args.model} at its default threshold"
-    )
+    print(f"machine: {platform.processor() or platform.machine()}, {args.images} CIFAR-10 test images x "
+          f"{args.rounds} rounds, {args.clients} clients (saturating), model {args.model} at its default threshold")
     rps = {}
     for name in servers:
         rps[name] = summary(name, *results[name], len(payloads))

@@ -1,6 +1,5 @@
 """The model repository format: the documented, versioned contract between training and server,
 and the exit rule both apply."""
-
 from .exit_rule import first_confident_exit, leaves
 from .manifest import FORMAT_VERSION, Manifest, ManifestError, load_manifest
 

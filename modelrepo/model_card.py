@@ -38,11 +38,13 @@ def _weakest(m) -> str:
 
 def _recipe(manifest: Manifest) -> list[str]:
     variant, config, prov = manifest.variant_config, manifest.training_config, manifest.provenance
+    blocks = variant.get("exit_blocks")
+    places = (f"after blocks {', '.join(str(b + 1) for b in blocks)} of 15" if blocks
+              else "at the ends of the last stages")
     lines = [
         f"- **Variant** `{manifest.variant}` ({variant.get('family', '?')}): {variant.get('description', '')}.",
         f"- **Network**: CIFAR ResNet-32, widths {'/'.join(map(str, variant.get('widths', [])))}, exit heads "
-        f"{', '.join(variant.get('exit_heads', []))} (after blocks "
-        f"{', '.join(str(b + 1) for b in variant.get('exit_blocks', []))} of 15).",
+        f"{', '.join(variant.get('exit_heads', []))} ({places}).",
         f"- **Loss**: {variant.get('loss')} at the final exit, per exit {', '.join(variant.get('exit_losses', []))}; "
         f"routing `{variant.get('routing')}`; augmentation {variant.get('augmentation')}.",
         f"- **Optimisation**: {prov.trained_epochs} of {config.get('epochs')} epochs, batch {config.get('batch_size')}, "

@@ -5,10 +5,8 @@ that the long-tailed set left out; never the test set), the share of predictions
 and the mean logit per class, for every exit and for the final ResLT head's H, M and T branches
 alone. A head whose predictions pile onto some classes shows it here (hybrid-lt: results/DEFAULT_MODEL.md).
 
-    python scripts/branch_bias.py results/runs/hybrid-lt-if100-seed0/checkpoint.pt \
-        results/runs/model8-if100-seed0/checkpoint.pt
+    python scripts/branch_bias.py results/runs/hybrid-lt-if100-seed0/checkpoint.pt results/runs/model8-if100-seed0/checkpoint.pt
 """
-
 from __future__ import annotations
 
 import argparse
@@ -28,10 +26,8 @@ from training.evaluation import normalize_batch  # noqa: E402
 def row(name: str, logits: torch.Tensor, labels: np.ndarray) -> str:
     pred = logits.argmax(1).numpy()
     share = np.bincount(pred, minlength=logits.shape[1]) / len(pred)
-    return (
-        f"  {name:8s} {100 * (pred == labels).mean():5.1f}%  predictions {' '.join(f'{s:.2f}' for s in share)}"
-        f"  mean logit {' '.join(f'{v:+.1f}' for v in logits.mean(0).tolist())}"
-    )
+    return (f"  {name:8s} {100 * (pred == labels).mean():5.1f}%  predictions {' '.join(f'{s:.2f}' for s in share)}"
+            f"  mean logit {' '.join(f'{v:+.1f}' for v in logits.mean(0).tolist())}")
 
 
 def main() -> int:

@@ -1,5 +1,4 @@
 """Typed API answers (they also document the OpenAPI schema)."""
-
 from __future__ import annotations
 
 from pydantic import BaseModel, Field

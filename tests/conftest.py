@@ -18,5 +18,4 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def cifar(data_dir):
     from training.data import load_cifar10
-
     return load_cifar10(data_dir)

@@ -1,5 +1,4 @@
 """Reference (CPU-friendly) augmentation: per-image torchvision transforms and batch Mixup."""
-
 from __future__ import annotations
 
 import numpy as np
@@ -12,10 +11,43 @@ from .constants import MEAN, STD
 from .data import Split
 
 MIXUP_ALPHA = 1.0
-# On top of crop 32 (padding 4) + flip: nothing ("basic", the erm control), torchvision's CIFAR10
-# AutoAugment policy per image, or Mixup per batch (losses.batch_targets). Both data paths
-# (this module's per-image transforms, device_data's batched ones) implement each.
-AUGMENTATIONS = ("autoaugment", "mixup", "basic")
+CUTOUT_SIZE = 16  # Cutout's square on CIFAR-10 (DeVries & Taylor 2017; BCL and ProCo train with it)
+# On top of crop 32 (padding 4) + flip, a variant names its augmentation as parts joined by "+":
+# "basic" (nothing more: the erm control), "autoaugment" (torchvision's CIFAR10 policy per image),
+# "cutout" (one 16x16 square per image set to the mean colour, after AutoAugment where both are
+# asked) and "mixup" (per batch, losses.batch_targets). Both data paths (this module's per-image
+# transforms, device_data's batched ones) implement each part.
+AUGMENTATION_PARTS = ("basic", "autoaugment", "cutout", "mixup")
+
+
+def augmentation_parts(augmentation: str) -> frozenset[str]:
+    """The parts of an augmentation name ("autoaugment+cutout+mixup" -> three), checked."""
+    parts = augmentation.split("+")
+    unknown = [p for p in parts if p not in AUGMENTATION_PARTS]
+    if unknown or len(set(parts)) != len(parts) or ("basic" in parts and len(parts) > 1):
+        raise ValueError(f"unknown augmentation {augmentation!r}: parts joined by '+' of {AUGMENTATION_PARTS}, "
+                         "each once ('basic' alone)")
+    return frozenset(parts)
+
+
+class Cutout:
+    """Cutout as its authors wrote it, on a normalised C x H x W tensor: one square of side `size`
+    centred on a uniformly drawn pixel (clipped at the borders, so it may be smaller) set to 0,
+    which after normalisation is the training set's mean colour."""
+
+    def __init__(self, size: int = CUTOUT_SIZE):
+        self.size = size
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        # torch's generator, not numpy's: the reference path seeds it per epoch (and DataLoader workers
+        # from it), so a resumed epoch cuts the same squares
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y1, y2 = max(cy - self.size // 2, 0), min(cy + self.size // 2, h)
+        x1, x2 = max(cx - self.size // 2, 0), min(cx + self.size // 2, w)
+        x = x.clone()
+        x[..., y1:y2, x1:x2] = 0.0
+        return x
 
 
 def normalize_tensor() -> T.Compose:
@@ -23,13 +55,16 @@ def normalize_tensor() -> T.Compose:
 
 
 def train_transform(augmentation: str) -> T.Compose:
-    """Crop 32 (padding 4) + flip; AutoAugment's CIFAR10 policy on top where the variant asks."""
-    if augmentation not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {augmentation!r}; expected one of {AUGMENTATIONS}")
+    """Crop 32 (padding 4) + flip; AutoAugment's CIFAR10 policy and Cutout on top where the
+    variant asks (Mixup is per batch: losses.batch_targets)."""
+    parts = augmentation_parts(augmentation)
     steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
-    if augmentation == "autoaugment":
+    if "autoaugment" in parts:
         steps.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
-    return T.Compose([*steps, normalize_tensor()])
+    steps.append(normalize_tensor())
+    if "cutout" in parts:
+        steps.append(Cutout())
+    return T.Compose(steps)
 
 
 class ImageDataset(Dataset):

@@ -1,5 +1,4 @@
 """`python -m training`: one subcommand per module in training/commands (add_arguments / run)."""
-
 from __future__ import annotations
 
 import argparse
@@ -32,10 +31,7 @@ COMMANDS = {
     "rebalance": (rebalance, "re-train every exit's classifier on class-balanced batches (MiSLAS's stage 2)"),
     "evaluate": (evaluate, "early-exit evaluation of a checkpoint on the CIFAR-10 test set"),
     "grid": (grid, "run the study's table (or a part) several runs at a time, one progress view"),
-    "status": (
-        status,
-        "where run directories stand (new / running / stopped / completed / diverged) and their epochs done",
-    ),
+    "status": (status, "where run directories stand (new / running / stopped / completed / diverged) and their epochs done"),
     "report": (report, "RESULTS.md and plots from run directories' metrics (the report's table beside ours)"),
     "calibrate": (calibrate, "pick the lowest-compute threshold within an accuracy drop on held-out training images"),
     "curve": (curve, "a model directory's accuracy-vs-MACs curve (plot and table) from its manifest"),
@@ -48,14 +44,13 @@ KNOWN_ERRORS = (TrainingError, ManifestError, OSError)
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+        prog="python -m training", description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of known failures too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(
-            name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-        )
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(run=module.run)
     return parser
@@ -67,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "download", False):
             from .download import ensure_cifar10
-
             ensure_cifar10(args.data_dir)
         return args.run(args) or 0
     except KeyboardInterrupt:

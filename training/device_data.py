@@ -3,14 +3,14 @@
 Same augmentations as the reference path (augment.py), as tensor ops on whole batches, so a GPU
 never waits for DataLoader workers: random crop 32 with zero padding 4, horizontal flip, and
 AutoAugment's CIFAR10 policy drawn per image (each image its own sub-policy, probabilities and
-signs; images that share a draw are transformed together with torchvision's own op). Every draw
+signs; images that share a draw are transformed together with torchvision's own op), and Cutout
+(a square per image, one mask for the batch). Every draw
 comes from a generator seeded by (seed, epoch), so a resumed epoch repeats. Runs on the CPU too.
 
 The draws themselves (a few numbers per image) are made on the CPU and only their results sent to
 the device: deciding which images an op applies to then never makes the host wait for a GPU, and
 the random stream is the same on every device.
 """
-
 from __future__ import annotations
 
 import torch
@@ -19,7 +19,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.autoaugment import _apply_op
 
-from .augment import normalize_uint8
+from .augment import CUTOUT_SIZE, augmentation_parts, normalize_uint8
 from .data import Split
 
 PAD = 4
@@ -78,7 +78,7 @@ def autoaugment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             chosen = (policy == pid) & (probs[:, position] <= p)
             magnitudes, signed = OP_SPACE[op_name]
             magnitude = float(magnitudes[magnitude_id]) if magnitude_id is not None else 0.0
-            for sign in (0, 1) if signed else (None,):
+            for sign in ((0, 1) if signed else (None,)):
                 mask = chosen if sign is None else chosen & (signs[:, position] == sign)
                 if mask.any():
                     m = -magnitude if sign == 0 else magnitude
@@ -87,15 +87,30 @@ def autoaugment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x
 
 
+def cutout(x: torch.Tensor, g: torch.Generator, size: int = CUTOUT_SIZE) -> torch.Tensor:
+    """augment.Cutout on a normalised batch: each image's square (centre drawn per image, clipped at
+    the borders) set to 0, the mean colour."""
+    n, _, h, w = x.shape
+    cy = torch.randint(h, (n, 1, 1), generator=g).to(x.device)
+    cx = torch.randint(w, (n, 1, 1), generator=g).to(x.device)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = ((rows >= cy - size // 2) & (rows < cy + size // 2)
+              & (cols >= cx - size // 2) & (cols < cx + size // 2))
+    return x.masked_fill(inside.unsqueeze(1), 0.0)
+
+
 class DeviceBatches:
     """One epoch of augmented, normalised batches from a device-resident uint8 training set."""
 
-    def __init__(self, split: Split, device: torch.device, batch_size: int, augmentation: str, balanced: bool = False):
+    def __init__(self, split: Split, device: torch.device, batch_size: int, augmentation: str,
+                 balanced: bool = False):
         """balanced: each epoch draws as many images as the set holds, with replacement, every class
         equally likely (class-balanced sampling, rebalance.py); otherwise a permutation."""
         self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(split.labels).to(device)
         self.device, self.batch_size, self.augmentation = device, batch_size, augmentation
+        self.parts = augmentation_parts(augmentation)
         self.sample_weights = None
         if balanced:
             labels = torch.from_numpy(split.labels)
@@ -112,8 +127,11 @@ class DeviceBatches:
             order = torch.multinomial(self.sample_weights, len(self.labels), replacement=True, generator=g)
         order = order.to(self.device)
         for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+            idx = order[start:start + self.batch_size]
             x = random_crop_flip(self.images[idx], g)
-            if self.augmentation == "autoaugment":
+            if "autoaugment" in self.parts:
                 x = autoaugment(x, g)
-            yield normalize_uint8(x), self.labels[idx]
+            x = normalize_uint8(x)
+            if "cutout" in self.parts:
+                x = cutout(x, g)
+            yield x, self.labels[idx]

@@ -1,6 +1,5 @@
 """Named registries (timm-style): each loss, head, routing and augmentation registers itself where
 it is implemented, and variants are validated against the registries, so adding one is one file."""
-
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,13 +18,11 @@ class Registry:
 
     def register(self, name: str):
         """Decorator: register the function or class under `name`."""
-
         def add(entry):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = entry
             return entry
-
         return add
 
     def get(self, name: str):

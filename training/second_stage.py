@@ -2,7 +2,6 @@
 checkpoint, write a checkpoint that reads like a training one (the parent's records, the new
 weights as `model`, the stage's own record under its kind's key), and resume only from a run of
 the same parent (sha256) and the same config."""
-
 from __future__ import annotations
 
 import dataclasses
@@ -79,14 +78,8 @@ class SecondStage:
         self.set_train_mode()
         total = len(self.batches) if cfg.max_batches is None else min(cfg.max_batches, len(self.batches))
         loss_sum, seen = 0.0, 0
-        bar = tqdm(
-            self.batches.epoch(seed),
-            total=total,
-            desc=f"{self.record_key} {epoch + 1}/{cfg.epochs}",
-            leave=False,
-            disable=not sys.stderr.isatty(),
-            unit="batch",
-        )
+        bar = tqdm(self.batches.epoch(seed), total=total, desc=f"{self.record_key} {epoch + 1}/{cfg.epochs}",
+                   leave=False, disable=not sys.stderr.isatty(), unit="batch")
         for step, (x, y) in enumerate(bar):
             if step >= total:
                 break
@@ -102,9 +95,8 @@ class SecondStage:
         return {"lr": self.optimizer.param_groups[-1]["lr"], "loss": loss_sum / max(seen, 1)}
 
     def evaluate_network(self, network) -> EarlyExitMetrics:
-        _, metrics = evaluate_model(
-            network, self.test_set, self.variant.infer_threshold, self.config.eval_batch_size, self.device, self.costs
-        )
+        _, metrics = evaluate_model(network, self.test_set, self.variant.infer_threshold,
+                                    self.config.eval_batch_size, self.device, self.costs)
         return metrics
 
     def check(self, epoch: int, test: EarlyExitMetrics) -> None:
@@ -116,46 +108,27 @@ class SecondStage:
     def epoch_line(self, record: dict) -> str:
         alone = "/".join(f"{row['overall']:.2f}" for row in record["per_exit"])
         exits = "/".join(f"{100 * d:.1f}" for d in record["exit_distribution"])
-        return (
-            f"{self.label} {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
-            f"Loss: {record['loss']:.4f}\tEach exit alone: {alone}%\tTest Acc: {record['overall']:.2f}% "
-            f"at threshold {record['threshold']:g}\tExits: {exits}%"
-        )
+        return (f"{self.label} {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
+                f"Loss: {record['loss']:.4f}\tEach exit alone: {alone}%\tTest Acc: {record['overall']:.2f}% "
+                f"at threshold {record['threshold']:g}\tExits: {exits}%")
 
     def config_record(self) -> dict:
-        return {
-            "kind": self.kind,
-            f"{self.record_key}_config": self.config.to_dict(),
-            "parent": self.parent_record,
-            "config": self.train_config.to_dict(),
-            "variant": self.parent_state.get("variant"),
-            "provenance": runinfo.provenance(self.device),
-        }
+        return {"kind": self.kind, f"{self.record_key}_config": self.config.to_dict(),
+                "parent": self.parent_record, "config": self.train_config.to_dict(),
+                "variant": self.parent_state.get("variant"), "provenance": runinfo.provenance(self.device)}
 
     def metrics_header(self) -> dict:
-        return {
-            "variant": self.variant.name,
-            "imbalance": self.train_config.imbalance,
-            "seed": self.config.seed,
-            "parent": self.parent_record,
-            "exit_costs": self.costs,
-        }
+        return {"variant": self.variant.name, "imbalance": self.train_config.imbalance,
+                "seed": self.config.seed, "parent": self.parent_record, "exit_costs": self.costs}
 
     def stage_state(self, epoch: int, model_state: dict, **record) -> dict:
         """The checkpoint: the parent's records but its weights, `model_state`, and the stage's record."""
         parent = self.parent_state
-        return {
-            **{k: parent[k] for k in parent if k not in ("model", "optimizer")},
-            "model": model_state,
-            self.record_key: {
-                "config": self.config.to_dict(),
-                "epoch": epoch,
-                "history": self.history,
-                **record,
-                "parent": self.parent_record,
-                "provenance": runinfo.provenance(self.device),
-            },
-        }
+        return {**{k: parent[k] for k in parent if k not in ("model", "optimizer")},
+                "model": model_state,
+                self.record_key: {"config": self.config.to_dict(), "epoch": epoch, "history": self.history,
+                                  **record, "parent": self.parent_record,
+                                  "provenance": runinfo.provenance(self.device)}}
 
     @property
     def record_key(self) -> str:
@@ -165,10 +138,8 @@ class SecondStage:
         """The stage's record of a checkpoint being resumed, after checking it is this run's."""
         record = state[self.record_key]
         if record["parent"]["sha256"] != self.parent_sha256:
-            raise TrainingError(
-                f"--resume: {self.out} was made from a parent with sha256 "
-                f"{record['parent']['sha256'][:12]}…, but {self.parent} has {self.parent_sha256[:12]}…"
-            )
+            raise TrainingError(f"--resume: {self.out} was made from a parent with sha256 "
+                                f"{record['parent']['sha256'][:12]}…, but {self.parent} has {self.parent_sha256[:12]}…")
         require_same_config(record["config"], self.config.to_dict(), self.out)
         self.history = list(record["history"])
         self.start_epoch = int(record["epoch"])

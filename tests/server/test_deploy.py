@@ -1,5 +1,4 @@
 """deploy/: the Grafana dashboard queries metrics the server really exports."""
-
 import json
 import re
 

@@ -1,6 +1,5 @@
 """Staged ONNX Runtime inference: which stages run for which images, each exit against the PyTorch
 model of the checkpoint it was exported from, thresholds per image and per exit, IO binding."""
-
 import numpy as np
 import pytest
 
@@ -52,11 +51,8 @@ def test_every_exit_matches_the_pytorch_model_of_its_checkpoint(model, x, cifar)
 
     net, *_ = checkpoint_model(DEFAULT_CHECKPOINT)
     shift = model.manifest.logit_adjustment
-    probs = exit_probabilities(
-        net,
-        Split(cifar[1].images[: len(x)], cifar[1].labels[: len(x)]),
-        adjustment=stage_adjustments(shift.class_counts, shift.taus(model.manifest.num_exits)),
-    )
+    probs = exit_probabilities(net, Split(cifar[1].images[:len(x)], cifar[1].labels[:len(x)]),
+                               adjustment=stage_adjustments(shift.class_counts, shift.taus(model.manifest.num_exits)))
     top2 = probs.topk(2, dim=2).values.numpy()
     k_exits, n = probs.size(0), len(x)
     for k in range(k_exits):
@@ -91,7 +87,6 @@ def test_staged_answers_equal_full_run(model, x):
 
 def test_cpu_machine_asks_for_cpu_only():
     import onnxruntime as ort
-
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert choose_providers("auto") == ["CPUExecutionProvider"]
         assert choose_providers("cuda") == ["CPUExecutionProvider"]
@@ -114,10 +109,8 @@ def test_committed_models_score_what_their_manifests_say(repository, cifar):
     for name, model in load_repository(repository, names[0], "cpu").items():
         default = np.asarray(model.manifest.thresholds.inference, np.float32)  # one, or one per early exit
         early = model.manifest.num_exits - 1
-        runs = [
-            model.run(model.preprocess(images), np.broadcast_to(default, (len(images), early)))
-            for images in np.array_split(test.images, 10)
-        ]
+        runs = [model.run(model.preprocess(images), np.broadcast_to(default, (len(images), early)))
+                for images in np.array_split(test.images, 10)]
         classes, exits = (np.concatenate([getattr(r, f) for r in runs]) for f in ("class_id", "exit"))
         claimed = model.manifest.metrics
         assert 100 * np.mean(classes == test.labels) == pytest.approx(claimed.overall, abs=0.05), name
@@ -153,12 +146,8 @@ def test_io_binding_path_gives_the_same_answers(model, x):
     confidences as plain runs, also when nobody or everybody leaves at an exit, and in shadow runs."""
     bound = StagedModel(MODELS / "default", "cpu", io_binding=True)
     n = len(x)
-    for thresholds in (
-        np.zeros(n, np.float32),
-        np.full(n, 1.0, np.float32),
-        np.full(n, 0.6, np.float32),
-        np.tile(np.array([1.0, 0.0], np.float32), (n, 1)),
-    ):
+    for thresholds in (np.zeros(n, np.float32), np.full(n, 1.0, np.float32), np.full(n, 0.6, np.float32),
+                       np.tile(np.array([1.0, 0.0], np.float32), (n, 1))):
         shadow = np.arange(n) % 3 == 0
         a, b = model.run(x, thresholds, shadow), bound.run(x, thresholds, shadow)
         assert a.exit.tolist() == b.exit.tolist() and a.class_id.tolist() == b.class_id.tolist()

@@ -3,7 +3,6 @@ uploads beside normal clients, a stopped (hung) worker, a killed worker's replac
 share, a second server on the same port or metrics directory, a bad metrics directory, uploads
 unfinished at the end of a drain, aborted uploads, stalled health-port connections, and a
 supervisor killed with SIGKILL. Each test asserts the outcome, not only that nothing crashed."""
-
 import os
 import signal
 import socket
@@ -33,11 +32,8 @@ def test_slow_uploads_hold_nothing_the_normal_clients_need(cifar):
     keep-alive clients: the clients are answered, the slow ones get 408 and are closed."""
     r = faults.slow_uploads(png(cifar[1].images[0]))
     statuses = r["statuses"]
-    assert r["ok_share"] >= 0.9 and len(statuses) > 200, (
-        r["ok_share"],
-        len(statuses),
-        {s: statuses.count(s) for s in set(statuses)},
-    )
+    assert r["ok_share"] >= 0.9 and len(statuses) > 200, (r["ok_share"], len(statuses),
+                                                          {s: statuses.count(s) for s in set(statuses)})
     assert all(t is not None and t < 40 for t in r["closed_after"]), r["closed_after"]
     for response in r["responses"]:
         assert response.startswith(b"HTTP/1.1 408") and b"connection: close" in response.lower(), response[:300]
@@ -55,9 +51,7 @@ def test_slow_headers_get_408_from_the_protocol():
             response, closed = faults.read_until_closed(s, 10)
         assert closed is not None and 0.9 < closed - t0 < 3, closed and closed - t0
         assert response.startswith(b"HTTP/1.1 408") and faults.json_body(response) == {
-            "error": "request headers not received within 1 s",
-            "status": 408,
-        }
+            "error": "request headers not received within 1 s", "status": 408}
     finally:
         server.stop()
 
@@ -69,11 +63,8 @@ def test_an_aborted_upload_is_counted_as_499_not_as_bad_input(cifar):
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(head + body[:100])
             time.sleep(0.3)
-        metrics = wait_for(
-            lambda: (lambda t: t if 'status="499"' in t else None)(httpx.get(server.url + "/metrics").text),
-            5,
-            "the abort to be counted",
-        )
+        metrics = wait_for(lambda: (lambda t: t if 'status="499"' in t else None)(
+            httpx.get(server.url + "/metrics").text), 5, "the abort to be counted")
         assert 'elf_http_requests_total{endpoint="/classify",status="499"} 1.0' in metrics
         assert 'endpoint="/classify",status="400"' not in metrics
     finally:
@@ -125,37 +116,17 @@ def test_a_second_server_on_the_port_is_refused_and_the_first_keeps_its_metrics(
     first = RunningServer("--model-repository", str(MODELS), env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     try:
         for _ in range(3):
-            assert (
-                httpx.post(first.url + "/classify", files={"file": ("x.png", png(cifar[1].images[0]))}).status_code
-                == 200
-            )
+            assert httpx.post(first.url + "/classify", files={"file": ("x.png", png(cifar[1].images[0]))}).status_code == 200
         for env in ({}, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}):  # its own metrics directory, or the first's
             t0 = time.monotonic()
-            second = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "server",
-                    "--port",
-                    str(first.port),
-                    "--health-port",
-                    str(free_port()),
-                    "--model-repository",
-                    str(MODELS),
-                ],
-                capture_output=True,
-                text=True,
-                cwd=REPO,
-                timeout=15,
-                env={**os.environ, **env},
-            )
+            second = subprocess.run([sys.executable, "-m", "server", "--port", str(first.port), "--health-port",
+                                     str(free_port()), "--model-repository", str(MODELS)],
+                                    capture_output=True, text=True, cwd=REPO, timeout=15,
+                                    env={**os.environ, **env})
             assert second.returncode == 2 and time.monotonic() - t0 < 15
             assert second.stderr.count("\n") == 1 and second.stderr.startswith("error: "), second.stderr
-            assert (
-                f"port {first.port} is already served" in second.stderr
-                or "metrics directory" in second.stderr
-                and "in use by another server" in second.stderr
-            )
+            assert (f"port {first.port} is already served" in second.stderr or
+                    "metrics directory" in second.stderr and "in use by another server" in second.stderr)
         metrics = httpx.get(first.url + "/metrics").text
         assert 'elf_http_requests_total{endpoint="/classify",status="200"} 3.0' in metrics
     finally:
@@ -171,23 +142,9 @@ def test_hot_restart_starts_beside_and_takes_over(cifar):
         assert first.stop() == 0
         assert httpx.post(second.url + "/classify", files={"file": ("x.png", data)}).status_code == 200
         # The claim passed to the second: a third is refused.
-        third = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "server",
-                "--port",
-                str(first.port),
-                "--health-port",
-                str(free_port()),
-                "--model-repository",
-                str(MODELS),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=30,
-        )
+        third = subprocess.run([sys.executable, "-m", "server", "--port", str(first.port), "--health-port",
+                                str(free_port()), "--model-repository", str(MODELS)],
+                               capture_output=True, text=True, cwd=REPO, timeout=30)
         assert third.returncode == 2 and f"pid {second.proc.pid}" in third.stderr, third.stderr
     finally:
         first.stop()
@@ -195,39 +152,18 @@ def test_hot_restart_starts_beside_and_takes_over(cifar):
             second.stop()
 
 
-@pytest.mark.parametrize(
-    "folder, reason", [("/dev/null/metrics", "Not a directory"), ("/proc/elf-metrics", "No such file or directory")]
-)
+@pytest.mark.parametrize("folder, reason", [("/dev/null/metrics", "Not a directory"),
+                                            ("/proc/elf-metrics", "No such file or directory")])
 def test_an_unusable_metrics_directory_is_one_line_and_exit_2(folder, reason):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server",
-            "--port",
-            str(free_port()),
-            "--health-port",
-            str(free_port()),
-            "--model-repository",
-            str(MODELS),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder},
-    )
+    r = subprocess.run([sys.executable, "-m", "server", "--port", str(free_port()), "--health-port",
+                        str(free_port()), "--model-repository", str(MODELS)], capture_output=True, text=True,
+                       cwd=REPO, timeout=60, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder})
     assert r.returncode == 2 and r.stderr == f"error: metrics directory {folder}: {reason}\n", r.stderr
 
 
 def test_uploads_unfinished_at_the_end_of_a_drain_get_a_json_503(cifar):
-    server = RunningServer(
-        "--model-repository",
-        str(MODELS),
-        "--read-timeout",
-        "30",
-        env={"ELF_DRAIN_SECONDS": "0.5", "ELF_SHUTDOWN_TIMEOUT_SECONDS": "1"},
-    )
+    server = RunningServer("--model-repository", str(MODELS), "--read-timeout", "30",
+                           env={"ELF_DRAIN_SECONDS": "0.5", "ELF_SHUTDOWN_TIMEOUT_SECONDS": "1"})
     head, body = faults.upload(server.port, png(cifar[1].images[0]))
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(head + body[:100])
@@ -253,11 +189,8 @@ def test_the_health_port_bounds_its_threads_and_drops_stalled_connections():
         assert supervisor.num_threads() <= threads_before + 32 + 1
         wait_for(lambda: health(server, "/healthz").status_code == 200, 10, "a probe answered among the stalled")
         closed = [faults.read_until_closed(s, 0.1)[1] for s in stalled]
-        wait_for(
-            lambda: all(faults.read_until_closed(s, 0.05)[1] or c for s, c in zip(stalled, closed)),
-            10,
-            "every stalled connection closed",
-        )
+        wait_for(lambda: all(faults.read_until_closed(s, 0.05)[1] or c for s, c in zip(stalled, closed)), 10,
+                 "every stalled connection closed")
     finally:
         for s in stalled:
             s.close()

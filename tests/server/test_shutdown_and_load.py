@@ -1,7 +1,6 @@
 """Under load and at shutdown (SPEC §8), on a real uvicorn process: the drain on SIGTERM loses
 no accepted request, overload is refused early with 503 + Retry-After while health stays quick
 to answer, the OpenAPI document survives schemathesis, and /docs works offline."""
-
 import asyncio
 import subprocess
 import sys
@@ -113,25 +112,9 @@ def test_overload_is_refused_early_and_health_stays_quick(cifar):
 def test_openapi_contract_holds_under_schemathesis():
     server = RunningServer("--model-repository", str(MODELS))
     try:
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "schemathesis.cli",
-                "run",
-                f"{server.url}/openapi.json",
-                "--checks",
-                "all",
-                "--max-examples",
-                "25",
-                "--seed",
-                "1",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=600,
-        )
+        r = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}/openapi.json",
+                            "--checks", "all", "--max-examples", "25", "--seed", "1"],
+                           capture_output=True, text=True, cwd=REPO, timeout=600)
     finally:
         server.stop()
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

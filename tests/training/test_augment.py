@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchvision import transforms as T
 
-from training.augment import ImageDataset, mixup, normalize_batch, train_transform
+from training.augment import Cutout, ImageDataset, mixup, normalize_batch, train_transform
 from training.data import Split
 
 
@@ -12,7 +12,25 @@ def test_train_transforms_by_augmentation():
     assert any(isinstance(t, T.AutoAugment) and t.policy == T.AutoAugmentPolicy.CIFAR10 for t in auto.transforms)
     assert not any(isinstance(t, T.AutoAugment) for t in train_transform("mixup").transforms)
     with pytest.raises(ValueError, match="unknown augmentation"):
-        train_transform("cutout")
+        train_transform("cutmix")
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        train_transform("basic+mixup")
+    full = [type(t) for t in train_transform("autoaugment+cutout+mixup").transforms]
+    assert full.index(T.AutoAugment) < full.index(T.Compose) < full.index(Cutout)  # Cutout after normalising
+
+
+def test_cutout_sets_one_clipped_square_to_the_mean_colour():
+    torch.manual_seed(0)
+    x = torch.randn(3, 32, 32).abs() + 1  # nothing is 0 before
+    sizes = set()
+    for _ in range(200):
+        out = Cutout()(x)
+        cut = (out == 0).all(0)
+        rows, cols = cut.any(1).nonzero().flatten(), cut.any(0).nonzero().flatten()
+        assert cut.sum() == len(rows) * len(cols) and 1 <= len(rows) <= 16 and 1 <= len(cols) <= 16  # one rectangle
+        assert torch.equal(out[:, ~cut], x[:, ~cut])
+        sizes.add((len(rows), len(cols)))
+    assert (16, 16) in sizes and len(sizes) > 20  # whole squares, and clipped ones at the borders
 
 
 def test_dataset_yields_normalised_augmented_images(cifar):

@@ -1,5 +1,4 @@
 """fit-exits on the committed model8 checkpoint (real CIFAR-10 images)."""
-
 import json
 import subprocess
 import sys
@@ -25,28 +24,8 @@ def early_head_keys(state: dict) -> set[str]:
 @pytest.fixture(scope="module")
 def frozen_fit(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("fit") / "frozen"
-    assert (
-        main(
-            [
-                "fit-exits",
-                "--checkpoint",
-                str(PARENT),
-                "--out",
-                str(out),
-                "--epochs",
-                "2",
-                "--early-heads",
-                "light2",
-                "--max-batches",
-                "50",
-                "--max-test-samples",
-                "1000",
-                "--data-dir",
-                str(data_dir),
-            ]
-        )
-        == 0
-    )
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--out", str(out), "--epochs", "2", "--early-heads",
+                 "light2", "--max-batches", "50", "--max-test-samples", "1000", "--data-dir", str(data_dir)]) == 0
     return out
 
 
@@ -80,24 +59,8 @@ def test_fitted_checkpoint_reads_like_a_training_one(frozen_fit):
 
 
 def fit_cmd(out, data_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "training",
-        "fit-exits",
-        "--checkpoint",
-        str(PARENT),
-        "--mode",
-        "mixed",
-        "--epochs",
-        "3",
-        "--out",
-        str(out),
-        "--data-dir",
-        str(data_dir),
-        *TINY,
-        *extra,
-    ]
+    return [sys.executable, "-m", "training", "fit-exits", "--checkpoint", str(PARENT), "--mode", "mixed",
+            "--epochs", "3", "--out", str(out), "--data-dir", str(data_dir), *TINY, *extra]
 
 
 def test_fit_resumes_after_kill_bit_for_bit(data_dir, tmp_path):
@@ -106,43 +69,16 @@ def test_fit_resumes_after_kill_bit_for_bit(data_dir, tmp_path):
 
 def test_fit_refuses_an_existing_run_and_a_changed_config(data_dir, tmp_path, capsys):
     out = tmp_path / "fit"
-    assert (
-        main(
-            [
-                "fit-exits",
-                "--checkpoint",
-                str(PARENT),
-                "--epochs",
-                "1",
-                "--out",
-                str(out),
-                "--data-dir",
-                str(data_dir),
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--epochs", "1", "--out", str(out),
+                 "--data-dir", str(data_dir), *TINY]) == 0
     capsys.readouterr()
     again = ["fit-exits", "--checkpoint", str(PARENT), "--out", str(out), "--data-dir", str(data_dir), *TINY]
     assert main([*again, "--epochs", "1"]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main([*again, "--epochs", "2", "--resume"]) == 2
     assert "different config" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "fit-exits",
-                "--checkpoint",
-                str(tmp_path / "none.pt"),
-                "--out",
-                str(tmp_path / "x"),
-                "--data-dir",
-                str(data_dir),
-            ]
-        )
-        == 2
-    )
+    assert main(["fit-exits", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x"),
+                 "--data-dir", str(data_dir)]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
 
 
@@ -151,29 +87,10 @@ def test_fit_with_deeper_early_heads_reads_back_with_them(data_dir, tmp_path):
     from training.network import DeepLightHead
 
     out = tmp_path / "light2"
-    assert (
-        main(
-            [
-                "fit-exits",
-                "--checkpoint",
-                str(PARENT),
-                "--epochs",
-                "1",
-                "--early-heads",
-                "light2",
-                "--out",
-                str(out),
-                "--data-dir",
-                str(data_dir),
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--epochs", "1", "--early-heads", "light2",
+                 "--out", str(out), "--data-dir", str(data_dir), *TINY]) == 0
     model, variant, _, state = checkpoint_model(out / "checkpoint.pt")
-    assert variant.exit_heads == ("light2", "light2", "reslt") and state["fit"]["exit_heads"] == list(
-        variant.exit_heads
-    )
+    assert variant.exit_heads == ("light2", "light2", "reslt") and state["fit"]["exit_heads"] == list(variant.exit_heads)
     assert all(isinstance(h, DeepLightHead) for h in model.exits[:2])
     parent_model, *_ = checkpoint_model(PARENT)
     deeper, light = exit_costs(model), exit_costs(parent_model)
@@ -185,27 +102,9 @@ def test_a_fit_whose_loss_is_not_finite_ends_as_diverged(data_dir, tmp_path):
     # A temperature of 1e-40 sends logits / T to infinity: the distillation term is NaN at once.
     out = tmp_path / "fit"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training",
-            "fit-exits",
-            "--checkpoint",
-            str(PARENT),
-            "--out",
-            str(out),
-            "--epochs",
-            "2",
-            "--temperature",
-            "1e-40",
-            *TINY,
-            "--data-dir",
-            str(data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+        [sys.executable, "-m", "training", "fit-exits", "--checkpoint", str(PARENT), "--out", str(out),
+         "--epochs", "2", "--temperature", "1e-40", *TINY, "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=300)
     assert result.returncode == 3, result.stderr
     assert "training diverged at epoch 1: loss is nan at batch 1" in result.stderr
     assert "Traceback" not in result.stderr
@@ -223,29 +122,8 @@ def test_early_exits_moved_inside_a_stage_keep_the_parents_backbone_and_final_ex
     from modelrepo.manifest import load_manifest
 
     out = tmp_path / "moved"
-    assert (
-        main(
-            [
-                "fit-exits",
-                "--checkpoint",
-                str(PARENT),
-                "--epochs",
-                "1",
-                "--early-heads",
-                "light2",
-                "--early-exits-after",
-                "5",
-                "8",
-                "10",
-                "--out",
-                str(out),
-                "--data-dir",
-                str(data_dir),
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--epochs", "1", "--early-heads", "light2",
+                 "--early-exits-after", "5", "8", "10", "--out", str(out), "--data-dir", str(data_dir), *TINY]) == 0
     model, variant, _, state = checkpoint_model(out / "checkpoint.pt")
     assert model.exit_blocks == variant.exit_blocks == (4, 7, 9, 14) and state["fit"]["exit_blocks"] == [4, 7, 9, 14]
     assert variant.exit_heads == ("light2",) * 3 + ("reslt",)
@@ -257,91 +135,24 @@ def test_early_exits_moved_inside_a_stage_keep_the_parents_backbone_and_final_ex
     assert final and all(torch.equal(parent[k], fitted[k.replace("exits.2.", "exits.3.", 1)]) for k in final)
 
     mixed = tmp_path / "mixed"  # a fit of the moved exits' own heads keeps their layout
-    assert (
-        main(
-            [
-                "fit-exits",
-                "--checkpoint",
-                str(out / "checkpoint.pt"),
-                "--mode",
-                "mixed",
-                "--epochs",
-                "1",
-                "--out",
-                str(mixed),
-                "--data-dir",
-                str(data_dir),
-                *TINY,
-            ]
-        )
-        == 0
-    )
+    assert main(["fit-exits", "--checkpoint", str(out / "checkpoint.pt"), "--mode", "mixed", "--epochs", "1",
+                 "--out", str(mixed), "--data-dir", str(data_dir), *TINY]) == 0
     assert checkpoint_model(mixed / "checkpoint.pt")[0].exit_blocks == (4, 7, 9, 14)
 
     repo = tmp_path / "repo"
-    assert (
-        main(
-            [
-                "export",
-                "--checkpoint",
-                str(mixed / "checkpoint.pt"),
-                "--out",
-                str(repo),
-                "--data-dir",
-                str(data_dir),
-                "--parity-images",
-                "200",
-            ]
-        )
-        == 0
-    )
+    assert main(["export", "--checkpoint", str(mixed / "checkpoint.pt"), "--out", str(repo), "--data-dir",
+                 str(data_dir), "--parity-images", "200"]) == 0
     manifest = load_manifest(repo)
     assert len(manifest.stages) == 4 and manifest.variant_config["exit_blocks"] == [4, 7, 9, 14]
-    inputs = [
-        ort.InferenceSession(str(repo / stage.file), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
-        for stage in manifest.stages
-    ]
+    inputs = [ort.InferenceSession(str(repo / stage.file), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+              for stage in manifest.stages]
     assert [shape[1:] for shape in inputs] == [[3, 32, 32], [16, 32, 32], [32, 16, 16], [32, 16, 16]]
 
 
 def test_moving_early_exits_is_refused_without_fresh_heads_or_past_the_last_block(data_dir, tmp_path, capsys):
-    assert (
-        main(
-            [
-                "fit-exits",
-                "--checkpoint",
-                str(PARENT),
-                "--early-exits-after",
-                "5",
-                "8",
-                "--out",
-                str(tmp_path / "a"),
-                "--data-dir",
-                str(data_dir),
-                *TINY,
-            ]
-        )
-        == 2
-    )
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--early-exits-after", "5", "8",
+                 "--out", str(tmp_path / "a"), "--data-dir", str(data_dir), *TINY]) == 2
     assert "--early-heads" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "fit-exits",
-                "--checkpoint",
-                str(PARENT),
-                "--early-heads",
-                "light2",
-                "--early-exits-after",
-                "8",
-                "5",
-                "--out",
-                str(tmp_path / "b"),
-                "--data-dir",
-                str(data_dir),
-                *TINY,
-            ]
-        )
-        == 2
-    )
+    assert main(["fit-exits", "--checkpoint", str(PARENT), "--early-heads", "light2", "--early-exits-after", "8", "5",
+                 "--out", str(tmp_path / "b"), "--data-dir", str(data_dir), *TINY]) == 2
     assert "early exits after blocks [8, 5]" in capsys.readouterr().err

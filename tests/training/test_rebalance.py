@@ -1,5 +1,4 @@
 """rebalance (MiSLAS's stage 2 at every exit) on the committed model8 checkpoint, real CIFAR-10 images."""
-
 import json
 import sys
 
@@ -63,11 +62,9 @@ def test_folded_scales_give_the_scaled_networks_logits(cifar):
 
 def test_balanced_batches_draw_every_class_about_equally(data_dir):
     train, _ = build_datasets(data_dir, 100)
-
-    def drawn(balanced):
-        batches = DeviceBatches(train, torch.device("cpu"), 512, "standard", balanced).epoch(0)
-        return np.bincount(np.concatenate([y.numpy() for _, y in batches]), minlength=10)
-
+    drawn = lambda balanced: np.bincount(np.concatenate([  # noqa: E731
+        y.numpy() for _, y in DeviceBatches(train, torch.device("cpu"), 512, "basic", balanced).epoch(0)]),
+        minlength=10)
     balanced, plain = drawn(True), drawn(False)
     assert balanced.sum() == plain.sum() == len(train)
     assert np.all(np.abs(balanced / len(train) - 0.1) < 0.015), balanced
@@ -80,45 +77,15 @@ def test_a_cosine_classifier_is_refused_with_its_reason():
 
 
 def rebalance_cmd(out, data_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "training",
-        "rebalance",
-        "--checkpoint",
-        str(PARENT),
-        "--epochs",
-        "3",
-        "--out",
-        str(out),
-        "--data-dir",
-        str(data_dir),
-        *TINY,
-        *extra,
-    ]
+    return [sys.executable, "-m", "training", "rebalance", "--checkpoint", str(PARENT), "--epochs", "3",
+            "--out", str(out), "--data-dir", str(data_dir), *TINY, *extra]
 
 
 @pytest.mark.parametrize("shift_bn", [False, True], ids=["frozen-bn", "shift-bn"])
 def test_only_the_classifiers_move_and_the_checkpoint_reads_like_a_training_one(data_dir, tmp_path, shift_bn):
     out = tmp_path / "rb"
-    assert (
-        main(
-            [
-                "rebalance",
-                "--checkpoint",
-                str(PARENT),
-                "--epochs",
-                "1",
-                "--out",
-                str(out),
-                "--data-dir",
-                str(data_dir),
-                *TINY,
-                *(["--shift-bn"] if shift_bn else []),
-            ]
-        )
-        == 0
-    )
+    assert main(["rebalance", "--checkpoint", str(PARENT), "--epochs", "1", "--out", str(out),
+                 "--data-dir", str(data_dir), *TINY, *(["--shift-bn"] if shift_bn else [])]) == 0
     parent = torch.load(PARENT, map_location="cpu", weights_only=False)["model"]
     _, variant, config, state = checkpoint_model(out / "checkpoint.pt")
     assert state["model"].keys() == parent.keys()
@@ -139,6 +106,5 @@ def test_only_the_classifiers_move_and_the_checkpoint_reads_like_a_training_one(
 
 
 def test_rebalance_resumes_after_kill_bit_for_bit(data_dir, tmp_path):
-    check_second_stage_resumes_bit_for_bit(
-        lambda out, *extra: rebalance_cmd(out, data_dir, *extra), tmp_path, "rebalance"
-    )
+    check_second_stage_resumes_bit_for_bit(lambda out, *extra: rebalance_cmd(out, data_dir, *extra), tmp_path,
+                                           "rebalance")

@@ -1,5 +1,4 @@
 """Flags shared by several subcommands, and their validation."""
-
 from __future__ import annotations
 
 import argparse
@@ -17,7 +16,6 @@ DEFAULT_DATA_DIR = default_data_dir()
 
 def _number(convert, accept, expected: str):
     """An argparse type: `convert(text)`, refused with one message naming `expected` unless `accept`s it."""
-
     def parse(text: str):
         try:
             value = convert(text)
@@ -26,7 +24,6 @@ def _number(convert, accept, expected: str):
         if not accept(value):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
-
     return parse
 
 
@@ -38,28 +35,15 @@ confidence_level = _number(float, lambda v: 0.5 <= v < 1.0, "a number in [0.5, 1
 
 def add_calibration_args(parser: argparse.ArgumentParser) -> None:
     from ..calibration import THRESHOLD_MODES
-
-    parser.add_argument(
-        "--thresholds",
-        choices=THRESHOLD_MODES,
-        default="auto",
-        help="one threshold for every exit, one per early exit, or whichever spends fewer MACs",
-    )
-    parser.add_argument(
-        "--no-logit-adjustment", action="store_true", help="keep tau = 0 (no post-hoc logit adjustment)"
-    )
-    parser.add_argument(
-        "--shared-tau",
-        action="store_true",
-        help="one tau for every exit (the final exit's best) instead of each exit's own",
-    )
-    parser.add_argument(
-        "--drop-confidence",
-        type=confidence_level,
-        default=0.95,
-        help="the held-out drop's one-sided upper confidence bound at this level must be within "
-        "the allowed drop (0.5: its point estimate)",
-    )
+    parser.add_argument("--thresholds", choices=THRESHOLD_MODES, default="auto",
+                        help="one threshold for every exit, one per early exit, or whichever spends fewer MACs")
+    parser.add_argument("--no-logit-adjustment", action="store_true",
+                        help="keep tau = 0 (no post-hoc logit adjustment)")
+    parser.add_argument("--shared-tau", action="store_true",
+                        help="one tau for every exit (the final exit's best) instead of each exit's own")
+    parser.add_argument("--drop-confidence", type=confidence_level, default=0.95,
+                        help="the held-out drop's one-sided upper confidence bound at this level must be within "
+                             "the allowed drop (0.5: its point estimate)")
 
 
 def add_second_stage_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -93,26 +77,15 @@ def run_job(out: Path, build, resume: bool, describe) -> int:
 def run_second_stage(job_class, config, args, what: str, describe) -> int:
     """A second-stage job (`fit-exits`, `rebalance`) of args.checkpoint into args.out."""
     out = args.out or Path("runs") / f"{args.checkpoint.resolve().parent.name}-{what}"
-    return run_job(
-        out,
-        lambda: job_class(args.checkpoint, config, out, args.data_dir, resolve_device(args.device)),
-        args.resume,
-        describe,
-    )
+    return run_job(out, lambda: job_class(args.checkpoint, config, out, args.data_dir, resolve_device(args.device)),
+                   args.resume, describe)
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="folder holding cifar-10-batches-py/ (or that folder itself)",
-    )
-    parser.add_argument(
-        "--download",
-        action="store_true",
-        help="download CIFAR-10 (official archive, MD5-checked) into --data-dir if it is not there",
-    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="folder holding cifar-10-batches-py/ (or that folder itself)")
+    parser.add_argument("--download", action="store_true",
+                        help="download CIFAR-10 (official archive, MD5-checked) into --data-dir if it is not there")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to compute")
 
 

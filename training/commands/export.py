@@ -1,5 +1,4 @@
 """`export`: a checkpoint -> models/NAME (one ONNX graph per exit stage + manifest.json)."""
-
 from __future__ import annotations
 
 import json
@@ -18,37 +17,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of a run")
     parser.add_argument("--out", type=Path, required=True, help="model directory to create, e.g. models/NAME")
     parser.add_argument("--name", default=None, help="model name in the manifest (default: the --out folder name)")
-    parser.add_argument(
-        "--threshold",
-        type=unit_interval,
-        default=None,
-        help="default inference threshold written to the manifest (default: the variant's)",
-    )
-    parser.add_argument(
-        "--parity-images",
-        type=positive_int,
-        default=1000,
-        help="real test images on which ONNX Runtime must match PyTorch within 1e-4",
-    )
-    parser.add_argument(
-        "--calibrate-drop",
-        type=non_negative,
-        default=None,
-        help="pick tau and the default threshold with `calibrate` (this many accuracy points "
-        "of drop allowed, on held-out training images) instead of the variant's",
-    )
+    parser.add_argument("--threshold", type=unit_interval, default=None,
+                        help="default inference threshold written to the manifest (default: the variant's)")
+    parser.add_argument("--parity-images", type=positive_int, default=1000,
+                        help="real test images on which ONNX Runtime must match PyTorch within 1e-4")
+    parser.add_argument("--calibrate-drop", type=non_negative, default=None,
+                        help="pick tau and the default threshold with `calibrate` (this many accuracy points "
+                             "of drop allowed, on held-out training images) instead of the variant's")
     add_calibration_args(parser)
-    parser.add_argument(
-        "--trained-on",
-        default=None,
-        help="training machine for the manifest (default: from the checkpoint or its config.json)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="folder holding cifar-10-batches-py/ (test metrics and parity check)",
-    )
+    parser.add_argument("--trained-on", default=None,
+                        help="training machine for the manifest (default: from the checkpoint or its config.json)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="folder holding cifar-10-batches-py/ (test metrics and parity check)")
 
 
 def run(args) -> int:
@@ -63,32 +43,13 @@ def run(args) -> int:
         raise TrainingError("give --threshold or --calibrate-drop, not both")
     calibration = None
     if args.calibrate_drop is not None:
-        calibration = calibrate(
-            model,
-            heldout_split(args.data_dir, config.imbalance),
-            args.calibrate_drop,
-            state["class_counts"],
-            args.thresholds,
-            not args.no_logit_adjustment,
-            tau_mode="shared" if args.shared_tau else "per-exit",
-            confidence=args.drop_confidence,
-        )
-    manifest = export_model(
-        model,
-        variant,
-        config,
-        state,
-        test,
-        args.out,
-        args.name or args.out.name,
-        args.parity_images,
-        args.threshold,
-        calibration,
-    )
+        calibration = calibrate(model, heldout_split(args.data_dir, config.imbalance), args.calibrate_drop,
+                                state["class_counts"], args.thresholds, not args.no_logit_adjustment,
+                                tau_mode="shared" if args.shared_tau else "per-exit", confidence=args.drop_confidence)
+    manifest = export_model(model, variant, config, state, test, args.out, args.name or args.out.name,
+                            args.parity_images, args.threshold, calibration)
     m = manifest.metrics
-    print(
-        f"exported {variant.name} to {args.out}: {manifest.num_exits} stages, parity "
-        f"{manifest.provenance.parity_max_abs_diff:.1e}; test accuracy {m.overall:.2f}% at threshold "
-        f"{format_threshold(m.threshold)}, exits " + "/".join(f"{100 * d:.1f}" for d in m.exit_distribution) + "%"
-    )
+    print(f"exported {variant.name} to {args.out}: {manifest.num_exits} stages, parity "
+          f"{manifest.provenance.parity_max_abs_diff:.1e}; test accuracy {m.overall:.2f}% at threshold "
+          f"{format_threshold(m.threshold)}, exits " + "/".join(f"{100 * d:.1f}" for d in m.exit_distribution) + "%")
     return 0
