@@ -21,7 +21,9 @@ The supervisor, which never parses an upload:
 - starts a worker again when one dies (with back-off), and marks its live gauges dead;
 - watches every worker's heartbeat (liveness.py): a silent worker makes the server unready, one
   silent past `worker_timeout_seconds` is killed and replaced (a stopped or hung process would
-  otherwise keep receiving its share of new connections from the kernel);
+  otherwise keep receiving its share of new connections from the kernel). When the supervisor
+  itself went unscheduled past the heartbeat timeout (a paused VM, a stopped process group), every
+  silence includes that pause: no worker is judged until the timeout has passed again;
 - refuses to start beside another server on its port or metrics directory (instance.py);
 - on SIGTERM or SIGINT: `/readyz` 503 at once, SIGTERM to every worker (each drains as serving.py
   says, the workers closing their listeners together), and exit 0 once every
@@ -174,6 +176,7 @@ class Supervisor:
         self.events = self.ctx.Queue()
         self.closed = self.ctx.Value("i", 0)
         self.heartbeats = Heartbeats(self.ctx, self.workers)
+        self.judge_after = 0.0  # monotonic time before which no silence counts (after the supervisor's own pause)
         self.failures = [0] * self.workers  # deaths since the slot last served
         self.next_start = [0.0] * self.workers
         self.ended: dict[int, str] = {}  # slot -> how its last worker ended, until a new one starts
@@ -192,7 +195,7 @@ class Supervisor:
                 problems.append(f"worker {slot + 1} of {self.workers} {ended.get(slot, 'is starting')}")
                 continue
             silence = self.heartbeats.silence(slot)
-            if silence is not None and silence > self.settings.heartbeat_timeout_seconds:
+            if silence is not None and silence > self.settings.heartbeat_timeout_seconds and self.judging():
                 problems.append(f"worker {slot + 1} of {self.workers} has not answered for {silence:.1f} s")
             problems += [p for p in ready["problems"] if p not in problems]
             providers.update(ready["providers"])
@@ -200,6 +203,8 @@ class Supervisor:
 
     def hung(self) -> list[int]:
         """Slots whose serving worker has been silent past the worker timeout (about to be replaced)."""
+        if not self.judging():
+            return []
         with self.lock:
             serving = [w.slot for w in self.running.values() if w.readiness is not None]
         return [slot for slot in serving
@@ -274,9 +279,20 @@ class Supervisor:
             health.shutdown()
             health.server_close()
 
+    def judging(self) -> bool:
+        return time.monotonic() >= self.judge_after
+
     def supervise(self) -> int:
+        last = time.monotonic()
         while self.running or not self.draining:
             self.take_reports(timeout=0.1)
+            now = time.monotonic()
+            if now - last > self.settings.heartbeat_timeout_seconds:
+                log.warning("the supervisor was not scheduled for %.1f s (a paused machine or a stopped process "
+                            "group): judging no worker's silence for %.1f s", now - last,
+                            self.settings.heartbeat_timeout_seconds)
+                self.judge_after = now + self.settings.heartbeat_timeout_seconds
+            last = now
             if self.signals > self.forwarded:
                 self.forward_signal()
             for slot in self.hung():

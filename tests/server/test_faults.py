@@ -80,6 +80,30 @@ def test_a_stopped_worker_is_noticed_killed_and_replaced(cifar):
     assert "has not answered for" in r["log"] and "killing it" in r["log"]
 
 
+def test_a_paused_machine_kills_no_worker(cifar):
+    """The whole server stopped past the worker timeout (as a paused VM is) and continued, the
+    supervisor first: every worker's silence includes the supervisor's own pause, so none is
+    killed, and the server answers at once."""
+    server = RunningServer("--workers", "2", env={"ELF_HEARTBEAT_TIMEOUT_SECONDS": "1",
+                                                  "ELF_WORKER_TIMEOUT_SECONDS": "2"})
+    try:
+        workers = workers_of(server)
+        for p in (server.proc, *workers):
+            os.kill(p.pid, signal.SIGSTOP)
+        time.sleep(4)
+        os.kill(server.proc.pid, signal.SIGCONT)
+        time.sleep(0.3)  # the supervisor looks before the workers beat again
+        for p in workers:
+            os.kill(p.pid, signal.SIGCONT)
+        time.sleep(2.5)
+        assert sorted(p.pid for p in workers_of(server)) == sorted(p.pid for p in workers)
+        assert httpx.post(server.url + "/classify", files={"file": ("x.png", png(cifar[1].images[0]))}).status_code == 200
+        assert httpx.get(server.health_url + "/readyz").status_code == 200
+        assert "not scheduled for" in server.log.read_text() and "killing it" not in server.log.read_text()
+    finally:
+        server.stop()
+
+
 def test_healthz_fails_while_a_worker_is_silent_past_the_timeout():
     """The health port of a supervisor whose one worker serves, then stops beating: /readyz fails
     past the heartbeat timeout, /healthz past the worker timeout (the liveness probe's cue when
