@@ -144,7 +144,8 @@ def test_a_second_server_on_the_port_is_refused_and_the_first_keeps_its_metrics(
         for env in ({}, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}):  # its own metrics directory, or the first's
             t0 = time.monotonic()
             second = subprocess.run([sys.executable, "-m", "server", "--port", str(first.port), "--health-port",
-                                     str(free_port()), "--model-repository", str(MODELS)],
+                                     str(free_port()), "--grpc-port", str(free_port()), "--model-repository",
+                                     str(MODELS)],
                                     capture_output=True, text=True, cwd=REPO, timeout=15,
                                     env={**os.environ, **env})
             assert second.returncode == 2 and time.monotonic() - t0 < 15
@@ -167,7 +168,7 @@ def test_hot_restart_starts_beside_and_takes_over(cifar):
         assert httpx.post(second.url + "/classify", files={"file": ("x.png", data)}).status_code == 200
         # The claim passed to the second: a third is refused.
         third = subprocess.run([sys.executable, "-m", "server", "--port", str(first.port), "--health-port",
-                                str(free_port()), "--model-repository", str(MODELS)],
+                                str(free_port()), "--grpc-port", str(free_port()), "--model-repository", str(MODELS)],
                                capture_output=True, text=True, cwd=REPO, timeout=30)
         assert third.returncode == 2 and f"pid {second.proc.pid}" in third.stderr, third.stderr
     finally:
@@ -180,7 +181,8 @@ def test_hot_restart_starts_beside_and_takes_over(cifar):
                                             ("/proc/elf-metrics", "No such file or directory")])
 def test_an_unusable_metrics_directory_is_one_line_and_exit_2(folder, reason):
     r = subprocess.run([sys.executable, "-m", "server", "--port", str(free_port()), "--health-port",
-                        str(free_port()), "--model-repository", str(MODELS)], capture_output=True, text=True,
+                        str(free_port()), "--grpc-port", str(free_port()), "--model-repository", str(MODELS)],
+                       capture_output=True, text=True,
                        cwd=REPO, timeout=60, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder})
     assert r.returncode == 2 and r.stderr == f"error: metrics directory {folder}: {reason}\n", r.stderr
 

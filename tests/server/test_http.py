@@ -227,7 +227,8 @@ def test_32_concurrent_clients_for_20_seconds(server, cifar):
 
 
 def start_and_fail(*args):
-    return subprocess.run([sys.executable, "-m", "server", "--port", "0", "--health-port", "0", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "server", "--port", "0", "--health-port", "0", "--grpc-port", "0",
+                           *map(str, args)],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
 
 
