@@ -152,14 +152,13 @@ class Server:
     def start(self, model_dir: Path, max_batch: int) -> None:
         raise NotImplementedError
 
-    def _popen(self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    def _popen(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.log = self.workdir / f"{self.name.split()[0].lower()}.log"
         self.proc = subprocess.Popen(
             args,
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
-            cwd=cwd,
             start_new_session=True,
         )
 

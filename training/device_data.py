@@ -109,7 +109,7 @@ class DeviceBatches:
         equally likely (class-balanced sampling, rebalance.py); otherwise a permutation."""
         self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous().to(device)
         self.labels = torch.from_numpy(split.labels).to(device)
-        self.device, self.batch_size, self.augmentation = device, batch_size, augmentation
+        self.device, self.batch_size = device, batch_size
         self.parts = augmentation_parts(augmentation)
         self.sample_weights = None
         if balanced:
