@@ -21,11 +21,12 @@ from . import metrics as m
 from .admission import Admission, Overloaded
 from .config import Settings, machine_cpus
 from .engine import StagedModel, load_repository
+from .errors import ApiError, error_answer, error_response
+from .fast_path import FastPath
 from .images import DecodePool, ImageError
-from .inference_protocol import ProtocolError, model_version
-from .middleware import ObserveMiddleware, error_response
+from .middleware import ObserveMiddleware
 from .openapi import document_limits
-from .routes import ApiError, router
+from .routes import router
 from .service import ModelService
 from .v2_grpc import create_server as create_grpc_server
 from .v2_http import package_version
@@ -70,28 +71,13 @@ async def lifespan(app: FastAPI):
 
 
 def register_error_handlers(app: FastAPI) -> None:
-    """Every error is a JSON `{"error", "status"}` body; bad input is a 4xx, never a 500."""
+    """Every error is a JSON `{"error", "status"}` body (errors.py); bad input is a 4xx, never a 500."""
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
-        return error_response(exc.status, exc.message, exc.headers)
+    async def _known_error(request: Request, exc: Exception):
+        return error_answer(exc, request.app.state.admission)
 
-    @app.exception_handler(ProtocolError)
-    async def _protocol_error(request: Request, exc: ProtocolError):
-        return error_response(exc.status, exc.message)
-
-    @app.exception_handler(ImageError)
-    async def _image_error(request: Request, exc: ImageError):
-        return error_response(exc.status, str(exc))
-
-    @app.exception_handler(Overloaded)
-    async def _overloaded(request: Request, exc: Overloaded):
-        retry = request.app.state.admission.retry_after_s()
-        return error_response(503, str(exc), {"Retry-After": str(retry)})
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):  # unknown route, 405...
-        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    for known in (ApiError, ImageError, Overloaded, StarletteHTTPException):  # ProtocolError is an ApiError
+        app.add_exception_handler(known, _known_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -154,11 +140,12 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None,
     state.decoder = DecodePool(decode_workers(settings), settings.max_upload_bytes, settings.max_image_pixels,
                                settings.decode_budget_pixels or settings.max_image_pixels)
     register_error_handlers(app)
+    app.add_middleware(FastPath, state=state)  # inside ObserveMiddleware: added first
     app.add_middleware(ObserveMiddleware, state=state)
     app.include_router(router)
     app.include_router(v2_router)
     add_offline_docs(app)
-    document_limits(app, settings, list(models), [model_version(s) for s in state.services.values()])
+    document_limits(app, settings, list(models), [s.version for s in state.services.values()])
     return app
 
 

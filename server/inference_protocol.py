@@ -13,16 +13,14 @@ It answers `class_id` (`INT64` `[N]`), `confidence` (`FP32` `[N]`) and `exit` (`
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import io
 import math
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from .errors import ApiError
 from .images import SIZE, ImageError
 from .routes import lookup_service, readiness
 from .service import ImageResult, ModelService
@@ -41,12 +39,8 @@ DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np
           "FP32": np.float32, "FP64": np.float64}
 
 
-class ProtocolError(Exception):
+class ProtocolError(ApiError):
     """A request the protocol refuses; `status` is the HTTP status (gRPC maps it)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 @dataclass
@@ -63,19 +57,8 @@ def server_metadata(version: str) -> dict:
     return {"name": SERVER_NAME, "version": version, "extensions": EXTENSIONS}
 
 
-def model_version(service: ModelService) -> str:
-    """The model's version: the first 12 hex digits of its manifest's SHA-256 (the manifest pins every
-    stage graph's hash, so a different model is a different version)."""
-    return _manifest_digest(service.model.dir / "manifest.json")
-
-
-@functools.cache
-def _manifest_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
 def model_metadata(service: ModelService) -> dict:
-    return {"name": service.name, "versions": [model_version(service)], "platform": PLATFORM,
+    return {"name": service.name, "versions": [service.version], "platform": PLATFORM,
             "inputs": [{"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
                        {"name": PIXELS, "datatype": "UINT8", "shape": [-1, *PIXEL_SHAPE]}],
             "outputs": [{"name": name, "datatype": dtype, "shape": [-1]} for name, (dtype, _, _) in OUTPUTS.items()]}
@@ -87,9 +70,9 @@ def find_service(state, name: str | None, version: str | None) -> ModelService:
         service = lookup_service(state, name)
     except KeyError as exc:
         raise ProtocolError(404, exc.args[0]) from None
-    if version and version != model_version(service):
+    if version and version != service.version:
         raise ProtocolError(404, f"model {service.name!r} has no version {version!r}; "
-                                 f"it has {model_version(service)!r}")
+                                 f"it has {service.version!r}")
     return service
 
 

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 
 from . import metrics as m
 from .admission import Overloaded
+from .errors import error_response
 
 ENDPOINTS = frozenset({"/classify", "/classify/batch", "/models", "/healthz", "/readyz", "/metrics",
                        "/v2", "/v2/health/live", "/v2/health/ready"})
@@ -46,11 +47,6 @@ def endpoint_label(path: str) -> str:
 def upload_limit(settings) -> int:
     """The largest Content-Length an inference request may declare (a full batch, plus its multipart framing)."""
     return settings.max_upload_bytes * settings.max_batch_files + 1024 * 1024
-
-
-def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    """Every error the server answers: `{"error", "status"}` (also what app.py's handlers send)."""
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 class UploadAborted(HTTPException):

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from .config import Settings
+from .v2_http import described
 
 
 def _body_schema(schema: dict, path: str) -> dict:
@@ -30,7 +31,7 @@ def document_limits(app: FastAPI, settings: Settings, model_names: list[str], ve
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
+                                 routes=[*app.routes, *described.routes])
             file = _body_schema(schema, "/classify")["properties"]["file"]
             file.update(minLength=1, maxLength=settings.max_upload_bytes)
             files = _body_schema(schema, "/classify/batch")["properties"]["files"]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import metrics as m
+from .errors import ApiError
 from .images import ImageError
 from .schemas import BatchClassification, BatchItem, Classification, Health, Readiness, errors
 from .service import ModelService
@@ -28,12 +29,6 @@ ThresholdField = Annotated[float | None, Form(ge=0, le=1, description="exit thre
                                               "model's calibrated thresholds)")]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
-
-
 def lookup_service(state, name: str | None) -> ModelService:
     """The model named (none: the default), or KeyError saying which exist (every protocol's 404)."""
     name = name or state.settings.default_model
@@ -42,9 +37,9 @@ def lookup_service(state, name: str | None) -> ModelService:
     return state.services[name]
 
 
-def get_service(request: Request, name: str | None) -> ModelService:
+def get_service(state, name: str | None) -> ModelService:
     try:
-        return lookup_service(request.app.state, name)
+        return lookup_service(state, name)
     except KeyError as exc:
         raise ApiError(404, exc.args[0]) from None
 
@@ -55,16 +50,21 @@ def answer(service: ModelService, r, t0: float) -> Classification:
                           latency_ms=1000 * (time.perf_counter() - t0), model=service.name)
 
 
+async def classify_upload(state, file: BinaryIO, model: str | None, threshold: float | None,
+                          t0: float) -> Classification:
+    """One uploaded image classified (this route's, and the fast path's plain uploads)."""
+    service = get_service(state, model)
+    image = await state.decoder.decode(file)
+    (result,) = await service.classify([image], threshold)
+    return answer(service, result, t0)
+
+
 @router.post("/classify", response_model=Classification, responses=errors(400, 404, 408, 413, 415, 422, 503))
 async def classify(request: Request,
                    file: Annotated[UploadFile, File(description="the image (PNG, JPEG, BMP, WebP, GIF...)")],
                    model: ModelField = None, threshold: ThresholdField = None):
     """Classify one image; stops at the first exit whose confidence reaches the threshold."""
-    t0 = time.perf_counter()
-    service = get_service(request, model)
-    image = await request.app.state.decoder.decode(file.file)
-    (result,) = await service.classify([image], threshold)
-    return answer(service, result, t0)
+    return await classify_upload(request.app.state, file.file, model, threshold, time.perf_counter())
 
 
 @router.post("/classify/batch", response_model=BatchClassification, responses=errors(400, 404, 408, 413, 415, 422, 503))
@@ -76,7 +76,7 @@ async def classify_batch(request: Request,
     image gets its own error in the answer; when no file is valid the request fails as /classify would."""
     t0 = time.perf_counter()
     state = request.app.state
-    service = get_service(request, model)
+    service = get_service(state, model)
     if len(files) > state.settings.max_batch_files:
         raise ApiError(422, f"too many files: {len(files)} > limit of {state.settings.max_batch_files}")
     # The middleware admitted this request as one image; hold the others too until answered.

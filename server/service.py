@@ -9,6 +9,7 @@ chunk, and is dropped (`elf_shadow_dropped_total`) when requests are waiting or 
 from __future__ import annotations
 
 import collections
+import hashlib
 import threading
 from dataclasses import dataclass
 
@@ -34,6 +35,9 @@ class ModelService:
         self.model = model
         man = model.manifest
         self.name = model.dir.name
+        # The model's version: its manifest's SHA-256, 12 hex digits (the manifest pins every stage
+        # graph's hash, so a different model is a different version).
+        self.version = hashlib.sha256((model.dir / "manifest.json").read_bytes()).hexdigest()[:12]
         self.class_names = man.class_names
         self.exits_total = man.num_exits
         self.default_threshold = man.thresholds.inference  # one number, or one per early exit
@@ -46,11 +50,15 @@ class ModelService:
         self._shadows: collections.deque[ShadowJob] = collections.deque()
         self._shadowed = 0  # images in self._shadows
         self._shadow_lock = threading.Lock()  # the worker thread and the event loop both touch them
-        # Pre-declare every label value so dashboards see zeros, not gaps.
-        for k in range(1, self.exits_total + 1):
-            m.EXITS.labels(self.name, str(k))
-            m.STAGE_LATENCY.labels(self.name, str(k))
-            m.STAGE_BATCH.labels(self.name, str(k))
+        # Every label value declared now (dashboards see zeros, not gaps), and each exit's and stage's
+        # metrics kept at hand: a batch reports each image, and looking them up again cost measurably.
+        exits = [str(k) for k in range(1, self.exits_total + 1)]
+        self._exits = [m.EXITS.labels(self.name, k) for k in exits]
+        self._stage_latency = [m.STAGE_LATENCY.labels(self.name, k) for k in exits]
+        self._stage_batch = [m.STAGE_BATCH.labels(self.name, k) for k in exits]
+        self._confidence = [m.EXIT_CONFIDENCE.labels(self.name, k) for k in exits]
+        self._depth = m.EXIT_DEPTH.labels(self.name)
+        self._macs, self._macs_full = m.MACS.labels(self.name), m.MACS_FULL.labels(self.name)
         offline = man.metrics.agreement  # per early exit, at the default threshold, on the test set
         for k in range(1, self.exits_total):
             for agree in ("true", "false"):
@@ -61,8 +69,6 @@ class ModelService:
                 level = max(0.0, offline[k - 1] - settings.agreement_alert_margin) if known else 0.9
             m.AGREEMENT_ALERT_LEVEL.labels(self.name, str(k)).set(level)
         m.SHADOW_DROPPED.labels(self.name)
-        m.MACS.labels(self.name)
-        m.MACS_FULL.labels(self.name)
         m.PROVIDER.labels(self.name, model.provider).set(1)
         m.MODEL_INFO.labels(self.name, man.variant, man.format_version, str(man.imbalance),
                             str(self.exits_total), format_threshold(self.default_threshold)).set(1)
@@ -74,18 +80,18 @@ class ModelService:
         result = self.model.run(x, thresholds, shadow)
         if result.shadows:
             self._queue_shadows(result.shadows)
-        for k, stage in enumerate(result.stages, start=1):
-            m.STAGE_LATENCY.labels(self.name, str(k)).observe(stage.seconds)
-            m.STAGE_BATCH.labels(self.name, str(k)).observe(stage.batch_size)
+        for k, stage in enumerate(result.stages):
+            self._stage_latency[k].observe(stage.seconds)
+            self._stage_batch[k].observe(stage.batch_size)
         counts = np.bincount(result.exit, minlength=self.exits_total + 1)[1:]
-        for k, count in enumerate(counts, start=1):
+        for k, count in enumerate(counts):
             if count:
-                m.EXITS.labels(self.name, str(k)).inc(int(count))
-        for e, conf in zip(result.exit, result.confidence):
-            m.EXIT_DEPTH.labels(self.name).observe(int(e))
-            m.EXIT_CONFIDENCE.labels(self.name, str(int(e))).observe(float(conf))
-        m.MACS.labels(self.name).inc(float(self._cumulative[result.exit - 1].sum()))
-        m.MACS_FULL.labels(self.name).inc(float(self._cumulative[-1] * len(x)))
+                self._exits[k].inc(int(count))
+        for e, conf in zip(result.exit.tolist(), result.confidence.tolist()):
+            self._depth.observe(e)
+            self._confidence[e - 1].observe(conf)
+        self._macs.inc(float(self._cumulative[result.exit - 1].sum()))
+        self._macs_full.inc(float(self._cumulative[-1] * len(x)))
         return [ImageResult(int(c), float(p), int(e))
                 for c, p, e in zip(result.class_id, result.confidence, result.exit)]
 

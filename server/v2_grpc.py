@@ -118,7 +118,7 @@ class InferenceServicer:
             outputs = await oip.infer(state.decoder, service, kind, images, threshold, names)
         finally:
             state.admission.release(len(images))
-        response = message("ModelInferResponse")(model_name=service.name, model_version=oip.model_version(service),
+        response = message("ModelInferResponse")(model_name=service.name, model_version=service.version,
                                                   id=request.id)
         for t in outputs:
             response.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)

@@ -107,15 +107,20 @@ INFER_BODY = {"openapi_extra": {"requestBody": {"required": True, "content": {
                                  "each tensor's bytes"}}}}}}
 
 
-@router.post("/models/{model}/infer", summary="Inference", responses=INFER_ERRORS, **INFER_BODY)
-async def model_infer(request: Request, model: str):
-    return await infer_answer(request, model, None)
+# The infer routes are served by fast_path.py, ahead of FastAPI; this router only describes them in
+# the OpenAPI document (app.py's document_limits adds it), next to the other routes.
+described = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 
 
-@router.post("/models/{model}/versions/{model_version}/infer", summary="Inference (a version)",
-             responses=INFER_ERRORS, **INFER_BODY)
-async def model_version_infer(request: Request, model: str, model_version: str):
-    return await infer_answer(request, model, model_version)
+@described.post("/models/{model}/infer", summary="Inference", responses=INFER_ERRORS, **INFER_BODY)
+async def model_infer(model: str):
+    """Described only (fast_path.py serves it)."""
+
+
+@described.post("/models/{model}/versions/{model_version}/infer", summary="Inference (a version)",
+                responses=INFER_ERRORS, **INFER_BODY)
+async def model_version_infer(model: str, model_version: str):
+    """Described only (fast_path.py serves it)."""
 
 
 def mapping(value, what: str) -> dict:
@@ -127,10 +132,12 @@ def mapping(value, what: str) -> dict:
     return value
 
 
-async def infer_answer(request: Request, model: str, model_version: str | None) -> Response:
-    state = request.app.state
-    service = service_of(request, model, model_version)
-    header, inputs = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+async def infer_answer(state, request_state: dict, model: str, model_version: str | None, body: bytes,
+                       header_length: str | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """One infer request: its answer's body and headers. `request_state` counts the images the
+    request holds in admission (the middleware admitted it as one)."""
+    service = oip.find_service(state, model, model_version)
+    header, inputs = parse_request(body, header_length)
     kind, images = oip.request_images(inputs, state.settings.max_batch_files)
     parameters = mapping(header.get("parameters"), "'parameters'")
     threshold = oip.threshold_parameter(parameters)
@@ -142,11 +149,10 @@ async def infer_answer(request: Request, model: str, model_version: str | None) 
               if mapping(o.get("parameters"), f"output {o['name']!r}: 'parameters'").get("binary_data") is True}
     if parameters.get("binary_data_output") is True:
         binary = set(names)
-    # The middleware admitted this request as one image; hold the others too until answered.
     state.admission.reserve(len(images) - 1)
-    request.state.images += len(images) - 1
+    request_state["images"] += len(images) - 1
     outputs = await oip.infer(state.decoder, service, kind, images, threshold, names)
-    return encode_response(service.name, oip.model_version(service), header.get("id"), outputs, binary)
+    return encode_response(service.name, service.version, header.get("id"), outputs, binary)
 
 
 def parse_request(body: bytes, header_length: str | None) -> tuple[dict, list[oip.Tensor]]:
@@ -186,8 +192,8 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, list[oi
 
 
 def encode_response(model: str, model_version: str, request_id, outputs: list[oip.Tensor],
-                    binary: set[str]) -> Response:
-    """The infer response: JSON, or the JSON header and the binary outputs after it."""
+                    binary: set[str]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The infer response (body, headers): JSON, or the JSON header and the binary outputs after it."""
     described, chunks = [], []
     for t in outputs:
         entry = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
@@ -203,6 +209,6 @@ def encode_response(model: str, model_version: str, request_id, outputs: list[oi
         body["id"] = request_id
     head = json.dumps(body).encode()
     if not chunks:
-        return Response(head, media_type="application/json")
-    return Response(b"".join([head, *chunks]), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(head))})
+        return head, [(b"content-type", b"application/json")]
+    return b"".join([head, *chunks]), [(b"content-type", b"application/octet-stream"),
+                                       (HEADER_LENGTH.encode(), str(len(head)).encode())]
