@@ -19,7 +19,6 @@ Errors are answered through errors.py, as FastAPI's handlers answer them.
 """
 from __future__ import annotations
 
-import io
 import re
 import time
 
@@ -79,7 +78,7 @@ class FastPath:
         if form is None:
             return None
         threshold = form.get("threshold")
-        answer = await classify_upload(self.state, io.BytesIO(form["file"]), form.get("model"),
+        answer = await classify_upload(self.state, form["file"], form.get("model"),
                                        None if threshold is None else float(threshold), t0)
         return answer.model_dump_json().encode(), JSON_HEADERS
 

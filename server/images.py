@@ -29,6 +29,11 @@ from PIL import Image, UnidentifiedImageError
 
 SIZE = (32, 32)
 DRAFT_SIZE = (128, 128)
+# An upload in memory of at most SMALL_BYTES that opens as at most SMALL_PIXELS pixels decodes on the
+# event loop: a CIFAR-sized PNG takes ~0.12 ms there, less than the CPU a hand-off to a decoding
+# thread and back costs (~0.16 ms a request, measured: 0.31 against 0.15 ms of CPU an image).
+SMALL_BYTES = 64 * 1024
+SMALL_PIXELS = 64 * 64
 
 
 class ImageError(ValueError):
@@ -60,7 +65,10 @@ class PixelBudget:
             self._cond.notify_all()
 
 
-def decode_image(data: bytes, max_bytes: int, max_pixels: int, budget: PixelBudget | None = None) -> np.ndarray:
+def decode_image(data: bytes, max_bytes: int, max_pixels: int, budget: PixelBudget | None = None,
+                 small_only: bool = False) -> np.ndarray | None:
+    """The image as 32x32 RGB uint8, or ImageError. `small_only`: None, undecoded, for an image of
+    more than SMALL_PIXELS pixels."""
     if not data:
         raise ImageError(400, "empty file: the upload has zero bytes")
     if len(data) > max_bytes:
@@ -74,13 +82,16 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, budget: PixelBudg
             if width * height > max_pixels:
                 raise ImageError(413, f"image too large: {width}x{height} = {width * height} pixels > "
                                       f"limit of {max_pixels} (decompression bomb?)")
+            if small_only and width * height > SMALL_PIXELS:
+                return None
             if image.format == "JPEG" and (width > DRAFT_SIZE[0] or height > DRAFT_SIZE[1]):
                 image.draft("RGB", DRAFT_SIZE)
                 width, height = image.size
             if budget is not None:
                 taken = budget.acquire(width * height)
             image.load()
-            image = image.convert("RGB")
+            if image.mode != "RGB":
+                image = image.convert("RGB")
             if image.size != SIZE:
                 image = image.resize(SIZE, Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
@@ -98,8 +109,9 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, budget: PixelBudg
 
 
 class DecodePool:
-    """A few decoding threads (one per CPU) under one pixel budget. Uploads are read from their
-    (spooled) file inside the pool too, so at most `workers` uploads are held as bytes at once."""
+    """A few decoding threads (one per CPU) under one pixel budget, and small uploads decoded on the
+    event loop. Spooled uploads are read inside the pool too, so at most `workers` of them are held
+    as bytes at once."""
 
     def __init__(self, workers: int, max_bytes: int, max_pixels: int, budget_pixels: int):
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
@@ -108,10 +120,21 @@ class DecodePool:
 
     def _decode_file(self, file: BinaryIO) -> np.ndarray:
         file.seek(0)
-        return decode_image(file.read(self.max_bytes + 1), self.max_bytes, self.max_pixels, self.budget)
+        return self._decode(file.read(self.max_bytes + 1))
 
-    async def decode(self, file: BinaryIO) -> np.ndarray:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._decode_file, file)
+    def _decode(self, data: bytes) -> np.ndarray:
+        return decode_image(data, self.max_bytes, self.max_pixels, self.budget)
+
+    async def decode(self, upload: bytes | BinaryIO) -> np.ndarray:
+        """An upload's image: `upload` the bytes already in memory, or a (spooled) file."""
+        loop = asyncio.get_running_loop()
+        if not isinstance(upload, bytes):
+            return await loop.run_in_executor(self.executor, self._decode_file, upload)
+        if len(upload) <= SMALL_BYTES:
+            image = decode_image(upload, self.max_bytes, self.max_pixels, small_only=True)
+            if image is not None:
+                return image
+        return await loop.run_in_executor(self.executor, self._decode, upload)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)

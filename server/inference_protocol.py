@@ -13,7 +13,6 @@ It answers `class_id` (`INT64` `[N]`), `confidence` (`FP32` `[N]`) and `exit` (`
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 import struct
 from dataclasses import dataclass
@@ -198,7 +197,7 @@ async def infer(decoder, service: ModelService, kind: str, images: list, thresho
     """Decode (encoded images) and classify; one bad image fails the request (the protocol has no
     per-element errors), with the status /classify would answer for it."""
     if kind == IMAGE:  # decoded side by side in the decode pool, as /classify/batch's files
-        decoded = await asyncio.gather(*(decoder.decode(io.BytesIO(data)) for data in images), return_exceptions=True)
+        decoded = await asyncio.gather(*(decoder.decode(data) for data in images), return_exceptions=True)
         for k, image in enumerate(decoded):
             if isinstance(image, ImageError):
                 raise ProtocolError(image.status, f"input {IMAGE!r}, element {k}: {image}")

@@ -50,11 +50,11 @@ def answer(service: ModelService, r, t0: float) -> Classification:
                           latency_ms=1000 * (time.perf_counter() - t0), model=service.name)
 
 
-async def classify_upload(state, file: BinaryIO, model: str | None, threshold: float | None,
+async def classify_upload(state, upload: bytes | BinaryIO, model: str | None, threshold: float | None,
                           t0: float) -> Classification:
     """One uploaded image classified (this route's, and the fast path's plain uploads)."""
     service = get_service(state, model)
-    image = await state.decoder.decode(file)
+    image = await state.decoder.decode(upload)
     (result,) = await service.classify([image], threshold)
     return answer(service, result, t0)
 

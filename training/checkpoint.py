@@ -31,6 +31,23 @@ def save_checkpoint(state: dict, path: Path) -> None:
     _atomic(path, lambda f: torch.save(state, f))
 
 
+WEIGHTS_ONLY = "weights_only"
+# What only resumes training: the optimizer's state (the run's, and each second stage's record), and
+# rebalance's unfolded network (its `model` is the folded one that everything else reads).
+RESUME_ONLY = ("optimizer", "network")
+
+
+def weights_only(state: dict) -> dict:
+    """A finished run's checkpoint without what only resumes it. Evaluating, fitting, rebalancing,
+    calibrating and exporting read the rest, unchanged."""
+    slim = {k: v for k, v in state.items() if k not in RESUME_ONLY}
+    for key, record in state.items():
+        if isinstance(record, dict) and any(k in record for k in RESUME_ONLY):
+            slim[key] = {k: v for k, v in record.items() if k not in RESUME_ONLY}
+    slim[WEIGHTS_ONLY] = True
+    return slim
+
+
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
@@ -41,5 +58,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise TrainingError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
 
-def write_json(data, path: Path) -> None:
-    _atomic(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+def write_json(data, path: Path, compact: bool = False) -> None:
+    """Indented for files people read; `compact` for those tools read (a run's metrics, with every
+    epoch's record and the test set's per-image predictions, are less than half the size)."""
+    text = json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=2)
+    _atomic(path, lambda f: f.write((text + "\n").encode()))

@@ -17,6 +17,7 @@ from .commands import (
     grid,
     rebalance,
     report,
+    slim,
     status,
     train,
     variants,
@@ -35,6 +36,7 @@ COMMANDS = {
     "report": (report, "RESULTS.md and plots from run directories' metrics (the report's table beside ours)"),
     "calibrate": (calibrate, "pick the lowest-compute threshold within an accuracy drop on held-out training images"),
     "curve": (curve, "a model directory's accuracy-vs-MACs curve (plot and table) from its manifest"),
+    "slim": (slim, "completed runs' checkpoints down to their weights (nothing left to resume)"),
     "export": (export, "export a checkpoint as staged ONNX graphs + manifest.json into a model directory"),
 }
 # Known failures, reported as one line: the project's own, a model directory that cannot be read,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import rundir
-from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .checkpoint import WEIGHTS_ONLY, load_checkpoint, save_checkpoint, write_json
 from .errors import Diverged, Stopped, TrainingError
 from .evaluation import EarlyExitMetrics
 
@@ -86,7 +86,11 @@ def prepare(job: Job, resume: bool) -> None:
         if not resume:
             raise TrainingError(f"{out} already holds a checkpoint; pass --resume to continue it "
                                 "or choose another --out")
-        job.restore(load_checkpoint(ckpt))
+        state = load_checkpoint(ckpt)
+        if state.get(WEIGHTS_ONLY):
+            raise TrainingError(f"{out} holds a finished run's weights only (`slim`): nothing to resume; "
+                                "evaluate, fit or export it, or start a new run in another --out")
+        job.restore(state)
         # Epochs after the checkpoint will run again: keep the log to what the checkpoint holds.
         (out / rundir.LOG).write_text("".join(job.epoch_line(r) + "\n" for r in job.history)
                                       + f"# resumed from epoch {job.start_epoch}\n")
@@ -153,7 +157,7 @@ def run(job: Job, emit=print) -> EarlyExitMetrics:
             except Diverged as exc:
                 say(f"DIVERGED at epoch {exc.epoch}: {exc.reason}")
                 write_json(metrics_document(job, rundir.DIVERGED, diverged_at=exc.epoch, reason=exc.reason),
-                           out / rundir.METRICS)
+                           out / rundir.METRICS, compact=True)
                 raise
             record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0, **stats,
                       **(test.summary() if test is not None else {})}
@@ -167,7 +171,7 @@ def run(job: Job, emit=print) -> EarlyExitMetrics:
             if last or (epoch + 1) % every == 0 or stopping:
                 save_checkpoint(job.state(epoch + 1), out / rundir.CHECKPOINT)
             write_json(metrics_document(job, rundir.COMPLETED if last else rundir.RUNNING,
-                                        final=test if last else None), out / rundir.METRICS)
+                                        final=test if last else None), out / rundir.METRICS, compact=True)
             final = test if last else None
             if stopping:
                 raise Stopped(epoch + 1, stop[0])

@@ -136,6 +136,28 @@ def test_pixel_budget_bounds_what_decodes_at_once():
     budget.release(100)
 
 
+def test_small_uploads_decode_on_the_event_loop_and_the_others_in_the_pool(cifar):
+    """With its threads shut down, the pool still decodes a CIFAR-sized PNG held in memory (on the
+    loop, as the same picture), but not a 100x100 one of few bytes nor an upload from a file."""
+    import asyncio
+    pool = DecodePool(workers=1, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, budget_pixels=MAX_PIXELS)
+    pool.shutdown()
+    small = encode(Image.fromarray(cifar[1].images[7]), "PNG")
+    larger = encode(Image.new("RGB", (100, 100), (3, 4, 5)), "PNG")
+    assert len(larger) < len(small)  # it is the pixels that count, not the bytes
+
+    async def decode_each():
+        out = [await pool.decode(small)]
+        for upload in (larger, io.BytesIO(small)):
+            with pytest.raises(RuntimeError, match="after shutdown"):
+                await pool.decode(upload)
+        with pytest.raises(ImageError, match="empty file"):  # bad input answered there too
+            await pool.decode(b"")
+        return out
+    (image,) = asyncio.run(decode_each())
+    np.testing.assert_array_equal(image, cifar[1].images[7])
+
+
 def test_normalize_matches_training(cifar):
     torch = pytest.importorskip("torch")
     from training.augment import normalize_batch

@@ -79,6 +79,18 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     for plot in ("training_curves", "per_class_accuracy", "exit_distribution_by_split", "accuracy_vs_macs"):
         assert (tmp_path / "plots" / f"{plot}.png").stat().st_size > 1000
 
+    # A finished run's checkpoint gone (slimmed out of the repository): its sweep comes from the cache.
+    from training.commands.report import threshold_sweeps
+    from training.data import load_cifar10
+    cache = tmp_path / "plots" / "sweeps.json"
+    swept = json.loads(cache.read_text())
+    assert {"model1-if100-seed0", "erm-if100-seed0"} <= set(swept)
+    assert [row["threshold"] for row in swept["model1-if100-seed0"]["sweep"]][-1] == 1.0
+    (runs / "model1-if100-seed0" / "checkpoint.pt").unlink()
+    again = threshold_sweeps(collect_runs(runs), load_cifar10(data_dir)[1], cache)
+    assert again["model1-if100-seed0"] == swept["model1-if100-seed0"]
+    assert "model8-if100-seed0" not in again  # not completed
+
 
 def test_report_sets_fast_path_runs_beside_reference_runs(data_dir, tmp_path):
     runs = tmp_path / "runs"

@@ -36,27 +36,47 @@ def add_arguments(parser) -> None:
                         help="folder of second-stage models (their held-out calibrations are listed)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="writes RESULTS.md and plots/ here")
     parser.add_argument("--no-sweep", action="store_true",
-                        help="skip the threshold sweep (it evaluates each completed run's checkpoint)")
+                        help="skip the threshold sweep (it evaluates each completed run's checkpoint where the run "
+                             "has one, and takes the others' from plots/sweeps.json)")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                         help="folder holding cifar-10-batches-py/ (labels, threshold sweep)")
+
+
+SWEEPS = "sweeps.json"
+
+
+def threshold_sweeps(runs, test, cache: Path) -> dict[str, dict]:
+    """Each completed run's accuracy and MACs as the threshold sweeps SWEEP on the test set, from its
+    checkpoint where the run directory holds one, else from `cache` (the sweeps of earlier reports:
+    finished runs' checkpoints leave the repository; git history keeps them). Writes the cache."""
+    from ..checkpoint import write_json
+    from ..evaluation import exit_probabilities, threshold_sweep
+    from ..macs import exit_costs
+    from ..rundir import CHECKPOINT, checkpoint_model
+
+    cached = rundir.read_json(cache) if cache.is_file() else {}
+    sweeps = {}
+    for r in runs:
+        if r.status != rundir.COMPLETED:
+            continue
+        if (r.dir / CHECKPOINT).is_file():
+            model, _, config, _ = checkpoint_model(r.dir / CHECKPOINT)
+            probs = exit_probabilities(model, test, config.eval_batch_size)
+            rows = threshold_sweep(probs, test.labels, exit_costs(model), SWEEP)
+            sweeps[r.name] = {"sweep": [{"threshold": m.threshold, "overall": m.overall,
+                                         "mean_macs": m.mean_macs} for m in rows],
+                              "per_exit": r.metrics["final"]["per_exit"]}
+        elif r.name in cached:
+            sweeps[r.name] = cached[r.name]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_json({**cached, **sweeps}, cache, compact=True)
+    return sweeps
 
 
 def run(args) -> int:
     runs = collect_runs(args.runs)
     _, test = load_cifar10(args.data_dir)
-    sweeps = {}
-    if not args.no_sweep:
-        from ..evaluation import exit_probabilities, threshold_sweep
-        from ..macs import exit_costs
-        from ..rundir import CHECKPOINT, checkpoint_model
-        for r in runs:
-            if r.status == rundir.COMPLETED and (r.dir / CHECKPOINT).is_file():
-                model, _, config, _ = checkpoint_model(r.dir / CHECKPOINT)
-                probs = exit_probabilities(model, test, config.eval_batch_size)
-                rows = threshold_sweep(probs, test.labels, exit_costs(model), SWEEP)
-                sweeps[r.name] = {"sweep": [{"threshold": m.threshold, "overall": m.overall,
-                                             "mean_macs": m.mean_macs} for m in rows],
-                                  "per_exit": r.metrics["final"]["per_exit"]}
+    sweeps = {} if args.no_sweep else threshold_sweeps(runs, test, args.out / "plots" / SWEEPS)
     penalties = jpeg_penalties(runs)
     table, missing = results_table(runs, penalties=penalties)
     plots = plot_all(runs, test.labels, args.out / "plots", sweeps, penalties)

@@ -1,0 +1,57 @@
+"""`slim`: a completed run's checkpoint down to its weights; what reads weights reads it unchanged,
+and nothing resumes it."""
+import json
+
+import torch
+
+from training.cli import main
+
+from .smoke import SMOKE, smoke_flags
+
+TINY = ["--max-batches", "2", "--max-test-samples", "100", "--max-train-samples", "200"]
+
+
+def test_a_slimmed_run_evaluates_and_rebalances_as_before_and_is_not_resumed(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--variant", "hybrid-lt-mid", "--out", str(run), "--data-dir", str(data_dir), *SMOKE]) == 0
+    fit = tmp_path / "run-rebalance"
+    assert main(["rebalance", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(fit), "--epochs", "1",
+                 "--data-dir", str(data_dir), *TINY]) == 0
+    before = {}
+    for name, d in (("run", run), ("fit", fit)):
+        assert main(["evaluate", "--checkpoint", str(d / "checkpoint.pt"), "--data-dir", str(data_dir),
+                     "--json", str(tmp_path / f"{name}-before.json")]) == 0
+        before[name] = (d / "checkpoint.pt").stat().st_size
+
+    assert main(["slim", str(run), str(fit)]) == 0
+    for name, d in (("run", run), ("fit", fit)):
+        state = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False)
+        assert "optimizer" not in state and not any({"optimizer", "network"} & set(v)
+                                                    for v in state.values() if isinstance(v, dict))
+        assert (d / "checkpoint.pt").stat().st_size < 0.6 * before[name]
+        assert main(["evaluate", "--checkpoint", str(d / "checkpoint.pt"), "--data-dir", str(data_dir),
+                     "--json", str(tmp_path / f"{name}-after.json")]) == 0
+        assert json.loads((tmp_path / f"{name}-after.json").read_text()) == \
+               json.loads((tmp_path / f"{name}-before.json").read_text())
+    assert main(["rebalance", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path / "again"),
+                 "--epochs", "1", "--data-dir", str(data_dir), *TINY]) == 0
+
+    capsys.readouterr()
+    assert main(["train", "--variant", "hybrid-lt-mid", "--out", str(run), "--data-dir", str(data_dir), *SMOKE,
+                 "--resume"]) == 2
+    assert "weights only" in capsys.readouterr().err
+    assert main(["slim", str(run)]) == 0  # again: nothing left to take
+
+
+def test_only_completed_runs_are_slimmed(data_dir, tmp_path, capsys):
+    cut = tmp_path / "cut"
+    assert main(["train", "--variant", "model1", "--out", str(cut), "--data-dir", str(data_dir),
+                 *smoke_flags(epochs=2)]) == 0
+    doc = json.loads((cut / "metrics.json").read_text())
+    doc["status"] = "running"  # as a run cut off (no process holds it: stopped)
+    (cut / "metrics.json").write_text(json.dumps(doc))
+    size = (cut / "checkpoint.pt").stat().st_size
+    capsys.readouterr()
+    assert main(["slim", str(cut)]) == 2
+    assert "not completed: its checkpoint still resumes it" in capsys.readouterr().err
+    assert (cut / "checkpoint.pt").stat().st_size == size
