@@ -17,6 +17,7 @@ from tqdm import tqdm
 from modelrepo.manifest import sha256_file
 
 from . import runinfo
+from .checkpoint import WEIGHTS_ONLY
 from .config import epoch_seed
 from .errors import Diverged, TrainingError
 from .evaluation import EarlyExitMetrics, evaluate_model
@@ -122,9 +123,10 @@ class SecondStage:
                 "seed": self.config.seed, "parent": self.parent_record, "exit_costs": self.costs}
 
     def stage_state(self, epoch: int, model_state: dict, **record) -> dict:
-        """The checkpoint: the parent's records but its weights, `model_state`, and the stage's record."""
+        """The checkpoint: the parent's records but its weights (and whether they were slimmed),
+        `model_state`, and the stage's record."""
         parent = self.parent_state
-        return {**{k: parent[k] for k in parent if k not in ("model", "optimizer")},
+        return {**{k: parent[k] for k in parent if k not in ("model", "optimizer", WEIGHTS_ONLY)},
                 "model": model_state,
                 self.record_key: {"config": self.config.to_dict(), "epoch": epoch, "history": self.history,
                                   **record, "parent": self.parent_record,

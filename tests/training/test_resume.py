@@ -15,7 +15,7 @@ from training.engine import check_collapse
 from training.errors import Diverged
 from training.evaluation import early_exit_metrics
 
-from .smoke import kill_at_first_checkpoint, processes_of
+from .smoke import kill_at_first_checkpoint, processes_of, smoke_flags
 
 RUN = ["--variant", "model8", "--epochs", "3", "--checkpoint-every", "1", "--batch-size", "32",
        "--max-train-samples", "400", "--max-batches", "6", "--max-test-samples", "200", "--workers", "1"]
@@ -139,15 +139,19 @@ def test_collapsed_predictions_are_divergence():
 
 
 def test_old_rule_run_is_not_resumed_under_the_corrected_rule(data_dir, tmp_path, capsys):
-    import shutil
-
+    """A checkpoint whose variant record predates the per-exit losses (simulated loss at every exit)."""
     from training.cli import main
 
-    from ..conftest import REPO
-
     old = tmp_path / "model8-if100-seed0"
-    shutil.copytree(REPO / "results" / "retired-runs" / "model8-if100-seed0", old)
-    assert main(["train", "--variant", "model8", "--out", str(old), "--resume", "--data-dir", str(data_dir)]) == 2
+    assert main(["train", "--variant", "model8", "--out", str(old), "--data-dir", str(data_dir),
+                 *smoke_flags(epochs=2)]) == 0
+    state = torch.load(old / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state["variant"].pop("exit_losses")
+    state["variant"]["exit_loss"] = "simulated"
+    torch.save(state, old / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["train", "--variant", "model8", "--out", str(old), "--data-dir", str(data_dir),
+                 *smoke_flags(epochs=2), "--resume"]) == 2
     assert "old loss rule" in capsys.readouterr().err
 
 

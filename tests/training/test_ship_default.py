@@ -49,7 +49,7 @@ def test_ship_default_replaces_the_model_and_names_it_after_its_folder(tmp_path,
 
 def test_ship_default_skips_the_fits_for_exits_trained_jointly(tmp_path, data_dir):
     """A run of the product candidates (joint routing): no fit-exits, only rebalance, then export."""
-    run = REPO / "results" / "runs" / "hybrid-lt-if100-seed0"
+    run = REPO / "results" / "runs" / "hybrid-lt-mid-if100-seed0"  # the shipped model's parent
     fits, model = tmp_path / "fits", tmp_path / "models" / "default"
     env = {**os.environ, "CIFAR10_DIR": str(data_dir), "FITS": str(fits), "MODEL_OUT": str(model),
            "CURVE_OUT": str(tmp_path / "curve.png"), "FIT_FLAGS": "--max-batches 2 --max-test-samples 200",
@@ -59,5 +59,5 @@ def test_ship_default_skips_the_fits_for_exits_trained_jointly(tmp_path, data_di
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert sorted(p.name for p in fits.iterdir()) == [f"{run.name}-rebalance"]
     manifest = load_manifest(model)
-    assert manifest.variant == "hybrid-lt" and manifest.num_exits == 3
+    assert manifest.variant == "hybrid-lt-mid" and manifest.num_exits == 4
     assert manifest.provenance.rebalance.epochs == 10

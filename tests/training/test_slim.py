@@ -33,8 +33,11 @@ def test_a_slimmed_run_evaluates_and_rebalances_as_before_and_is_not_resumed(dat
                      "--json", str(tmp_path / f"{name}-after.json")]) == 0
         assert json.loads((tmp_path / f"{name}-after.json").read_text()) == \
                json.loads((tmp_path / f"{name}-before.json").read_text())
-    assert main(["rebalance", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path / "again"),
+    again = tmp_path / "again"  # a second stage of a slimmed run is a run of its own: resumable
+    assert main(["rebalance", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(again),
                  "--epochs", "1", "--data-dir", str(data_dir), *TINY]) == 0
+    state = torch.load(again / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert "weights_only" not in state and "optimizer" in state["rebalance"]
 
     capsys.readouterr()
     assert main(["train", "--variant", "hybrid-lt-mid", "--out", str(run), "--data-dir", str(data_dir), *SMOKE,
