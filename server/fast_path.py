@@ -10,11 +10,12 @@ the same libraries (python-multipart, json) and answered with one pre-built head
 
 What it answers:
 - every `infer` request (its parsing and errors are this server's own: v2_http.py);
-- each `/classify` upload in the form clients send: multipart/form-data, one `file` part with a
-  filename, at most one `model` and one `threshold` field, the threshold a plain decimal in [0, 1].
-  Any other `/classify` form (no file, a field twice or unknown, a threshold that needs validating,
-  malformed multipart, another content type) goes on to FastAPI's route with the body already
-  read, whose validation answers it exactly as before.
+- each `/classify` upload in the form clients send: multipart/form-data of a declared length of
+  at most IN_MEMORY_BYTES, one `file` part with a filename, at most one `model` and one `threshold`
+  field, the threshold a plain decimal in [0, 1]. Any other `/classify` request goes on to FastAPI's
+  route, whose validation answers it exactly as before: a larger or chunked body unread (Starlette
+  spools a large file to disk), any other form (no file, a field twice or unknown, a threshold that
+  needs validating, malformed multipart, another content type) with the body already read.
 Errors are answered through errors.py, as FastAPI's handlers answer them.
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .v2_http import HEADER_LENGTH, infer_answer
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 PLAIN_THRESHOLD = re.compile(r"\d+(?:\.\d*)?|\.\d+")
 FORM_FIELDS = ("file", "model", "threshold")
+IN_MEMORY_BYTES = 1024 * 1024  # as much of a file as Starlette's form parser holds before spooling it
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -46,6 +48,9 @@ class FastPath:
             return await self.app(scope, receive, send)
         path = scope["path"]
         if path == "/classify" and scope["method"] == "POST":
+            length = header(scope, b"content-length")
+            if length is None or not length.isdigit() or int(length) > IN_MEMORY_BYTES:
+                return await self.app(scope, receive, send)
             handler = self._classify
         elif path.startswith("/v2/models/") and (route := INFER_PATH.fullmatch(path)):
             if scope["method"] != "POST":

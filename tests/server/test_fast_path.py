@@ -73,6 +73,15 @@ def test_forms_fastapi_answers_get_the_fast_paths_answers(client, cifar):
         assert a["exit"] == (1 if plain == b"0" else a["exits_total"])
 
 
+def test_an_upload_larger_than_memory_holds_is_streamed_by_fastapi_and_classified(client):
+    import numpy as np
+    noise = png(np.random.default_rng(1).integers(0, 255, (800, 800, 3), dtype=np.uint8))
+    assert len(noise) > 1024 * 1024
+    r = client.post("/classify", files={"file": ("big.png", noise)})
+    assert r.status_code == 200, r.text
+    assert 0 <= r.json()["class_id"] < 10 and r.json()["exit"] >= 1
+
+
 def test_infer_routes_answer_other_methods_405_and_are_documented(client):
     r = client.get("/v2/models/default/infer")
     assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed", "status": 405}
@@ -82,13 +91,14 @@ def test_infer_routes_answer_other_methods_405_and_are_documented(client):
     assert "post" in paths["/v2/models/{model}/versions/{model_version}/infer"]
 
 
-def test_a_chunked_body_past_the_limit_is_413_and_the_connection_closed(cifar):
-    """A chunked body declares no length for the headers' check: the fast path counts as it reads."""
+def test_a_chunked_infer_body_past_the_limit_is_413_and_the_connection_closed(cifar):
+    """A chunked body declares no length for the headers' check: the fast path counts as it reads
+    (a chunked /classify goes to FastAPI, which spools it)."""
     server = RunningServer("--workers", "1", env={"ELF_MAX_UPLOAD_BYTES": "4096", "ELF_MAX_BATCH_FILES": "1"})
     try:
         limit = 4096 + 1024 * 1024
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-            s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: " + MULTIPART +
+            s.sendall(b"POST /v2/models/default/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                       b"\r\nTransfer-Encoding: chunked\r\n\r\n")
             # Just past the limit, then nothing: bytes the server has not read when it closes would
             # make its kernel reset the connection, and the answer could be lost. Small chunks, paced,
