@@ -194,7 +194,7 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, list[oi
 def encode_response(model: str, model_version: str, request_id, outputs: list[oip.Tensor],
                     binary: set[str]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The infer response (body, headers): JSON, or the JSON header and the binary outputs after it."""
-    described, chunks = [], []
+    entries, chunks = [], []
     for t in outputs:
         entry = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
         if t.name in binary:
@@ -203,8 +203,8 @@ def encode_response(model: str, model_version: str, request_id, outputs: list[oi
             chunks.append(raw)
         else:
             entry["data"] = t.data.tolist()
-        described.append(entry)
-    body = {"model_name": model, "model_version": model_version, "outputs": described}
+        entries.append(entry)
+    body = {"model_name": model, "model_version": model_version, "outputs": entries}
     if request_id is not None:
         body["id"] = request_id
     head = json.dumps(body).encode()
