@@ -196,7 +196,7 @@ async def infer(decoder, service: ModelService, kind: str, images: list, thresho
                 outputs: list[str]) -> list[Tensor]:
     """Decode (encoded images) and classify; one bad image fails the request (the protocol has no
     per-element errors), with the status /classify would answer for it."""
-    if kind == IMAGE:  # decoded side by side in the decode pool, as /classify/batch's files
+    if kind == IMAGE:  # decoded side by side (small ones on the loop), as /classify/batch's files
         decoded = await asyncio.gather(*(decoder.decode(data) for data in images), return_exceptions=True)
         for k, image in enumerate(decoded):
             if isinstance(image, ImageError):

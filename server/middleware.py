@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 
 from . import metrics as m
 from .admission import Overloaded
-from .errors import error_response
+from .errors import error_answer, error_response
 
 ENDPOINTS = frozenset({"/classify", "/classify/batch", "/models", "/healthz", "/readyz", "/metrics",
                        "/v2", "/v2/health/live", "/v2/health/ready"})
@@ -135,5 +135,5 @@ class ObserveMiddleware:
         try:
             self.state.admission.check()
         except Overloaded as exc:
-            return error_response(503, str(exc), {"Retry-After": str(self.state.admission.retry_after_s())})
+            return error_answer(exc, self.state.admission)
         return None

@@ -85,10 +85,10 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     cache = tmp_path / "plots" / "sweeps.json"
     swept = json.loads(cache.read_text())
     assert {"model1-if100-seed0", "erm-if100-seed0"} <= set(swept)
-    assert [row["threshold"] for row in swept["model1-if100-seed0"]["sweep"]][-1] == 1.0
+    assert [row["threshold"] for row in swept["model1-if100-seed0"]][-1] == 1.0
     (runs / "model1-if100-seed0" / "checkpoint.pt").unlink()
     again = threshold_sweeps(collect_runs(runs), load_cifar10(data_dir)[1], cache)
-    assert again["model1-if100-seed0"] == swept["model1-if100-seed0"]
+    assert again["model1-if100-seed0"]["sweep"] == swept["model1-if100-seed0"]
     assert "model8-if100-seed0" not in again  # not completed
 
 

@@ -55,21 +55,22 @@ def threshold_sweeps(runs, test, cache: Path) -> dict[str, dict]:
     from ..rundir import CHECKPOINT, checkpoint_model
 
     cached = rundir.read_json(cache) if cache.is_file() else {}
-    sweeps = {}
+    rows = {}  # run name -> the sweep's rows
     for r in runs:
         if r.status != rundir.COMPLETED:
             continue
         if (r.dir / CHECKPOINT).is_file():
             model, _, config, _ = checkpoint_model(r.dir / CHECKPOINT)
             probs = exit_probabilities(model, test, config.eval_batch_size)
-            rows = threshold_sweep(probs, test.labels, exit_costs(model), SWEEP)
-            sweeps[r.name] = {"sweep": [{"threshold": m.threshold, "overall": m.overall,
-                                         "mean_macs": m.mean_macs} for m in rows],
-                              "per_exit": r.metrics["final"]["per_exit"]}
+            rows[r.name] = [{"threshold": m.threshold, "overall": m.overall, "mean_macs": m.mean_macs}
+                            for m in threshold_sweep(probs, test.labels, exit_costs(model), SWEEP)]
         elif r.name in cached:
-            sweeps[r.name] = cached[r.name]
+            rows[r.name] = cached[r.name]
     cache.parent.mkdir(parents=True, exist_ok=True)
-    write_json({**cached, **sweeps}, cache, compact=True)
+    write_json({**cached, **rows}, cache, compact=True)
+    by_name = {r.name: r for r in runs}
+    sweeps = {name: {"sweep": sweep, "per_exit": by_name[name].metrics["final"]["per_exit"]}
+              for name, sweep in rows.items()}
     return sweeps
 
 
