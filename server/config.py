@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     connection_max_age_seconds: float = Field(5.0, gt=0, description="a keep-alive connection older than this "
                                               "is answered with 'Connection: close' and opens anew, so clients "
                                               "spread again over the workers (one replaced gets its share)")
+    keep_alive_timeout_seconds: float = Field(65.0, gt=0, description="an idle keep-alive connection is closed "
+                                              "after this long; longer than the idle timeouts of the clients and "
+                                              "load balancers in front (60 s for nginx and AWS ALB, 5 s for "
+                                              "httpx): the side that closes an idle connection second never "
+                                              "sends a request into one the other has just closed")
     heartbeat_timeout_seconds: float = Field(2.0, gt=0, description="a worker whose event loop has not beaten "
                                              "for this long makes the health port's /readyz 503")
     worker_timeout_seconds: float = Field(10.0, gt=0, description="a worker silent for this long is killed and "

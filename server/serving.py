@@ -127,5 +127,6 @@ def serve(app, settings, sock, barrier: ListenerBarrier, on_listening=None, hear
     return_large_blocks_to_os()
     config = uvicorn.Config(app, http=server_protocol(app.state), log_level=settings.log_level,
                             access_log=settings.log_level == "debug",
+                            timeout_keep_alive=settings.keep_alive_timeout_seconds,
                             timeout_graceful_shutdown=settings.shutdown_timeout_seconds)
     DrainingServer(config, app.state, settings.drain_seconds, barrier, on_listening, heartbeat).run(sockets=[sock])

@@ -34,6 +34,16 @@ def png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def read_response(f) -> tuple[int, dict, bytes]:
+    """One HTTP/1.1 response from a socket's file (status, lower-case headers, body)."""
+    status = int(f.readline().split()[1])
+    headers = {}
+    while (line := f.readline().decode().strip()):
+        name, _, value = line.partition(":")
+        headers[name.lower()] = value.strip()
+    return status, headers, f.read(int(headers["content-length"]))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,6 +18,8 @@ from server.config import Settings
 from server.middleware import error_response
 from server.protocol import server_protocol
 
+from .conftest import read_response
+
 
 async def app(scope, receive, send):
     """Answers every request with its path, after reading the whole body (as the real routes do)."""
@@ -70,15 +72,6 @@ def serving(state):
 def post(path: str, body: bytes, extra: str = "") -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
             f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
-
-
-def read_response(f) -> tuple[int, dict, bytes]:
-    status = int(f.readline().split()[1])
-    headers = {}
-    while (line := f.readline().decode().strip()):
-        name, _, value = line.partition(":")
-        headers[name.lower()] = value.strip()
-    return status, headers, f.read(int(headers["content-length"]))
 
 
 def refusals_counted(path: str = "/classify") -> float:

@@ -2,6 +2,7 @@
 no accepted request, overload is refused early with 503 + Retry-After while health stays quick
 to answer, the OpenAPI document survives schemathesis, and /docs works offline."""
 import asyncio
+import socket
 import subprocess
 import sys
 import threading
@@ -10,7 +11,7 @@ import time
 import httpx
 
 from ..conftest import REPO
-from .conftest import MODELS, RunningServer, png, sigterm_under_load
+from .conftest import MODELS, RunningServer, png, read_response, sigterm_under_load
 
 
 def test_sigterm_drains_without_losing_an_accepted_request(cifar):
@@ -107,6 +108,29 @@ def test_overload_is_refused_early_and_health_stays_quick(cifar):
     assert all(status == 200 for _, status in health), health
     assert all(sum(url == u for u, _ in health) >= 5 for url in (server.url, server.health_url)), health
     assert 'elf_http_requests_total{endpoint="/classify",status="503"}' in metrics
+
+
+def test_idle_connections_close_after_the_keep_alive_timeout_only():
+    """An idle keep-alive connection is closed after `keep_alive_timeout_seconds`, not before. The
+    default outlasts clients' own idle expiry (httpx: 5 s): a server closing at the same moment as
+    its client made the client send into a connection just closed (a reset POST under load)."""
+    from server.config import Settings
+    assert Settings().keep_alive_timeout_seconds > max(5.0, 60.0)  # httpx; nginx and AWS ALB upstreams
+    server = RunningServer("--model-repository", str(MODELS), "--workers", "1",
+                           env={"ELF_KEEP_ALIVE_TIMEOUT_SECONDS": "1"})
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s, s.makefile("rb") as f:
+            for idle in (0, 0.5):  # within the timeout: the same connection answers again
+                time.sleep(idle)
+                s.sendall(request)
+                status, headers, _ = read_response(f)
+                assert status == 200 and "connection" not in headers
+            t0 = time.monotonic()
+            assert f.read() == b""  # then closed by the server, once idle for the timeout
+            assert 0.8 < time.monotonic() - t0 < 3
+    finally:
+        server.stop()
 
 
 def test_openapi_contract_holds_under_schemathesis():
