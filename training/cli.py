@@ -1,4 +1,5 @@
-"""`python -m training`: one subcommand per module in training/commands (add_arguments / run)."""
+"""`python -m training`: one subcommand per module in training/commands (add_arguments / run).
+(`python -m study` reproduces the report's table with the same machinery.)"""
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,7 @@ from .commands import (
     evaluate,
     export,
     fit_exits,
-    grid,
     rebalance,
-    report,
     slim,
     status,
     train,
@@ -31,9 +30,7 @@ COMMANDS = {
     "fit-exits": (fit_exits, "train a checkpoint's early exits from its final exit (frozen or mixed)"),
     "rebalance": (rebalance, "re-train every exit's classifier on class-balanced batches (MiSLAS's stage 2)"),
     "evaluate": (evaluate, "early-exit evaluation of a checkpoint on the CIFAR-10 test set"),
-    "grid": (grid, "run the study's table (or a part) several runs at a time, one progress view"),
     "status": (status, "where run directories stand (new / running / stopped / completed / diverged) and their epochs done"),
-    "report": (report, "RESULTS.md and plots from run directories' metrics (the report's table beside ours)"),
     "calibrate": (calibrate, "pick the lowest-compute threshold within an accuracy drop on held-out training images"),
     "curve": (curve, "a model directory's accuracy-vs-MACs curve (plot and table) from its manifest"),
     "slim": (slim, "completed runs' checkpoints down to their weights (nothing left to resume)"),
@@ -44,13 +41,14 @@ COMMANDS = {
 KNOWN_ERRORS = (TrainingError, ManifestError, OSError)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m training", description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def get_args_parser(prog: str = "python -m training", description: str = __doc__,
+                    commands: dict = COMMANDS) -> argparse.ArgumentParser:
+    """The parser of a command-line of subcommands: {name: (module with add_arguments / run, help)}."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of known failures too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (module, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(p)
@@ -58,8 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or get_args_parser()).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if getattr(args, "download", False):

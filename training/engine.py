@@ -91,7 +91,7 @@ class Run:
         self.start_epoch = 0
         self.provenance = runinfo.provenance(self.device)
         # Where each resumption ran ({"epoch": epochs done before it, **provenance}): a run cut on
-        # one machine may go on on another (scripts/device_study.py's runs go on on the CPU).
+        # one machine may go on on another (study/scripts/device_study.py's runs go on on the CPU).
         self.resumes: list[dict] = []
 
     # -- data ---------------------------------------------------------------------------------

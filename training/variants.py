@@ -293,30 +293,3 @@ def all_variants() -> list[Variant]:
 def loss_rule(variant_record: dict) -> str:
     """The SPEC §4 loss rule a saved variant record (config.json, checkpoint) was trained under."""
     return LOSS_RULE if "exit_losses" in variant_record else OLD_LOSS_RULE
-
-
-def ablation_runs() -> list[tuple[str, int]]:
-    """The ablations, each at its own IF."""
-    return [(v.name, v.imbalance) for v in all_variants() if v.family == "ablation"]
-
-
-def product_runs() -> list[tuple[str, int]]:
-    """The candidates for the shipped model, each at its own IF."""
-    return [(v.name, v.imbalance) for v in all_variants() if v.family == "product"]
-
-
-def control_runs() -> list[tuple[str, int]]:
-    """The dataset-copy controls (SPEC §6): erm at IF 1 and IF 100."""
-    return [(v.name, f) for v in all_variants() if v.family == "control" for f in sorted(v.reported)]
-
-
-def study_runs() -> list[tuple[str, int]]:
-    """The report's table as (variant, IF) runs: each numbered model at its own IF, and the two
-    baselines at IF 100, 50 and 10 - 19 runs."""
-    runs = []
-    for v in all_variants():
-        if v.family in ("control", "ablation", "product"):
-            continue
-        ifs = sorted(v.reported, reverse=True) if v.family in ("elf", "reslt") else [v.imbalance]
-        runs += [(v.name, f) for f in ifs]
-    return runs

@@ -71,7 +71,7 @@ def test_existing_run_needs_resume(data_dir, tmp_path, capsys):
 
 
 def test_status_says_where_run_directories_stand(data_dir, tmp_path):
-    """`status` (what scripts/cpu_study.sh and ship_default.sh read with `cut -f1`): one line per
+    """`status` (what study/scripts/cpu_study.sh and ship_default.sh read with `cut -f1`): one line per
     directory, in the order given, the status first."""
     done = tmp_path / "done"
     assert main(["train", "--variant", "model1", "--out", str(done), "--data-dir", str(data_dir),
@@ -203,5 +203,6 @@ def test_pilot_runs_evaluate_on_held_out_images_and_stay_out_of_the_report(data_
     heldout = heldout_split(data_dir, 100)
     assert sum(final["exit_counts"]) == 180 and final["per_class"][0] is None  # class 0 has no held-out images
     assert set(heldout.labels.tolist()) == set(range(1, 10))
-    assert main(["report", "--runs", str(runs), "--out", str(tmp_path), "--data-dir", str(data_dir), "--no-sweep"]) == 0
+    from study.cli import main as study
+    assert study(["report", "--runs", str(runs), "--out", str(tmp_path), "--data-dir", str(data_dir), "--no-sweep"]) == 0
     assert "(0 runs," in capsys.readouterr().out

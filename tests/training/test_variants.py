@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from training.variants import control_runs, get_variant, loss_rule, study_runs
+from study.runs import ablation_runs, control_runs, study_runs
+from training.variants import get_variant, loss_rule
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -38,7 +39,6 @@ def test_controls_stay_out_of_the_report_table():
 
 
 def test_ablations_and_product_recipes_stay_out_of_the_report_table():
-    from training.variants import ablation_runs
     names = {name for name, _ in study_runs()}
     assert ablation_runs() == [("model8-linear", 100), ("model8-reslt-official", 100)]
     assert not names & {"model8-linear", "model8-reslt-official", "hybrid-lt", "hybrid-la", "hybrid-lt-mid",

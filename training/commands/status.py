@@ -3,7 +3,7 @@ stopped (cut; `--resume` continues it), completed or diverged, with the epochs d
 planned and, for a run not finished, the time left at the median pace of its latest start's epochs
 and the machine that pace was measured on (a run cut on a GPU is paced by the GPU until it resumes
 here). One tab-separated line each, the status first, so a script reads it with `cut -f1`
-(scripts/cpu_study.sh, scripts/ship_default.sh)."""
+(study/scripts/cpu_study.sh, scripts/ship_default.sh)."""
 from __future__ import annotations
 
 from pathlib import Path

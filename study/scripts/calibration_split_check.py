@@ -6,26 +6,23 @@ final exit is read on half B at A's choice. Taking the cheapest of many threshol
 whose drop on A passes favours the ones A flatters, so B's drop comes out larger; a drop
 confidence above 0.5 (the point estimate) asks for a margin. The test set is never read.
 
-    python scripts/calibration_split_check.py results/fits/RUN-rebalance [...] [--splits 4]
+    python -m study.scripts.calibration_split_check results/fits/RUN-rebalance [...] [--splits 4]
         [--confidence 0.5 0.95] [--max-drop 1]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.calibration import DropBound, calibrate, heldout_split, stratified_half  # noqa: E402
-from training.data import default_data_dir  # noqa: E402
-from training.evaluation import early_exit_metrics, exit_logits  # noqa: E402
-from training.logit_adjust import log_prior  # noqa: E402
-from training.macs import exit_costs  # noqa: E402
-from training.rundir import checkpoint_model  # noqa: E402
+from training.calibration import DropBound, calibrate, heldout_split, stratified_half
+from training.data import default_data_dir
+from training.evaluation import early_exit_metrics, exit_logits
+from training.logit_adjust import log_prior
+from training.macs import exit_costs
+from training.rundir import checkpoint_model
 
 
 def main() -> None:

@@ -9,13 +9,13 @@ packed, metrics and logs of all of them, checkpoints in priority order while the
 call brings back. A run whose new start fails is tried once more on the reference data path.
 
 On the device machine, from the repo root, .carry/ holding the dataset archive:
-    python3 scripts/device_study.py --budget 460 --parallel 12
+    python3 -m study.scripts.device_study --budget 460 --parallel 12
 results/ is too large to travel with a call, so runs already under way travel apart: copy their
 directories into .carry/runs/ and pass `--runs .carry/runs`, and name the open runs with `--plan`
 (a finished run that is not there would be trained again), e.g.
     --plan model12:50 hybrid-lt-mid:100 model13:10 --runs .carry/runs
 Try the plumbing on a CPU first:
-    OUT=/tmp/out python3 scripts/device_study.py --device cpu --budget 60 --parallel 2 \
+    OUT=/tmp/out python3 -m study.scripts.device_study --device cpu --budget 60 --parallel 2 \
         --smoke "--epochs 2 --max-batches 2 --max-test-samples 200"
 """
 from __future__ import annotations
@@ -31,10 +31,9 @@ import tarfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training import rundir  # noqa: E402
-from training.config import TrainConfig, default_path  # noqa: E402
-from training.variants import get_variant  # noqa: E402
+from training import rundir
+from training.config import TrainConfig, default_path
+from training.variants import get_variant
 
 # What a device call brings back: 8 files of at most 16 MiB (one is the log archive).
 ARCHIVE_BYTES, ARCHIVES = 15 * 2**20, 7

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.plots import FAMILY_GROUPS, plot_all, plot_groups, rows_against_report
-from training.report import RunResult
+from study.plots import FAMILY_GROUPS, plot_all, plot_groups, rows_against_report
+from study.report import RunResult
 from training.rundir import RunState
 from training.variants import get_variant
 

@@ -15,11 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import rundir
-from ..config import TrainConfig
-from ..errors import EXIT_DIVERGED, EXIT_OK
-from ..variants import control_runs, get_variant, study_runs
-from .common import DEFAULT_DATA_DIR, positive_int
+from training import rundir
+from training.commands.common import DEFAULT_DATA_DIR, positive_int
+from training.config import TrainConfig
+from training.errors import EXIT_DIVERGED, EXIT_OK
+from training.variants import get_variant
+
+from ..runs import control_runs, study_runs
 
 
 def add_arguments(parser) -> None:

@@ -5,25 +5,22 @@ On the held-out training images that `calibrate` uses (never the test set), each
 as `calibrate` chooses it, for both ways: every exit's balanced accuracy, and the cheapest per-exit
 thresholds within --max-drop of that way's final exit (calibrate's own search).
 
-    python scripts/exit_ensemble.py --checkpoint results/fits/model8-if100-seed0-fit-light2-mixed30-rebalance/checkpoint.pt
+    python -m study.scripts.exit_ensemble --checkpoint results/fits/model8-if100-seed0-fit-light2-mixed30-rebalance/checkpoint.pt
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.calibration import DropBound, _per_exit_search, balanced_accuracy, choose_taus, heldout_split  # noqa: E402
-from training.data import default_data_dir  # noqa: E402
-from training.evaluation import exit_logits  # noqa: E402
-from training.logit_adjust import log_prior  # noqa: E402
-from training.macs import exit_costs  # noqa: E402
-from training.rundir import checkpoint_model  # noqa: E402
+from training.calibration import DropBound, _per_exit_search, balanced_accuracy, choose_taus, heldout_split
+from training.data import default_data_dir
+from training.evaluation import exit_logits
+from training.logit_adjust import log_prior
+from training.macs import exit_costs
+from training.rundir import checkpoint_model
 
 
 def main() -> int:

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rundir
-from .constants import SPLIT_OF_CLASS, SPLITS
+from training import rundir
+from training.constants import SPLIT_OF_CLASS, SPLITS
+from training.variants import LOSS_RULE, get_variant
+
 from .report import ABLATIONS_BESIDE, RunResult, penalty_at
-from .variants import LOSS_RULE, control_runs, get_variant, study_runs
+from .runs import control_runs, study_runs
 
 # Groups of runs by variant family; any other family is a row of the report's table, grouped by IF.
 FAMILY_GROUPS = {"control": "controls (erm)", "ablation": "ablations (beside model8)",

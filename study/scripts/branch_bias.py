@@ -5,7 +5,7 @@ that the long-tailed set left out; never the test set), the share of predictions
 and the mean logit per class, for every exit and for the final ResLT head's H, M and T branches
 alone. A head whose predictions pile onto some classes shows it here (hybrid-lt: results/DEFAULT_MODEL.md).
 
-    python scripts/branch_bias.py results/runs/hybrid-lt-if100-seed0/checkpoint.pt results/runs/model8-if100-seed0/checkpoint.pt
+    python -m study.scripts.branch_bias results/runs/hybrid-lt-if100-seed0/checkpoint.pt results/runs/model8-if100-seed0/checkpoint.pt
 """
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training import rundir  # noqa: E402
-from training.calibration import heldout_split  # noqa: E402
-from training.commands.common import DEFAULT_DATA_DIR  # noqa: E402
-from training.evaluation import normalize_batch  # noqa: E402
+from training import rundir
+from training.calibration import heldout_split
+from training.commands.common import DEFAULT_DATA_DIR
+from training.evaluation import normalize_batch
 
 
 def row(name: str, logits: torch.Tensor, labels: np.ndarray) -> str:

@@ -1,20 +1,14 @@
-"""scripts/training_exits.py: where the exit criterion in training sends images (the README's
+"""study/scripts/training_exits.py: where the exit criterion in training sends images (the README's
 explanation of model4's collapse rests on it)."""
-import importlib.util
 import subprocess
 import sys
 
 import numpy as np
 import torch
 
+from study.scripts import training_exits
+
 from ..conftest import REPO
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("training_exits", REPO / "scripts" / "training_exits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_an_exit_is_the_training_exit_only_of_images_it_gets_right_with_confidence():
@@ -23,13 +17,13 @@ def test_an_exit_is_the_training_exit_only_of_images_it_gets_right_with_confiden
     exit1 = torch.full((4, 3), 0.05).index_fill_(1, torch.tensor([1]), 0.9)
     final = torch.full((4, 3), 0.2)
     final[torch.arange(4), torch.from_numpy(labels)] = 0.6
-    lines = _script().report(torch.stack([exit1, final]), labels, threshold=0.5)
+    lines = training_exits.report(torch.stack([exit1, final]), labels, threshold=0.5)
     assert lines[1].split()[:4] == ["1", "100.0%", "1", "100.0%"] and lines[1].endswith("50.0%  1: 2")
     assert lines[2].endswith("50.0%  0: 1, 2: 1")
 
 
 def test_ldam_cosine_exits_are_confident_at_initialisation_and_linear_ones_are_not(data_dir):
-    out = subprocess.run([sys.executable, "scripts/training_exits.py", "model4", "model7", "--data-dir", str(data_dir)],
+    out = subprocess.run([sys.executable, "-m", "study.scripts.training_exits", "model4", "model7", "--data-dir", str(data_dir)],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
     model4, model7 = out[2].split(), out[7].split()  # each variant's exit 1
     assert model4[0] == "1" and float(model4[1].rstrip("%")) > 90  # LDAM, scale 30: confident from the start

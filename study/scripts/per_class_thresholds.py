@@ -9,25 +9,22 @@ On the held-out training images that `calibrate` uses, at the checkpoint's calib
    budgets: how far the thresholds carry to images they were not chosen on.
 Never the test set. results/DEFAULT_MODEL.md ("An earlier default") quotes its output for four model8 fits.
 
-    python scripts/per_class_thresholds.py --checkpoint results/fits/model8-if100-seed0-fit-light2-mixed30-rebalance/checkpoint.pt
+    python -m study.scripts.per_class_thresholds --checkpoint results/fits/model8-if100-seed0-fit-light2-mixed30-rebalance/checkpoint.pt
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from modelrepo.exit_rule import first_confident_exit  # noqa: E402
-from training.calibration import balanced_accuracy, calibrate, heldout_split, stratified_half  # noqa: E402
-from training.data import default_data_dir  # noqa: E402
-from training.evaluation import exit_logits  # noqa: E402
-from training.logit_adjust import stage_adjustments  # noqa: E402
-from training.macs import exit_costs  # noqa: E402
-from training.rundir import checkpoint_model  # noqa: E402
+from modelrepo.exit_rule import first_confident_exit
+from training.calibration import balanced_accuracy, calibrate, heldout_split, stratified_half
+from training.data import default_data_dir
+from training.evaluation import exit_logits
+from training.logit_adjust import stage_adjustments
+from training.macs import exit_costs
+from training.rundir import checkpoint_model
 
 GRID = np.round(np.arange(0.30, 1.0001, 0.02), 2)
 

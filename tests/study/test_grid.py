@@ -2,24 +2,25 @@ import json
 
 import torch
 
+from study.cli import main as study
 from training.cli import main
 
-from .smoke import SMOKE, smoke_flags
+from ..training.smoke import SMOKE, smoke_flags
 
 
 def test_grid_runs_concurrently_then_skips_what_is_done(data_dir, tmp_path, capsys):
     args = ["grid", "--variants", "model7", "elf", "--imbalance", "100", "--device", "cpu", "--parallel", "2",
             "--out", str(tmp_path), "--data-dir", str(data_dir), "--", *SMOKE]
-    assert main(args) == 0
+    assert study(args) == 0
     for name in ("model7-if100-seed0", "elf-if100-seed0"):
         assert json.loads((tmp_path / name / "metrics.json").read_text())["status"] == "completed"
     capsys.readouterr()
-    assert main([*args[:1], "--dry-run", *args[1:]]) == 0
+    assert study([*args[:1], "--dry-run", *args[1:]]) == 0
     assert "0 runs to do" in capsys.readouterr().out
 
 
 def test_grid_plans_the_whole_study(capsys):
-    assert main(["grid", "--dry-run", "--out", "/nonexistent-results"]) == 0
+    assert study(["grid", "--dry-run", "--out", "/nonexistent-results"]) == 0
     out = capsys.readouterr().out
     assert "19 runs to do" in out and "--variant reslt --imbalance 10" in out
 
@@ -39,7 +40,7 @@ def test_grid_resumes_a_run_on_the_path_it_started_with(data_dir, tmp_path, caps
             "--data-dir", str(data_dir), "--", *smoke_flags(epochs=2), "--checkpoint-every", "1",
             "--data-path", "device", "--compile=default"]
     capsys.readouterr()
-    assert main([*args[:1], "--dry-run", *args[1:]]) == 0
+    assert study([*args[:1], "--dry-run", *args[1:]]) == 0
     planned = capsys.readouterr().out
     # Resumed on its own path, spelled out: the CPU default (amp where the CPU has bf16, channels-last)
     # and the other flags dropped.
@@ -47,17 +48,18 @@ def test_grid_resumes_a_run_on_the_path_it_started_with(data_dir, tmp_path, caps
     amp = "--amp" if cpu_has_bf16() else "--no-amp"
     assert "--resume" in planned and f"--data-path reference {amp} --channels-last --compile off" in planned
     assert "--data-path device" not in planned and "--compile=default" not in planned
-    assert main(args) == 0
+    assert study(args) == 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and len(metrics["epochs"]) == 2
     assert "resuming" in (tmp_path / "elf-if100-seed0.stdout").read_text()
 
 
 def test_shards_cover_the_study_exactly_once():
+    from study.cli import COMMANDS
+    from study.commands.grid import planned_runs
     from training.cli import get_args_parser
-    from training.commands.grid import planned_runs
 
-    parser = get_args_parser()
+    parser = get_args_parser("python -m study", "", COMMANDS)
     whole = planned_runs(parser.parse_args(["grid", "--seeds", "0", "1"]))
     for count in (1, 4, 19, 38, 50):
         shards = [planned_runs(parser.parse_args(["grid", "--seeds", "0", "1", "--shard", f"{i}/{count}"]))
@@ -71,5 +73,5 @@ def test_bad_shard_is_a_usage_error(capsys):
 
     for bad in ("3/3", "x/2", "-1/4", "2"):
         with pytest.raises(SystemExit):
-            main(["grid", "--dry-run", "--shard", bad])
+            study(["grid", "--dry-run", "--shard", bad])
         assert "INDEX" in capsys.readouterr().err

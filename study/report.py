@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rundir
-from .config import TrainConfig
-from .constants import SPLITS
-from .variants import LOSS_RULE, Reported, get_variant, loss_rule, study_runs
+from training import rundir
+from training.config import TrainConfig
+from training.constants import SPLITS
+from training.variants import LOSS_RULE, Reported, get_variant, loss_rule
+
+from .runs import study_runs
 
 SWEEP = np.round(np.linspace(0, 1, 41), 3)
 

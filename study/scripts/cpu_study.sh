@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The study on a CPU, one run at a time (two torch threads). First the runs a GPU started
-# (scripts/device_study.py; they resume here on the same flags): the product candidates, then
+# (study/scripts/device_study.py; they resume here on the same flags): the product candidates, then
 # `elf` IF 100 (the last of the baselines that say what our data copy costs) and hybrid-ce (the
 # candidate the others' numbers pointed to); then the cut runs of the report's table nearest to
 # their end (model8's fast-path parity run; model13 first of the rest, the previous default's
@@ -13,12 +13,12 @@
 # training/config.py).
 # Finished runs (completed or diverged) are skipped, checkpointed ones resumed, so the script is
 # simply started again in the next session. Run it in the background, niced:
-#   nohup nice -n 10 scripts/cpu_study.sh > runs/cpu_study.log 2>&1 &
+#   nohup nice -n 10 study/scripts/cpu_study.sh > runs/cpu_study.log 2>&1 &
 # Pause it while benchmarking: kill -STOP / -CONT the `training train` process (runs/study.pid).
 # Stop it: `pkill -f cpu_study.sh; kill $(cat runs/study.pid)`: the run ends its epoch under way,
 # checkpoints it and exits (SIGTERM, training/loop.py); the next start resumes it.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 py=${PYTHON:-.venv/bin/python}
 root=${RUNS:-results/runs}
 fits=${FITS:-results/fits}
@@ -33,7 +33,7 @@ mkdir -p runs
 # the plan's next run beside it. The lock passes to the runs started here, so a study stopped with
 # pkill while its run ends its epoch still counts as running.
 exec 9>runs/cpu_study.lock
-if ! flock -n 9; then echo "$(date -u +%FT%TZ) scripts/cpu_study.sh is already running (runs/cpu_study.lock)"; exit 1; fi
+if ! flock -n 9; then echo "$(date -u +%FT%TZ) study/scripts/cpu_study.sh is already running (runs/cpu_study.lock)"; exit 1; fi
 # On a CPU without bf16 instructions every new run would take fp32 for all its epochs, 3.3x the cost
 # of bf16 on the project's AVX-512 BF16 machine (results/BENCHMARKS.md): wait for that machine.
 if [ "$($py -c 'from training.config import cpu_has_bf16; print(cpu_has_bf16())')" != True ] && [ "${STUDY_FP32:-0}" != 1 ]; then

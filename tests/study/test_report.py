@@ -1,10 +1,11 @@
 import json
 import shutil
 
+from study.cli import main as study
+from study.runs import study_runs
 from training.cli import main
-from training.variants import study_runs
 
-from .smoke import SMOKE, smoke_flags
+from ..training.smoke import SMOKE, smoke_flags
 
 
 def test_study_is_the_reports_19_runs():
@@ -35,7 +36,7 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     config["variant"]["exit_loss"] = "simulated"
     (old / "config.json").write_text(json.dumps(config))
 
-    assert main(["report", "--runs", str(runs), "--out", str(tmp_path), "--data-dir", str(data_dir)]) == 0
+    assert study(["report", "--runs", str(runs), "--out", str(tmp_path), "--data-dir", str(data_dir)]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
     model1 = next(line for line in text.splitlines() if line.startswith("| model1 |"))
     overall = json.loads((runs / "model1-if100-seed0" / "metrics.json").read_text())["final"]["overall"]
@@ -48,8 +49,8 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     assert "not yet measured: stopped at epoch 1 of 3" in text
     model8 = next(line for line in text.splitlines() if "stopped at epoch 1 of 3" in line)
     assert "| CPU (" in model8 and "; from epoch 2: NVIDIA H200 |" in model8 and "| resumable |" in model8
+    from study.report import collect_runs, results_table
     from training import rundir
-    from training.report import collect_runs, results_table
     with rundir.claim(stopped):  # as while a process trains it
         table, _ = results_table(collect_runs(runs))
     model8 = next(line for line in table.splitlines() if line.startswith("| model8 |"))
@@ -70,9 +71,9 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
     assert "| model1-if100-seed0-old-rule | model1 | 100 |" in retired
     assert "python -m training train --variant erm --imbalance 1 " in text
     assert "python -m training train --variant reslt --imbalance 50" in text
-    assert "python -m training grid --device cuda --parallel 6 -- --data-path device --amp" in text
+    assert "python -m study grid --device cuda --parallel 6 -- --data-path device --amp" in text
     assert "## bf16 fast path vs fp32" in text and "--out results/runs/model8-if100-seed0-cpufast" in text
-    assert "scripts/cpu_study.sh" in text
+    assert "study/scripts/cpu_study.sh" in text
     made = text.split("## How each measured run was made")[1]
     assert (f"python -m training train --variant model1 --imbalance 100 --seed 0 --data-path device {amp} "
             "--channels-last --compile off --out results/runs/model1-if100-seed0\n") in made
@@ -80,7 +81,7 @@ def test_report_lists_measured_and_missing_runs_with_plots(data_dir, tmp_path):
         assert (tmp_path / "plots" / f"{plot}.png").stat().st_size > 1000
 
     # A finished run's checkpoint gone (slimmed out of the repository): its sweep comes from the cache.
-    from training.commands.report import threshold_sweeps
+    from study.commands.report import threshold_sweeps
     from training.data import load_cifar10
     cache = tmp_path / "plots" / "sweeps.json"
     swept = json.loads(cache.read_text())
@@ -99,7 +100,7 @@ def test_report_sets_fast_path_runs_beside_reference_runs(data_dir, tmp_path):
     for name, flags in (("model1-if100-seed0", reference), ("model1-if100-seed0-fast", fast)):
         assert main(["train", "--variant", "model1", "--out", str(runs / name), "--data-dir", str(data_dir),
                      *SMOKE, *flags]) == 0
-    assert main(["report", "--runs", str(runs), "--out", str(tmp_path), "--data-dir", str(data_dir),
+    assert study(["report", "--runs", str(runs), "--out", str(tmp_path), "--data-dir", str(data_dir),
                  "--no-sweep"]) == 0
     text = (tmp_path / "RESULTS.md").read_text()
     acc = {name: json.loads((runs / name / "metrics.json").read_text())["final"]["overall"]
@@ -116,7 +117,7 @@ def test_report_sets_fast_path_runs_beside_reference_runs(data_dir, tmp_path):
 
 
 def _completed(variant: str, overall: float, path_flags: dict, tmp_path):
-    from training.report import RunResult
+    from study.report import RunResult
     from training.rundir import RunState
     from training.variants import get_variant
     last = {"overall": overall, "many": overall + 10, "medium": overall, "few": overall - 10}
@@ -127,8 +128,8 @@ def _completed(variant: str, overall: float, path_flags: dict, tmp_path):
 
 
 def test_ablation_contrasts_need_both_runs_completed_and_name_differing_paths(tmp_path):
+    from study.report import contrasts
     from training.config import CPU_FAST_PATH, REFERENCE_PATH
-    from training.report import contrasts
     model8 = _completed("model8", 72.5, REFERENCE_PATH, tmp_path)
     linear = _completed("model8-linear", 65.25, CPU_FAST_PATH, tmp_path)
     assert contrasts([model8]) == []
@@ -138,7 +139,7 @@ def test_ablation_contrasts_need_both_runs_completed_and_name_differing_paths(tm
 
 
 def test_heldout_choices_list_every_calibrated_second_stage(tmp_path):
-    from training.report import heldout_choices
+    from study.report import heldout_choices
     assert heldout_choices(tmp_path) == ""
     fit = tmp_path / "hybrid-la-if100-seed0-rebalance"
     fit.mkdir()

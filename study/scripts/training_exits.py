@@ -9,7 +9,7 @@ predicts most and that class's share of its predictions, and the share of images
 training exit of, with the classes they belong to. An early exit whose training images are one
 class learns only that class (model4: README, Results).
 
-    python scripts/training_exits.py model4 model7 results/runs/model4-if100-seed0/checkpoint.pt
+    python -m study.scripts.training_exits model4 model7 results/runs/model4-if100-seed0/checkpoint.pt
 """
 from __future__ import annotations
 
@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from training import rundir  # noqa: E402
-from training.augment import normalize_batch  # noqa: E402
-from training.commands.common import DEFAULT_DATA_DIR  # noqa: E402
-from training.data import build_datasets  # noqa: E402
-from training.network import build_model  # noqa: E402
-from training.routing import first_confident_exit  # noqa: E402
-from training.variants import get_variant  # noqa: E402
+from training import rundir
+from training.augment import normalize_batch
+from training.commands.common import DEFAULT_DATA_DIR
+from training.data import build_datasets
+from training.network import build_model
+from training.routing import first_confident_exit
+from training.variants import get_variant
 
 
 def model_of(source: str, seed: int):
