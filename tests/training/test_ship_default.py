@@ -11,6 +11,8 @@ from modelrepo.manifest import load_manifest
 from ..conftest import REPO
 
 RUN = REPO / "results" / "runs" / "model8-if100-seed0"
+# Tiny second stages: 2 epochs of 2 batches each (FIT_FLAGS come after the script's own flags and win).
+FIT_FLAGS = "--epochs 2 --max-batches 2 --max-test-samples 200"
 
 
 def test_ship_default_replaces_the_model_and_names_it_after_its_folder(tmp_path, data_dir):
@@ -19,7 +21,7 @@ def test_ship_default_replaces_the_model_and_names_it_after_its_folder(tmp_path,
     (models / "default" / "manifest.json").write_text("{}")  # the model being replaced
     env = {**os.environ, "CIFAR10_DIR": str(data_dir), "FITS": str(tmp_path / "fits"),
            "MODEL_OUT": str(models / "default"), "CURVE_OUT": str(tmp_path / "curve.png"),
-           "FIT_FLAGS": "--max-batches 2 --max-test-samples 200",
+           "FIT_FLAGS": FIT_FLAGS,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", "scripts/ship_default.sh", str(RUN)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -34,7 +36,7 @@ def test_ship_default_replaces_the_model_and_names_it_after_its_folder(tmp_path,
         assert metrics["status"] == "completed" and metrics["mode"] == mode
     rebalanced = json.loads((tmp_path / "fits" / f"{RUN.name}-fit-light2-mixed30-rebalance" / "metrics.json").read_text())
     assert rebalanced["kind"] == "rebalance" and rebalanced["status"] == "completed"
-    assert manifest.provenance.rebalance.epochs == 10 and manifest.provenance.fit.mode == "mixed"
+    assert manifest.provenance.rebalance.epochs == 2 and manifest.provenance.fit.mode == "mixed"
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 
     # Run again: the completed steps are kept as they are (not resumed, re-evaluated or re-logged).
@@ -52,7 +54,7 @@ def test_ship_default_skips_the_fits_for_exits_trained_jointly(tmp_path, data_di
     run = REPO / "results" / "runs" / "hybrid-lt-mid-if100-seed0"  # the shipped model's parent
     fits, model = tmp_path / "fits", tmp_path / "models" / "default"
     env = {**os.environ, "CIFAR10_DIR": str(data_dir), "FITS": str(fits), "MODEL_OUT": str(model),
-           "CURVE_OUT": str(tmp_path / "curve.png"), "FIT_FLAGS": "--max-batches 2 --max-test-samples 200",
+           "CURVE_OUT": str(tmp_path / "curve.png"), "FIT_FLAGS": FIT_FLAGS,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", "scripts/ship_default.sh", str(run)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -60,4 +62,4 @@ def test_ship_default_skips_the_fits_for_exits_trained_jointly(tmp_path, data_di
     assert sorted(p.name for p in fits.iterdir()) == [f"{run.name}-rebalance"]
     manifest = load_manifest(model)
     assert manifest.variant == "hybrid-lt-mid" and manifest.num_exits == 4
-    assert manifest.provenance.rebalance.epochs == 10
+    assert manifest.provenance.rebalance.epochs == 2
