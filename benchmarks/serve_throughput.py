@@ -57,10 +57,16 @@ def line(name: str, rate: float, latencies=()) -> str:
     return f"  {name:<40} {rate:8.1f}{percentiles}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The served model's flags, shared by the benchmarks that start a server."""
     parser.add_argument("--model-repository", type=Path, default=REPO / "models")
     parser.add_argument("--model", default="default")
+    return parser
+
+
+def main() -> None:
+    parser = model_arguments(argparse.ArgumentParser(description=__doc__,
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5, help="length of each HTTP round and bare-ORT run")
