@@ -49,8 +49,20 @@ def default_path(device_type: str, widths, bf16: bool | None = None) -> dict:
             "channels_last": all(w % CHANNELS_LAST_MULTIPLE == 0 for w in widths)}
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunLimits:
+    """What every run's config has, a first stage's and a second stage's: its seed, and the caps
+    that make a smoke run of it (None: the whole set; every epoch's batches)."""
+
+    seed: int = 0
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    max_batches: int | None = None
+    eval_batch_size: int = 500
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunLimits):
     variant: str
     imbalance: int
     epochs: int = REFERENCE_EPOCHS
@@ -61,15 +73,10 @@ class TrainConfig:
     warmup_epochs: int = 5
     milestones: tuple[int, ...] = REFERENCE_MILESTONES  # epochs (0-based) where lr is x0.1
     lr_decay: float = 0.1
-    seed: int = 0
-    max_train_samples: int | None = None
-    max_test_samples: int | None = None
-    max_batches: int | None = None
     checkpoint_every: int = 5
     # Epochs between per-epoch evaluations (the curve and the collapse check); the last epoch is
     # always evaluated. On a CPU in fp32 one test-set pass is ~20% of an epoch.
     eval_every: int = 1
-    eval_batch_size: int = 500
     collapse_share: float = 0.99  # predictions this concentrated on one class = collapsed
     threshold: float | None = None  # inference threshold override (None: the variant's)
     data_path: str = "reference"  # "reference": DataLoader + PIL; "device": uint8 batches on the device

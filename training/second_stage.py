@@ -18,7 +18,7 @@ from modelrepo.manifest import sha256_file
 
 from . import runinfo
 from .checkpoint import WEIGHTS_ONLY
-from .config import epoch_seed
+from .config import RunLimits, epoch_seed
 from .errors import Diverged, TrainingError
 from .evaluation import EarlyExitMetrics, evaluate_model
 from .loop import require_same_config
@@ -26,14 +26,9 @@ from .rundir import checkpoint_model
 
 
 @dataclass(frozen=True)
-class StageConfig:
+class StageConfig(RunLimits):
     """The fields every second stage's config has (its own recipe's follow in the subclass)."""
 
-    seed: int = 0
-    max_train_samples: int | None = None
-    max_test_samples: int | None = None
-    max_batches: int | None = None
-    eval_batch_size: int = 500
     checkpoint_every: int = 1
     eval_every = 1  # not a field: a second stage is short and evaluated after every epoch
 
