@@ -25,7 +25,7 @@ from .checkpoint import write_json
 from .constants import CLASS_NAMES, MEAN, SPLITS, STD
 from .data import Split
 from .errors import TrainingError
-from .evaluation import early_exit_metrics, evaluate_model
+from .evaluation import early_exit_metrics
 from .macs import exit_costs
 from .variants import loss_rule
 
@@ -82,18 +82,20 @@ def export_stage(stage: Stage, example: torch.Tensor, path: Path) -> torch.Tenso
         return None if stage.last else stage(example)[0]
 
 
-def onnx_exit_probabilities(paths: list[Path], x: np.ndarray) -> list[np.ndarray]:
-    """Every stage's probabilities for every image through ONNX Runtime on the CPU."""
+def onnx_exit_probabilities(paths: list[Path], x: np.ndarray, batch: int = 500) -> list[np.ndarray]:
+    """Every stage's probabilities for every image through ONNX Runtime on the CPU, `batch` images
+    at a time (a first stage's feature maps are 64 KiB an image)."""
     import onnxruntime as ort
 
-    probs, features = [], x
-    for path in paths:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        outputs = dict(zip([o.name for o in session.get_outputs()],
-                           session.run(None, {"input": features})))
-        probs.append(outputs["probabilities"])
-        features = outputs.get("features")
-    return probs
+    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in paths]
+    chunks = [[] for _ in sessions]
+    for i in range(0, len(x), batch):
+        features = x[i:i + batch]
+        for session, chunk in zip(sessions, chunks):
+            outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input": features})))
+            chunk.append(outputs["probabilities"])
+            features = outputs.get("features")
+    return [np.concatenate(chunk) for chunk in chunks]
 
 
 def _tensor(name, shape, dtype="float32") -> dict:
@@ -103,7 +105,9 @@ def _tensor(name, shape, dtype="float32") -> dict:
 def export_model(model, variant, config, state: dict, test: Split, out: Path, name: str,
                  parity_images: int = 1000, threshold: float | None = None,
                  calibration: dict | None = None) -> Manifest:
-    """Write out/ (stage_k.onnx + manifest.json) for a trained model; returns the manifest."""
+    """Write out/ (stage_k.onnx + manifest.json + MODEL_CARD.md) for a trained model; returns the
+    manifest. The manifest's test metrics are those of the graphs written, run by ONNX Runtime,
+    once they agree with PyTorch on `parity_images` test images."""
     model = model.cpu().eval()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -116,40 +120,19 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
     adjustments = (logit_adjust.stage_adjustments(counts, taus) if any(taus)
                    else torch.zeros(model.num_exits, len(CLASS_NAMES)))
     costs = exit_costs(model)
-    probs, metrics = evaluate_model(model, test, threshold, config.eval_batch_size, costs=costs,
-                                    adjustment=adjustments)
-    # The same model's curve: the report's threshold, and each threshold of a sweep (1.0 = full depth).
-    at_report = early_exit_metrics(probs, test.labels, variant.infer_threshold, costs)
-    sweep = [early_exit_metrics(probs, test.labels, float(t), costs) for t in SWEEP]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        stages, paths = [], []
-        x = normalize_batch(test.images[:2])
-        for k, stage in enumerate(stage_modules(model, adjustments), start=1):
-            path = tmp / f"stage_{k}.onnx"
-            in_shape = list(x.shape[1:])
-            features = export_stage(stage, x, path)
-            paths.append(path)
-            stages.append({
-                "index": k, "file": path.name, "sha256": sha256_file(path),
-                "input": _tensor("input", in_shape),
-                "features": None if features is None else _tensor("features", list(features.shape[1:])),
-                "probabilities": _tensor("probabilities", [len(CLASS_NAMES)]),
-                "confidence": _tensor("confidence", []),
-                "class_id": _tensor("class_id", [], "int64"),
-                **costs[k - 1],
-            })
-            x = features
-
-        n = min(parity_images, len(test))
-        ort_probs = onnx_exit_probabilities(paths, normalize_batch(test.images[:n]).numpy())
-        diff = max(float(np.abs(o - p[:n].numpy()).max()) for o, p in zip(ort_probs, probs))
-        if not diff <= PARITY_TOLERANCE:
-            raise ExportError(f"ONNX Runtime and PyTorch disagree on {n} test images: max abs "
-                              f"probability difference {diff:.2e} > {PARITY_TOLERANCE:.0e}; nothing written")
-
+        stages = write_stages(model, adjustments, costs, tmp)
+        probs = onnx_exit_probabilities([tmp / stage["file"] for stage in stages],
+                                        normalize_batch(test.images).numpy(), config.eval_batch_size)
+        diff = parity(model, adjustments, test.images[:parity_images], probs)
+        probs = torch.from_numpy(np.stack(probs))
+        metrics = early_exit_metrics(probs, test.labels, threshold, costs)
+        # The same model's curve: the report's threshold, and each threshold of a sweep (1.0 = full depth).
+        at_report = early_exit_metrics(probs, test.labels, variant.infer_threshold, costs)
+        sweep = [early_exit_metrics(probs, test.labels, float(t), costs) for t in SWEEP]
         manifest = Manifest.model_validate({
             "name": name, "variant": variant.name, "variant_config": variant.to_dict(),
             "training_config": config.to_dict(), "imbalance": config.imbalance,
@@ -165,26 +148,8 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
                 **metrics.operating_point().model_dump(), images=metrics.images, mean_macs=metrics.mean_macs,
                 per_exit=metrics.per_exit, at_report_threshold=at_report.operating_point(),
                 sweep=[m.operating_point() for m in sweep]),
-            "provenance": {
-                "seed": config.seed, "epochs": config.epochs, "trained_epochs": int(state.get("epoch", 0)),
-                "trained_on": state.get("provenance", {}).get("device", "unknown"),
-                "training_date": state.get("provenance", {}).get("date"),
-                "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                "code_version": runinfo.git_revision(), "torch": torch.__version__,
-                "onnx_opset": OPSET, "parity_max_abs_diff": diff,
-                "loss_rule": loss_rule(state.get("variant", {})),
-                "fit": None if "fit" not in state else {
-                    "mode": state["fit"]["config"]["mode"], "epochs": state["fit"]["epoch"],
-                    "parent_sha256": state["fit"]["parent"]["sha256"]},
-                "rebalance": None if "rebalance" not in state else {
-                    "epochs": state["rebalance"]["epoch"],
-                    "smooth_head": state["rebalance"]["config"]["smooth_head"],
-                    "smooth_tail": state["rebalance"]["config"]["smooth_tail"],
-                    "parent_sha256": state["rebalance"]["parent"]["sha256"]}},
-            "calibration": None if calibration is None else {
-                k: calibration[k] for k in ("max_drop", "drop_confidence", "threshold_mode", "tau", "tau_mode", "heldout_images",
-                                            "heldout_classes", "heldout_accuracy", "final_exit_accuracy",
-                                            "final_exit_accuracy_unadjusted", "mean_macs_share")},
+            "provenance": provenance(config, state, diff),
+            "calibration": None if calibration is None else {k: calibration[k] for k in CALIBRATION_RECORD},
         })
         write_json(manifest.model_dump(mode="json"), tmp / MANIFEST)
         model_card.write(tmp, manifest)
@@ -196,3 +161,61 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def write_stages(model, adjustments: torch.Tensor, costs: list[dict], folder: Path) -> list[dict]:
+    """stage_k.onnx into `folder` for every exit; the manifest's record of each."""
+    stages, x = [], normalize_batch(np.zeros((2, 32, 32, 3), dtype=np.uint8))
+    for k, stage in enumerate(stage_modules(model, adjustments), start=1):
+        path = folder / f"stage_{k}.onnx"
+        features = export_stage(stage, x, path)
+        stages.append({
+            "index": k, "file": path.name, "sha256": sha256_file(path),
+            "input": _tensor("input", list(x.shape[1:])),
+            "features": None if features is None else _tensor("features", list(features.shape[1:])),
+            "probabilities": _tensor("probabilities", [len(CLASS_NAMES)]),
+            "confidence": _tensor("confidence", []),
+            "class_id": _tensor("class_id", [], "int64"),
+            **costs[k - 1],
+        })
+        x = features
+    return stages
+
+
+def parity(model, adjustments: torch.Tensor, images: np.ndarray, onnx_probs: list[np.ndarray]) -> float:
+    """The largest difference between PyTorch's and ONNX Runtime's probabilities on `images` (the
+    first of those `onnx_probs` holds); ExportError beyond PARITY_TOLERANCE."""
+    with torch.no_grad():
+        logits = torch.stack([out.logits for out in model(normalize_batch(images))])
+    torch_probs = (logits - adjustments[:, None, :]).softmax(dim=2).numpy()
+    diff = max(float(np.abs(o[:len(images)] - t).max()) for o, t in zip(onnx_probs, torch_probs))
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(f"ONNX Runtime and PyTorch disagree on {len(images)} test images: max abs "
+                          f"probability difference {diff:.2e} > {PARITY_TOLERANCE:.0e}; nothing written")
+    return diff
+
+
+CALIBRATION_RECORD = ("max_drop", "drop_confidence", "threshold_mode", "tau", "tau_mode", "heldout_images",
+                      "heldout_classes", "heldout_accuracy", "final_exit_accuracy",
+                      "final_exit_accuracy_unadjusted", "mean_macs_share")
+
+
+def provenance(config, state: dict, parity_diff: float) -> dict:
+    """Where the exported weights come from: the run, its second stages, the code and tools."""
+    return {
+        "seed": config.seed, "epochs": config.epochs, "trained_epochs": int(state.get("epoch", 0)),
+        "trained_on": state.get("provenance", {}).get("device", "unknown"),
+        "training_date": state.get("provenance", {}).get("date"),
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "code_version": runinfo.git_revision(), "torch": torch.__version__,
+        "onnx_opset": OPSET, "parity_max_abs_diff": parity_diff,
+        "loss_rule": loss_rule(state.get("variant", {})),
+        "fit": None if "fit" not in state else {
+            "mode": state["fit"]["config"]["mode"], "epochs": state["fit"]["epoch"],
+            "parent_sha256": state["fit"]["parent"]["sha256"]},
+        "rebalance": None if "rebalance" not in state else {
+            "epochs": state["rebalance"]["epoch"],
+            "smooth_head": state["rebalance"]["config"]["smooth_head"],
+            "smooth_tail": state["rebalance"]["config"]["smooth_tail"],
+            "parent_sha256": state["rebalance"]["parent"]["sha256"]},
+    }
