@@ -1,5 +1,6 @@
-"""Named registries (timm-style): each loss, head, routing and augmentation registers itself where
-it is implemented, and variants are validated against the registries, so adding one is one file."""
+"""Named registries (timm-style): each loss, head and routing registers itself where it is
+implemented, variants register in training/variants.py and are validated against the others, so
+adding one is one entry."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -14,6 +15,7 @@ class UnknownNameError(TrainingError, ValueError):
 class Registry:
     def __init__(self, kind: str):
         self.kind = kind
+        self.kinds = kind + ("es" if kind.endswith("s") else "s")  # "known exit losses"
         self._entries: dict[str, Callable] = {}
 
     def register(self, name: str):
@@ -29,10 +31,16 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; expected one of {self.names()}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known {self.kinds}: {', '.join(self)}") from None
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def values(self) -> list:
+        return list(self._entries.values())

@@ -5,10 +5,9 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .augment import augmentation_parts
-from .errors import TrainingError
 from .losses import BASE_LOSSES, BRANCH_LOSSES, EXIT_LOSSES
 from .network import HEADS, check_exit_blocks, stage_end_blocks
-from .registry import UnknownNameError
+from .registry import Registry, UnknownNameError
 from .routing import ROUTINGS
 
 # Families of the report, and the variants that are not of its table: the dataset-copy controls
@@ -141,14 +140,11 @@ def _full_power(name, loss, routing, imbalance, reported, description):
 
 
 R = Reported
-_REGISTRY: dict[str, Variant] = {}
+VARIANTS = Registry("variant")
 
 
 def register(variant: Variant) -> Variant:
-    if variant.name in _REGISTRY:
-        raise ValueError(f"variant {variant.name!r} is already registered")
-    _REGISTRY[variant.name] = variant
-    return variant
+    return VARIANTS.register(variant.name)(variant)
 
 
 for _v in (
@@ -195,17 +191,17 @@ for _v in (
 # Models 12/13 and 15/16 are models 8 and 14 at other imbalance factors.
 for _base, _alias, _if in (("model8", "model12", 50), ("model8", "model13", 10),
                            ("model14", "model15", 50), ("model14", "model16", 10)):
-    _b = _REGISTRY[_base]
+    _b = VARIANTS.get(_base)
     register(dataclasses.replace(_b, name=_alias, imbalance=_if, description=f"{_base} at IF {_if}"))
 
 # Ablations of model8: run at IF 100 beside it to explain its row, not rows of the table.
 register(dataclasses.replace(
-    _REGISTRY["model8"], name="model8-linear", family="ablation", exit_heads=("light", "light", "linear"),
+    VARIANTS.get("model8"), name="model8-linear", family="ablation", exit_heads=("light", "light", "linear"),
     exit_losses=("simulated", "simulated", "plain"), reported={},
     description="ablation: model8 with a plain linear final head and plain CE (label smoothing) instead "
                 "of the ResLT head and loss: what the ResLT head adds on our copy"))
 register(dataclasses.replace(
-    _REGISTRY["model8"], name="model8-reslt-official", family="ablation",
+    VARIANTS.get("model8"), name="model8-reslt-official", family="ablation",
     exit_losses=("simulated", "simulated", "reslt_official"), reported={},
     description="ablation: model8 with the ResLT loss as the official ResLT code writes it (branch masks "
                 "classes 2-9 and 4-9, alpha 0.95)"))
@@ -216,7 +212,7 @@ register(dataclasses.replace(
 # exits), the early ones self-distilled from the final exit; the deeper light2 early heads, which
 # made fitted exits leave earlier on models/default.
 register(dataclasses.replace(
-    _REGISTRY["model8"], name="hybrid-lt", family="product", loss="logit_adjusted",
+    VARIANTS.get("model8"), name="hybrid-lt", family="product", loss="logit_adjusted",
     exit_heads=("light2", "light2", "reslt"), exit_losses=("distilled", "distilled", "reslt"),
     routing="joint", reported={},
     description="product candidate: model8's network + logit-adjusted loss, exits trained jointly from "
@@ -230,7 +226,7 @@ register(dataclasses.replace(
 # bias cancels theirs. So with a balanced loss the final head is one linear classifier, and the early
 # exits' label loss drops the simulated split weights too (distilled_plain).
 register(dataclasses.replace(
-    _REGISTRY["hybrid-lt"], name="hybrid-la", exit_heads=("light2", "light2", "linear"),
+    VARIANTS.get("hybrid-lt"), name="hybrid-la", exit_heads=("light2", "light2", "linear"),
     exit_losses=("distilled_plain", "distilled_plain", "plain"),
     description="product candidate: hybrid-lt with a linear final head and unweighted distillation "
                 "(logit adjustment already balances; ResLT's branches and split weights would favour "
@@ -239,7 +235,7 @@ register(dataclasses.replace(
 # The same with a fourth exit inside stage 2, after its third block (whether an exit
 # between exit 1 (0.42 of the full MACs) and exit 2 (0.80) buys MACs).
 register(dataclasses.replace(
-    _REGISTRY["hybrid-lt"], name="hybrid-lt-mid", exit_heads=("light2",) * 3 + ("reslt",),
+    VARIANTS.get("hybrid-lt"), name="hybrid-lt-mid", exit_heads=("light2",) * 3 + ("reslt",),
     exit_losses=("distilled",) * 3 + ("reslt",), exit_blocks=(4, 7, 9, 14),
     description="product candidate: hybrid-lt with a fourth exit inside stage 2 (after block 8 of 15)"))
 
@@ -247,7 +243,7 @@ register(dataclasses.replace(
 # (CE + DRW + SAM 80.6, LDAM-DRW + SAM 81.9, ResNet-32, 200 epochs). rho 0.5 is their CE + DRW
 # setting, the nearest to a logit-adjusted CE; not tuned here. Each step costs two passes.
 register(dataclasses.replace(
-    _REGISTRY["hybrid-lt"], name="hybrid-lt-sam", sam_rho=0.5,
+    VARIANTS.get("hybrid-lt"), name="hybrid-lt-sam", sam_rho=0.5,
     description="product candidate: hybrid-lt trained with SAM (rho 0.5), two forward-backward passes a step"))
 
 
@@ -256,7 +252,7 @@ register(dataclasses.replace(
 # CE under ResLT's head, stayed the most accurate after re-balancing. So: model8's loss and final
 # head as they are, with hybrid-lt's jointly trained, distilled light2 exits.
 register(dataclasses.replace(
-    _REGISTRY["hybrid-lt"], name="hybrid-ce", loss=_REGISTRY["model8"].loss,
+    VARIANTS.get("hybrid-lt"), name="hybrid-ce", loss=VARIANTS.get("model8").loss,
     description="product candidate: model8's loss and ResLT head (CE, Mixup) with hybrid-lt's exits, "
                 "trained jointly from the start and distilled from the final exit"))
 
@@ -269,25 +265,17 @@ for name, change, why in (
         ("hybrid-lt-mid-aa", {"augmentation": "autoaugment+cutout+mixup"},
          "with AutoAugment (CIFAR-10 policy) and Cutout per image, Mixup per batch"),
         ("hybrid-lt-mid-wd", {"weight_decay": 5e-4}, "with weight decay 5e-4 instead of 2e-4")):
-    register(dataclasses.replace(_REGISTRY["hybrid-lt-mid"], name=name,
+    register(dataclasses.replace(VARIANTS.get("hybrid-lt-mid"), name=name,
                                  description=f"product candidate: the shipped recipe {why}", **change))
 
 
-class UnknownVariantError(TrainingError, KeyError):
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return self.args[0]
-
-
 def get_variant(name: str) -> Variant:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownVariantError(
-            f"unknown variant {name!r}; known variants: {', '.join(_REGISTRY)}") from None
+    """The registered variant; UnknownNameError (a ValueError) naming the known ones."""
+    return VARIANTS.get(name)
 
 
 def all_variants() -> list[Variant]:
-    return list(_REGISTRY.values())
+    return VARIANTS.values()
 
 
 def loss_rule(variant_record: dict) -> str:

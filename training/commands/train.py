@@ -23,7 +23,7 @@ from .common import add_data_args, positive_int, resolve_device, run_job, unit_i
 def variant_arg(text: str) -> Variant:
     try:
         return get_variant(text)
-    except KeyError as exc:
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
