@@ -28,6 +28,7 @@ from .middleware import ObserveMiddleware
 from .openapi import document_limits
 from .routes import router
 from .service import ModelService
+from .state import ServerState
 from .v2_grpc import create_server as create_grpc_server
 from .v2_http import package_version
 from .v2_http import router as v2_router
@@ -44,7 +45,7 @@ def decode_workers(settings: Settings) -> int:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    state = app.state
+    state: ServerState = app.state.server
     for service in state.services.values():
         # Admission's estimate starts from the warm-up's timings, not from zero (admit everything).
         # Small batches: ONNX Runtime's arena grows to the largest batch run (64: +50 MB a worker).
@@ -74,7 +75,7 @@ def register_error_handlers(app: FastAPI) -> None:
     """Every error is a JSON `{"error", "status"}` body (errors.py); bad input is a 4xx, never a 500."""
 
     async def _known_error(request: Request, exc: Exception):
-        return error_answer(exc, request.app.state.admission)
+        return error_answer(exc, request.app.state.server.admission)
 
     for known in (ApiError, ImageError, Overloaded, StarletteHTTPException):  # ProtocolError is an ApiError
         app.add_exception_handler(known, _known_error)
@@ -131,14 +132,10 @@ def create_app(settings: Settings, models: dict[str, StagedModel] | None = None,
     admission = Admission(settings.max_wait_ms / 1000, settings.batch_size,
                           max_uploads=settings.max_uploads_in_progress)
     m.ADMISSION_MAX_WAIT.set(admission.max_wait_s)
-    state = app.state
-    state.settings, state.admission = settings, admission
-    state.warm = state.draining = state.closing = False
-    state.grpc_port, state.grpc = grpc_port, None
-    state.services = {name: ModelService(model, settings, on_batch=admission.observe_batch)
-                      for name, model in models.items()}
-    state.decoder = DecodePool(decode_workers(settings), settings.max_upload_bytes, settings.max_image_pixels,
-                               settings.decode_budget_pixels or settings.max_image_pixels)
+    services = {name: ModelService(model, settings, on_batch=admission.observe_batch) for name, model in models.items()}
+    decoder = DecodePool(decode_workers(settings), settings.max_upload_bytes, settings.max_image_pixels,
+                         settings.decode_budget_pixels or settings.max_image_pixels)
+    state = app.state.server = ServerState(settings, admission, services, decoder, grpc_port)
     register_error_handlers(app)
     app.add_middleware(FastPath, state=state)  # inside ObserveMiddleware: added first
     app.add_middleware(ObserveMiddleware, state=state)

@@ -29,6 +29,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from .errors import ApiError, error_answer
 from .middleware import upload_limit
 from .routes import classify_upload
+from .state import ServerState
 from .v2_http import HEADER_LENGTH, infer_answer
 
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
@@ -39,7 +40,7 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class FastPath:
-    def __init__(self, app, state):
+    def __init__(self, app, state: ServerState):
         self.app, self.state = app, state  # state: the FastAPI app's (settings, services, decoder, admission)
         self.limit = upload_limit(state.settings)
 

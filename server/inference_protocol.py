@@ -23,6 +23,7 @@ from .errors import ApiError
 from .images import SIZE, ImageError
 from .routes import lookup_service, readiness
 from .service import ImageResult, ModelService
+from .state import ServerState
 
 SERVER_NAME = "elf-reslt"
 EXTENSIONS = ["binary_tensor_data"]
@@ -63,7 +64,7 @@ def model_metadata(service: ModelService) -> dict:
             "outputs": [{"name": name, "datatype": dtype, "shape": [-1]} for name, (dtype, _, _) in OUTPUTS.items()]}
 
 
-def find_service(state, name: str | None, version: str | None) -> ModelService:
+def find_service(state: ServerState, name: str | None, version: str | None) -> ModelService:
     """The model a request names (none: the default) at the version it names (none: its one)."""
     try:
         service = lookup_service(state, name)
@@ -75,7 +76,7 @@ def find_service(state, name: str | None, version: str | None) -> ModelService:
     return service
 
 
-def model_ready(state, service: ModelService) -> bool:
+def model_ready(state: ServerState, service: ModelService) -> bool:
     return readiness(state).ready and service.model.provider_ok
 
 

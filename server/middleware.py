@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from . import metrics as m
 from .admission import Overloaded
 from .errors import error_answer, error_response
+from .state import ServerState
 
 ENDPOINTS = frozenset({"/classify", "/classify/batch", "/models", "/healthz", "/readyz", "/metrics",
                        "/v2", "/v2/health/live", "/v2/health/ready"})
@@ -79,8 +80,8 @@ def upload_receive(receive, admission, request_state: dict, timeout: float):
 
 
 class ObserveMiddleware:
-    def __init__(self, app, state):
-        self.app, self.state = app, state  # state: the FastAPI app's state (settings, admission, closing)
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

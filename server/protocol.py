@@ -32,9 +32,10 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from . import metrics as m
 from .admission import Overloaded
 from .middleware import INFERENCE, endpoint_label, upload_limit
+from .state import ServerState
 
 
-def server_protocol(state) -> type[HttpToolsProtocol]:
+def server_protocol(state: ServerState) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with the rules above, read from `state` (the app's: settings,
     admission, draining, closing)."""
     paths = {path.encode(): path for path in INFERENCE}

@@ -1,7 +1,7 @@
 """The HTTP API: classification, model listing, health, readiness and metrics.
 
-Routes read what they serve from `request.app.state` (settings, services, decoder, admission,
-readiness) set by `create_app`. Bad input raises ApiError / ImageError and overload raises
+Routes read what they serve from the worker's ServerState (settings, services, decoder, admission,
+readiness; `state.StateDep`). Bad input raises ApiError / ImageError and overload raises
 Overloaded: the handlers registered in app.py turn each into its `{"error", "status"}` answer.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .errors import ApiError
 from .images import ImageError
 from .schemas import BatchClassification, BatchItem, Classification, Health, Readiness, errors
 from .service import ModelService
+from .state import ServerState, StateDep
 
 router = APIRouter()
 DRAINING = "shutting down: draining accepted requests"
@@ -29,7 +30,7 @@ ThresholdField = Annotated[float | None, Form(ge=0, le=1, description="exit thre
                                               "model's calibrated thresholds)")]
 
 
-def lookup_service(state, name: str | None) -> ModelService:
+def lookup_service(state: ServerState, name: str | None) -> ModelService:
     """The model named (none: the default), or KeyError saying which exist (every protocol's 404)."""
     name = name or state.settings.default_model
     if name not in state.services:
@@ -37,7 +38,7 @@ def lookup_service(state, name: str | None) -> ModelService:
     return state.services[name]
 
 
-def get_service(state, name: str | None) -> ModelService:
+def get_service(state: ServerState, name: str | None) -> ModelService:
     try:
         return lookup_service(state, name)
     except KeyError as exc:
@@ -50,7 +51,7 @@ def answer(service: ModelService, r, t0: float) -> Classification:
                           latency_ms=1000 * (time.perf_counter() - t0), model=service.name)
 
 
-async def classify_upload(state, upload: bytes | BinaryIO, model: str | None, threshold: float | None,
+async def classify_upload(state: ServerState, upload: bytes | BinaryIO, model: str | None, threshold: float | None,
                           t0: float) -> Classification:
     """One uploaded image classified (this route's, and the fast path's plain uploads)."""
     service = get_service(state, model)
@@ -60,22 +61,21 @@ async def classify_upload(state, upload: bytes | BinaryIO, model: str | None, th
 
 
 @router.post("/classify", response_model=Classification, responses=errors(400, 404, 408, 413, 415, 422, 503))
-async def classify(request: Request,
+async def classify(state: StateDep,
                    file: Annotated[UploadFile, File(description="the image (PNG, JPEG, BMP, WebP, GIF...)")],
                    model: ModelField = None, threshold: ThresholdField = None):
     """Classify one image; stops at the first exit whose confidence reaches the threshold."""
-    return await classify_upload(request.app.state, file.file, model, threshold, time.perf_counter())
+    return await classify_upload(state, file.file, model, threshold, time.perf_counter())
 
 
 @router.post("/classify/batch", response_model=BatchClassification, responses=errors(400, 404, 408, 413, 415, 422, 503))
-async def classify_batch(request: Request,
+async def classify_batch(request: Request, state: StateDep,
                          files: Annotated[list[UploadFile], File(description="several images; each gets its "
                                                                   "own result or error")],
                          model: ModelField = None, threshold: ThresholdField = None):
     """Classify several images in one request (at most max_batch_files). A file that is not a valid
     image gets its own error in the answer; when no file is valid the request fails as /classify would."""
     t0 = time.perf_counter()
-    state = request.app.state
     service = get_service(state, model)
     if len(files) > state.settings.max_batch_files:
         raise ApiError(422, f"too many files: {len(files)} > limit of {state.settings.max_batch_files}")
@@ -104,9 +104,8 @@ async def classify_batch(request: Request,
 
 
 @router.get("/models")
-async def list_models(request: Request) -> dict:
+async def list_models(state: StateDep) -> dict:
     """The default model's name, and each model's execution provider and manifest."""
-    state = request.app.state
     return {"default": state.settings.default_model,
             "models": {name: {"provider": s.model.provider, "manifest": s.model.manifest.model_dump(mode="json")}
                        for name, s in state.services.items()}}
@@ -119,14 +118,14 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(request: Request):
+async def readyz(state: StateDep):
     """Ready for traffic: models loaded, warmed up, on the expected provider, and not draining
     (this worker process; the health port's /readyz answers for all of them)."""
-    body = readiness(request.app.state)
+    body = readiness(state)
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 
-def readiness(state) -> Readiness:
+def readiness(state: ServerState) -> Readiness:
     """The app's readiness from its state (also what a worker reports to the supervisor)."""
     problems = [] if state.warm else ["models are warming up"]
     if state.draining:

@@ -26,6 +26,7 @@ import time
 import uvicorn
 
 from .protocol import server_protocol
+from .state import ServerState
 
 log = logging.getLogger(__name__)
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
@@ -60,10 +61,10 @@ class ListenerBarrier:
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state, drain_seconds: float, barrier: ListenerBarrier,
+    def __init__(self, config: uvicorn.Config, state: ServerState, drain_seconds: float, barrier: ListenerBarrier,
                  on_listening=None, heartbeat=None):
         super().__init__(config)
-        self.state, self.drain_seconds = state, drain_seconds  # state: the app's (`draining`, `closing` flags)
+        self.state, self.drain_seconds = state, drain_seconds  # its `draining` and `closing` flags are set here
         self.drain_deadline: float | None = None
         self.barrier = barrier
         self.on_listening = on_listening or (lambda: None)  # after start-up: models warm, listener open
@@ -125,8 +126,8 @@ def serve(app, settings, sock, barrier: ListenerBarrier, on_listening=None, hear
     """Serve `app` on `sock`, this worker's socket on the server's port (bound; uvicorn listens on it
     once the lifespan has warmed the models up, then calls `on_listening` and starts `heartbeat`)."""
     return_large_blocks_to_os()
-    config = uvicorn.Config(app, http=server_protocol(app.state), log_level=settings.log_level,
+    config = uvicorn.Config(app, http=server_protocol(app.state.server), log_level=settings.log_level,
                             access_log=settings.log_level == "debug",
                             timeout_keep_alive=settings.keep_alive_timeout_seconds,
                             timeout_graceful_shutdown=settings.shutdown_timeout_seconds)
-    DrainingServer(config, app.state, settings.drain_seconds, barrier, on_listening, heartbeat).run(sockets=[sock])
+    DrainingServer(config, app.state.server, settings.drain_seconds, barrier, on_listening, heartbeat).run(sockets=[sock])

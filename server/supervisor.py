@@ -120,7 +120,7 @@ def serve_worker(settings: Settings, port: int, slot: int, events, closed, worke
     # Bound now, listening once warmed up (no connection waits on a worker still loading); then it
     # reports its readiness to the supervisor.
     serve(app, settings, port_socket(settings.host, port), ListenerBarrier(closed, workers),
-          on_listening=lambda: events.put((slot, os.getpid(), readiness(app.state).model_dump())),
+          on_listening=lambda: events.put((slot, os.getpid(), readiness(app.state.server).model_dump())),
           heartbeat=lambda: heartbeats.beat(slot))
 
 

@@ -21,6 +21,7 @@ from .admission import Overloaded
 from .grpc_v2 import SERVICE, message
 from .middleware import upload_limit
 from .routes import readiness
+from .state import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ async def observed(method: str, context, call):
     await context.abort(code, message)
 
 
-def create_server(state, port: int, server_version: str) -> grpc.aio.Server:
+def create_server(state: ServerState, port: int, server_version: str) -> grpc.aio.Server:
     """The worker's gRPC server on `port` (started by the app's lifespan, in its event loop)."""
     settings = state.settings
     limit = upload_limit(settings)

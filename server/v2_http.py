@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
 from . import inference_protocol as oip
 from .routes import readiness
 from .schemas import errors
+from .state import ServerState, StateDep
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 HEADER_LENGTH = "inference-header-content-length"
@@ -44,46 +45,46 @@ async def server_live() -> dict:
 
 @router.get("/health/ready", summary="Server ready (400 when not: the protocol's 4xx for false)",
             responses=errors(400))
-async def server_ready(request: Request):
-    ready = readiness(request.app.state).ready
+async def server_ready(state: StateDep):
+    ready = readiness(state).ready
     return json_response({"ready": ready}, 200 if ready else 400)
 
 
-def service_of(request: Request, model: str, model_version: str | None):
-    return oip.find_service(request.app.state, model, model_version)
+def service_of(state: ServerState, model: str, model_version: str | None):
+    return oip.find_service(state, model, model_version)
 
 
 @router.get("/models/{model}", summary="Model metadata", responses=errors(404))
-async def model_metadata(request: Request, model: str) -> dict:
-    return oip.model_metadata(service_of(request, model, None))
+async def model_metadata(state: StateDep, model: str) -> dict:
+    return oip.model_metadata(service_of(state, model, None))
 
 
 @router.get("/models/{model}/versions/{model_version}", summary="Model metadata (a version)", responses=errors(404))
-async def model_version_metadata(request: Request, model: str, model_version: str) -> dict:
-    return oip.model_metadata(service_of(request, model, model_version))
+async def model_version_metadata(state: StateDep, model: str, model_version: str) -> dict:
+    return oip.model_metadata(service_of(state, model, model_version))
 
 
-def ready_answer(request: Request, model: str, model_version: str | None) -> Response:
-    service = service_of(request, model, model_version)
-    ready = oip.model_ready(request.app.state, service)
+def ready_answer(state: ServerState, model: str, model_version: str | None) -> Response:
+    service = service_of(state, model, model_version)
+    ready = oip.model_ready(state, service)
     return json_response({"name": service.name, "ready": ready}, 200 if ready else 400)
 
 
 @router.get("/models/{model}/ready", summary="Model ready", responses=errors(400, 404))
-async def model_ready(request: Request, model: str):
-    return ready_answer(request, model, None)
+async def model_ready(state: StateDep, model: str):
+    return ready_answer(state, model, None)
 
 
 @router.get("/models/{model}/versions/{model_version}/ready", summary="Model ready (a version)",
             responses=errors(400, 404))
-async def model_version_ready(request: Request, model: str, model_version: str):
-    return ready_answer(request, model, model_version)
+async def model_version_ready(state: StateDep, model: str, model_version: str):
+    return ready_answer(state, model, model_version)
 
 
 @router.get("/models/{model}/config", summary="Model configuration (Triton's extension, for perf_analyzer)",
             responses=errors(404))
-async def model_config(request: Request, model: str) -> dict:
-    return oip.model_config(service_of(request, model, None))
+async def model_config(state: StateDep, model: str) -> dict:
+    return oip.model_config(service_of(state, model, None))
 
 
 INFER_ERRORS = errors(400, 404, 408, 413, 415, 422, 503)
@@ -132,7 +133,7 @@ def mapping(value, what: str) -> dict:
     return value
 
 
-async def infer_answer(state, request_state: dict, model: str, model_version: str | None, body: bytes,
+async def infer_answer(state: ServerState, request_state: dict, model: str, model_version: str | None, body: bytes,
                        header_length: str | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """One infer request: its answer's body and headers. `request_state` counts the images the
     request holds in admission (the middleware admitted it as one)."""

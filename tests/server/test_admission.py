@@ -57,7 +57,7 @@ def test_a_fresh_server_starts_from_its_warm_up_timings():
 
     app = create_app(Settings(model_repository=MODELS, intra_op_threads=1, decode_workers=1))
     with TestClient(app):
-        adm = app.state.admission
+        adm = app.state.server.admission
         assert adm.per_image > 0
         adm.reserve(100_000)  # a backlog no bound admits
         with pytest.raises(Overloaded):
