@@ -266,12 +266,11 @@ def bare_ort(model_dir: Path, images: np.ndarray, seconds: float, threshold=1.0)
     number, or one per early exit): (images/s, each image's exit, 1-based)."""
     model = StagedModel(model_dir, "cpu", intra_op_threads=1)
     x = model.preprocess(images)
-    thr = np.broadcast_to(np.asarray(threshold, np.float32), (16, model.manifest.num_exits - 1))
     exits = np.zeros(len(x) - len(x) % 16, np.int64)
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for i in range(0, len(exits), 16):
-            exits[i:i + 16] = model.run(x[i:i + 16], thr).exit
+            exits[i:i + 16] = model.run(x[i:i + 16], threshold).exit
             done += 16
     return done / (time.perf_counter() - t0), exits
 

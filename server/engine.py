@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from modelrepo import Manifest, ManifestError, leaves, load_manifest
+from modelrepo import Manifest, ManifestError, early_exit_thresholds, leaves, load_manifest
 
 from .config import cgroup_cpu_limit
 from .images import SIZE, normalize
@@ -109,13 +109,13 @@ class StagedModel:
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         return normalize(images, *self._norm)
 
-    def run(self, x: np.ndarray, thresholds: np.ndarray, shadow: np.ndarray | None = None) -> StagedResult:
-        """x: normalised N x 3 x 32 x 32 float32; thresholds: N x (K - 1), each image's threshold
-        at each early exit, or N (one per image, at every exit). shadow: N bools, images whose
-        feature maps are kept (as ShadowJobs) when they leave early."""
+    def run(self, x: np.ndarray, threshold, shadow: np.ndarray | None = None) -> StagedResult:
+        """x: normalised N x 3 x 32 x 32 float32; threshold: the early exits' as the exit rule takes
+        them (exit_rule.early_exit_thresholds): one number, one per early exit, or (K - 1) x N, one
+        per early exit and image. shadow: N bools, images whose feature maps are kept (as
+        ShadowJobs) when they leave early."""
         n = len(x)
-        if thresholds.ndim == 1:
-            thresholds = np.repeat(thresholds[:, None], len(self.sessions) - 1, axis=1)
+        thresholds = np.broadcast_to(early_exit_thresholds(threshold, len(self.sessions)), (len(self.sessions) - 1, n))
         class_id = np.zeros(n, dtype=np.int64)
         confidence = np.zeros(n, dtype=np.float32)
         exits = np.zeros(n, dtype=np.int64)
@@ -130,7 +130,7 @@ class StagedModel:
             if k == last:
                 leave = np.ones(len(active), dtype=bool)
             else:
-                leave = leaves(conf, thresholds[active, k])
+                leave = leaves(conf, thresholds[k, active])
             idx = active[leave]
             class_id[idx], confidence[idx], exits[idx] = cls[leave], conf[leave], k + 1
             if k == last or leave.all():
@@ -192,10 +192,9 @@ class StagedModel:
         timings = []
         for n in batch_sizes:
             x = np.zeros((n, 3, 32, 32), dtype=np.float32)
-            thresholds = np.ones((n, len(self.sessions) - 1), dtype=np.float32)  # threshold 1: every stage runs
-            self.run(x, thresholds)
+            self.run(x, 1.0)  # threshold 1: every stage runs
             t0 = time.perf_counter()
-            self.run(x, thresholds)
+            self.run(x, 1.0)
             timings.append((n, time.perf_counter() - t0))
         return timings
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modelrepo import early_exit_thresholds
+
 from . import metrics as m
 from .batcher import Batcher
 from .config import Settings
@@ -77,7 +79,7 @@ class ModelService:
         """Worker thread: normalise the batch (once, off the event loop) and run the stages."""
         x = self.model.preprocess(images)
         shadow = self._rng.random(len(x)) < self.shadow_rate if self.shadow_rate > 0 else None
-        result = self.model.run(x, thresholds, shadow)
+        result = self.model.run(x, thresholds.T, shadow)  # the batcher's N x (K - 1), per image
         if result.shadows:
             self._queue_shadows(result.shadows)
         for k, stage in enumerate(result.stages):
@@ -131,9 +133,7 @@ class ModelService:
         request's one number applies to every exit."""
         if threshold is None:
             threshold = self.default_threshold
-        if isinstance(threshold, (int, float)):
-            return (float(threshold),) * (self.exits_total - 1)
-        return tuple(threshold)
+        return tuple(early_exit_thresholds(threshold, self.exits_total)[:, 0].tolist())
 
     async def classify(self, images: list[np.ndarray], threshold: float | list[float] | None) -> list[ImageResult]:
         return await self.batcher.submit(images, self.per_exit(threshold))

@@ -20,9 +20,9 @@ def x(model, cifar):
 
 def test_stages_after_the_exit_are_never_run(model, x):
     n = len(x)
-    everyone_early = model.run(x, np.zeros(n, np.float32))
+    everyone_early = model.run(x, 0.0)
     assert (everyone_early.exit == 1).all() and len(everyone_early.stages) == 1
-    nobody_early = model.run(x, np.ones(n, np.float32))
+    nobody_early = model.run(x, 1.0)
     assert (nobody_early.exit == model.manifest.num_exits).all()
     assert [s.batch_size for s in nobody_early.stages] == [n] * model.manifest.num_exits
 
@@ -34,8 +34,8 @@ def test_threshold_one_runs_every_stage_even_at_confidence_one(model, x):
     _, confidence, _ = model._run_stage(0, loud)
     certain = confidence == 1.0
     assert certain.sum() > 32
-    assert (model.run(loud, np.ones(64, np.float32)).exit == model.manifest.num_exits).all()
-    below = model.run(loud, np.full(64, np.nextafter(np.float32(1), np.float32(0))))
+    assert (model.run(loud, 1.0).exit == model.manifest.num_exits).all()
+    below = model.run(loud, np.nextafter(np.float32(1), np.float32(0)))
     assert (below.exit[certain] == 1).all()
 
 
@@ -54,11 +54,11 @@ def test_every_exit_matches_the_pytorch_model_of_its_checkpoint(model, x, cifar)
     probs = exit_probabilities(net, Split(cifar[1].images[:len(x)], cifar[1].labels[:len(x)]),
                                adjustment=stage_adjustments(shift.class_counts, shift.taus(model.manifest.num_exits)))
     top2 = probs.topk(2, dim=2).values.numpy()
-    k_exits, n = probs.size(0), len(x)
+    k_exits = probs.size(0)
     for k in range(k_exits):
-        thresholds = np.ones((n, k_exits - 1), np.float32)
+        thresholds = np.ones(k_exits - 1, np.float32)  # one per early exit
         if k < k_exits - 1:
-            thresholds[:, k] = 0.0
+            thresholds[k] = 0.0
         result = model.run(x, thresholds)
         assert (result.exit == k + 1).all()
         np.testing.assert_allclose(result.confidence, top2[k, :, 0], atol=1e-4)
@@ -69,17 +69,17 @@ def test_every_exit_matches_the_pytorch_model_of_its_checkpoint(model, x, cifar)
 
 def test_mixed_thresholds_route_each_image(model, x):
     n = len(x)
-    thresholds = np.where(np.arange(n) % 2 == 0, 0.0, 1.0).astype(np.float32)
-    result = model.run(x, thresholds)
     last = model.manifest.num_exits
+    per_image = np.where(np.arange(n) % 2 == 0, 0.0, 1.0).astype(np.float32)
+    result = model.run(x, np.tile(per_image, (last - 1, 1)))  # (K - 1) x N: one per early exit and image
     assert (result.exit[::2] == 1).all() and (result.exit[1::2] == last).all()
     assert [s.batch_size for s in result.stages] == [n] + [n // 2] * (last - 1)
 
 
 def test_staged_answers_equal_full_run(model, x):
     """Whatever the exit, an image's answer is that exit's own prediction."""
-    full = [model.run(x, np.full(len(x), t, np.float32)) for t in (0.0, 1.0)]
-    mid = model.run(x, np.full(len(x), 0.3, np.float32))
+    full = [model.run(x, t) for t in (0.0, 1.0)]
+    mid = model.run(x, 0.3)
     for e in (1, model.manifest.num_exits):
         sel = mid.exit == e
         np.testing.assert_array_equal(mid.class_id[sel], full[0 if e == 1 else 1].class_id[sel])
@@ -107,9 +107,8 @@ def test_committed_models_score_what_their_manifests_say(repository, cifar):
     names = sorted(p.name for p in repository.iterdir() if (p / "manifest.json").exists())
     assert names, f"{repository}: no model"
     for name, model in load_repository(repository, names[0], "cpu").items():
-        default = np.asarray(model.manifest.thresholds.inference, np.float32)  # one, or one per early exit
-        early = model.manifest.num_exits - 1
-        runs = [model.run(model.preprocess(images), np.broadcast_to(default, (len(images), early)))
+        default = model.manifest.thresholds.inference  # one, or one per early exit
+        runs = [model.run(model.preprocess(images), default)
                 for images in np.array_split(test.images, 10)]
         classes, exits = (np.concatenate([getattr(r, f) for r in runs]) for f in ("class_id", "exit"))
         claimed = model.manifest.metrics
@@ -121,10 +120,10 @@ def test_committed_models_score_what_their_manifests_say(repository, cifar):
 def test_per_exit_thresholds(model, x):
     """A threshold per early exit: 0 at exit 2 alone sends everyone not leaving at exit 1 out there."""
     n, early = len(x), model.manifest.num_exits - 1
-    only_exit2 = model.run(x, np.tile(np.array([1.0, 0.0] + [1.0] * (early - 2), np.float32), (n, 1)))
+    only_exit2 = model.run(x, [1.0, 0.0] + [1.0] * (early - 2))
     assert set(only_exit2.exit.tolist()) == {2} and [s.batch_size for s in only_exit2.stages] == [n, n]
-    same = model.run(x, np.full((n, early), 0.3, np.float32))
-    broadcast = model.run(x, np.full(n, 0.3, np.float32))
+    same = model.run(x, np.full((early, n), 0.3, np.float32))
+    broadcast = model.run(x, 0.3)
     assert same.exit.tolist() == broadcast.exit.tolist() and same.class_id.tolist() == broadcast.class_id.tolist()
 
 
@@ -146,8 +145,7 @@ def test_io_binding_path_gives_the_same_answers(model, x):
     confidences as plain runs, also when nobody or everybody leaves at an exit, and in shadow runs."""
     bound = StagedModel(MODELS / "default", "cpu", io_binding=True)
     n = len(x)
-    for thresholds in (np.zeros(n, np.float32), np.full(n, 1.0, np.float32), np.full(n, 0.6, np.float32),
-                       np.tile(np.array([1.0, 0.0], np.float32), (n, 1))):
+    for thresholds in (0.0, 1.0, 0.6, np.tile(np.array([[1.0], [0.0], [1.0]], np.float32), (1, n))):
         shadow = np.arange(n) % 3 == 0
         a, b = model.run(x, thresholds, shadow), bound.run(x, thresholds, shadow)
         assert a.exit.tolist() == b.exit.tolist() and a.class_id.tolist() == b.class_id.tolist()

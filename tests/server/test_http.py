@@ -149,7 +149,7 @@ def mixing_threshold(images) -> float:
     image's exit-1 confidence (so float noise between PyTorch and ONNX Runtime cannot flip one)."""
     from server.engine import StagedModel
     model = StagedModel(MODELS / "default", "cpu")
-    conf = np.sort(model.run(model.preprocess(images), np.zeros(len(images), np.float32)).confidence)
+    conf = np.sort(model.run(model.preprocess(images), 0.0).confidence)
     gaps = np.diff(conf)
     middle = len(conf) // 2
     i = middle + int(np.argmax(gaps[middle:] > 2e-4))

@@ -27,8 +27,8 @@ def dropped(text: str) -> float:
 def offline_agreement(images: np.ndarray, threshold: float) -> dict[tuple[str, str], float]:
     model = StagedModel(MODELS / "default", "cpu")
     x = model.preprocess(images)
-    served = model.run(x, np.full(len(x), threshold, np.float32))
-    final = model.run(x, np.full(len(x), 1.0, np.float32)).class_id  # threshold 1: every image to the end
+    served = model.run(x, threshold)
+    final = model.run(x, 1.0).class_id  # threshold 1: every image to the end
     counts = {(str(k), a): 0.0 for k in range(1, model.manifest.num_exits) for a in ("true", "false")}
     for e, c, f in zip(served.exit, served.class_id, final):
         if e < model.manifest.num_exits:
