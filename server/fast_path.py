@@ -41,7 +41,7 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 
 class FastPath:
     def __init__(self, app, state: ServerState):
-        self.app, self.state = app, state  # state: the FastAPI app's (settings, services, decoder, admission)
+        self.app, self.state = app, state
         self.limit = upload_limit(state.settings)
 
     async def __call__(self, scope, receive, send):

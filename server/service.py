@@ -43,6 +43,7 @@ class ModelService:
         self.class_names = man.class_names
         self.exits_total = man.num_exits
         self.default_threshold = man.thresholds.inference  # one number, or one per early exit
+        self._default_per_exit = self._spread(self.default_threshold)  # what most requests ask for
         self._cumulative = np.array([s.cumulative_macs for s in man.stages], dtype=np.float64)
         self.batcher = Batcher(self._run_batch, settings.batch_size, settings.batch_wait_ms / 1000,
                                settings.max_queue, on_depth=m.QUEUE_DEPTH.labels(self.name).set,
@@ -131,8 +132,9 @@ class ModelService:
     def per_exit(self, threshold: float | list[float] | None) -> tuple[float, ...]:
         """The threshold at each early exit: the manifest's default when the request names none; a
         request's one number applies to every exit."""
-        if threshold is None:
-            threshold = self.default_threshold
+        return self._default_per_exit if threshold is None else self._spread(threshold)
+
+    def _spread(self, threshold: float | list[float]) -> tuple[float, ...]:
         return tuple(early_exit_thresholds(threshold, self.exits_total)[:, 0].tolist())
 
     async def classify(self, images: list[np.ndarray], threshold: float | list[float] | None) -> list[ImageResult]:

@@ -115,7 +115,7 @@ def test_idle_connections_close_after_the_keep_alive_timeout_only():
     default outlasts clients' own idle expiry (httpx: 5 s): a server closing at the same moment as
     its client made the client send into a connection just closed (a reset POST under load)."""
     from server.config import Settings
-    assert Settings().keep_alive_timeout_seconds > max(5.0, 60.0)  # httpx; nginx and AWS ALB upstreams
+    assert Settings().keep_alive_timeout_seconds > 60.0  # above nginx's and AWS ALB's upstream idle timeouts (httpx: 5 s)
     server = RunningServer("--model-repository", str(MODELS), "--workers", "1",
                            env={"ELF_KEEP_ALIVE_TIMEOUT_SECONDS": "1"})
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
