@@ -25,7 +25,7 @@ from .checkpoint import write_json
 from .constants import CLASS_NAMES, MEAN, SPLITS, STD
 from .data import Split
 from .errors import TrainingError
-from .evaluation import early_exit_metrics
+from .evaluation import early_exit_metrics, exit_probabilities
 from .macs import exit_costs
 from .variants import loss_rule
 
@@ -127,7 +127,7 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
         stages = write_stages(model, adjustments, costs, tmp)
         probs = onnx_exit_probabilities([tmp / stage["file"] for stage in stages],
                                         normalize_batch(test.images).numpy(), config.eval_batch_size)
-        diff = parity(model, adjustments, test.images[:parity_images], probs)
+        diff = parity(model, adjustments, test.subset(np.arange(min(parity_images, len(test)))), probs)
         probs = torch.from_numpy(np.stack(probs))
         metrics = early_exit_metrics(probs, test.labels, threshold, costs)
         # The same model's curve: the report's threshold, and each threshold of a sweep (1.0 = full depth).
@@ -182,15 +182,13 @@ def write_stages(model, adjustments: torch.Tensor, costs: list[dict], folder: Pa
     return stages
 
 
-def parity(model, adjustments: torch.Tensor, images: np.ndarray, onnx_probs: list[np.ndarray]) -> float:
-    """The largest difference between PyTorch's and ONNX Runtime's probabilities on `images` (the
-    first of those `onnx_probs` holds); ExportError beyond PARITY_TOLERANCE."""
-    with torch.no_grad():
-        logits = torch.stack([out.logits for out in model(normalize_batch(images))])
-    torch_probs = (logits - adjustments[:, None, :]).softmax(dim=2).numpy()
-    diff = max(float(np.abs(o[:len(images)] - t).max()) for o, t in zip(onnx_probs, torch_probs))
+def parity(model, adjustments: torch.Tensor, split: Split, onnx_probs: list[np.ndarray]) -> float:
+    """The largest difference between PyTorch's and ONNX Runtime's probabilities on `split` (the
+    first images of those `onnx_probs` holds); ExportError beyond PARITY_TOLERANCE."""
+    torch_probs = exit_probabilities(model, split, adjustment=adjustments).numpy()
+    diff = max(float(np.abs(o[:len(split)] - t).max()) for o, t in zip(onnx_probs, torch_probs))
     if not diff <= PARITY_TOLERANCE:
-        raise ExportError(f"ONNX Runtime and PyTorch disagree on {len(images)} test images: max abs "
+        raise ExportError(f"ONNX Runtime and PyTorch disagree on {len(split)} test images: max abs "
                           f"probability difference {diff:.2e} > {PARITY_TOLERANCE:.0e}; nothing written")
     return diff
 
