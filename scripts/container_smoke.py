@@ -21,10 +21,8 @@ container that does not start): the reason is printed.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,9 +31,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.server.conftest import free_port, png  # noqa: E402  (the test suite's own helpers)
+
 BASE = "localhost/python:3.11-slim"  # the Dockerfile's `FROM python:3.11-slim`, made locally
 IMAGE = "localhost/elf-reslt-server:smoke"
 PACKAGES = ("podman", "runc", "mmdebstrap")
@@ -105,18 +105,6 @@ def make_base(folder: Path) -> None:
         raise RuntimeError(f"podman import failed: {out.stderr.strip()[-500:]}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def expected_answers(images: np.ndarray) -> list[tuple[int, int]]:
     """(class id, exit) of each image from ONNX Runtime outside the container: the same model
     directory, its default thresholds, the server's staged engine."""
@@ -127,7 +115,6 @@ def expected_answers(images: np.ndarray) -> list[tuple[int, int]]:
 
 
 def test_images(count: int) -> np.ndarray:
-    sys.path.insert(0, str(REPO))
     from training.data import default_data_dir, load_cifar10
     return load_cifar10(default_data_dir())[1].images[:count]
 
