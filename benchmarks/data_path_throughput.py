@@ -3,7 +3,7 @@
     python benchmarks/data_path_throughput.py [--device cpu] [--images 4096] [--rounds 3]
 
 reference: DataLoader (main process, --workers) + per-image PIL transforms; device: the uint8
-training set on the device, batched tensor ops (training/device_data.py). The goal: on
+training set on the device, batched tensor ops (training/device_data.py, training/batch_ops.py). The goal: on
 the CPU the device path is not slower than the reference path.
 """
 from __future__ import annotations

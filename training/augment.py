@@ -1,5 +1,9 @@
-"""Reference (CPU-friendly) augmentation: per-image torchvision transforms and batch Mixup."""
+"""The augmentation parts a variant names (AUGMENTATIONS), and the reference (CPU-friendly) data
+path: per-image torchvision transforms, and batch Mixup."""
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -7,27 +11,29 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from .constants import MEAN, STD
+from . import batch_ops
+from .constants import CUTOUT_SIZE, MEAN, STD
 from .data import Split
+from .registry import Registry
 
 MIXUP_ALPHA = 1.0
-CUTOUT_SIZE = 16  # Cutout's square on CIFAR-10 (DeVries & Taylor 2017; BCL and ProCo train with it)
-# On top of crop 32 (padding 4) + flip, a variant names its augmentation as parts joined by "+":
-# "basic" (nothing more: the erm control), "autoaugment" (torchvision's CIFAR10 policy per image),
-# "cutout" (one 16x16 square per image set to the mean colour, after AutoAugment where both are
-# asked) and "mixup" (per batch, losses.batch_targets). Both data paths (this module's per-image
-# transforms, device_data's batched ones) implement each part.
-AUGMENTATION_PARTS = ("basic", "autoaugment", "cutout", "mixup")
 
 
-def augmentation_parts(augmentation: str) -> frozenset[str]:
-    """The parts of an augmentation name ("autoaugment+cutout+mixup" -> three), checked."""
-    parts = augmentation.split("+")
-    unknown = [p for p in parts if p not in AUGMENTATION_PARTS]
-    if unknown or len(set(parts)) != len(parts) or ("basic" in parts and len(parts) > 1):
-        raise ValueError(f"unknown augmentation {augmentation!r}: parts joined by '+' of {AUGMENTATION_PARTS}, "
-                         "each once ('basic' alone)")
-    return frozenset(parts)
+@dataclass(frozen=True)
+class AugmentationPart:
+    """One part of a variant's augmentation, on top of crop 32 (padding 4) + flip, with its
+    implementation on both data paths (this module's per-image transforms, device_data's batches).
+
+    stage: where it applies: "pixels" (uint8, before normalising), "tensor" (normalised) or "batch"
+    (mixes images and labels of a batch: losses.batch_targets)."""
+
+    stage: str
+    per_image: Callable[[], Callable] | None = None  # makes the reference path's transform
+    batched: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # batch_ops' twin
+
+    def __post_init__(self):
+        if self.stage in ("pixels", "tensor") and (self.per_image is None) != (self.batched is None):
+            raise ValueError("a part that transforms images needs both a per-image and a batched implementation")
 
 
 class Cutout:
@@ -50,6 +56,33 @@ class Cutout:
         return x
 
 
+# A variant names its augmentation as parts joined by "+", applied in this registry's order.
+AUGMENTATIONS = Registry("augmentation part")
+AUGMENTATIONS.register("basic")(AugmentationPart("pixels"))  # nothing more (the erm control)
+AUGMENTATIONS.register("autoaugment")(AugmentationPart(  # torchvision's CIFAR10 policy per image
+    "pixels", per_image=lambda: T.AutoAugment(T.AutoAugmentPolicy.CIFAR10), batched=batch_ops.autoaugment))
+AUGMENTATIONS.register("cutout")(AugmentationPart(  # one square per image set to the mean colour
+    "tensor", per_image=Cutout, batched=batch_ops.cutout))
+AUGMENTATIONS.register("mixup")(AugmentationPart("batch"))  # per batch: losses.batch_targets
+
+
+def augmentation_parts(augmentation: str) -> frozenset[str]:
+    """The parts of an augmentation name ("autoaugment+cutout+mixup" -> three), checked."""
+    parts = augmentation.split("+")
+    unknown = [p for p in parts if p not in AUGMENTATIONS]
+    if unknown or len(set(parts)) != len(parts) or ("basic" in parts and len(parts) > 1):
+        raise ValueError(f"unknown augmentation {augmentation!r}: parts joined by '+' of "
+                         f"{AUGMENTATIONS.names()}, each once ('basic' alone)")
+    return frozenset(parts)
+
+
+def augmentation_steps(augmentation: str, stage: str) -> list[AugmentationPart]:
+    """The parts of `augmentation` that transform images at `stage`, in the order they apply."""
+    parts = augmentation_parts(augmentation)
+    return [part for name, part in zip(AUGMENTATIONS, AUGMENTATIONS.values())
+            if name in parts and part.stage == stage and part.batched is not None]
+
+
 def normalize_tensor() -> T.Compose:
     return T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
 
@@ -57,13 +90,10 @@ def normalize_tensor() -> T.Compose:
 def train_transform(augmentation: str) -> T.Compose:
     """Crop 32 (padding 4) + flip; AutoAugment's CIFAR10 policy and Cutout on top where the
     variant asks (Mixup is per batch: losses.batch_targets)."""
-    parts = augmentation_parts(augmentation)
     steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
-    if "autoaugment" in parts:
-        steps.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
+    steps += [part.per_image() for part in augmentation_steps(augmentation, "pixels")]
     steps.append(normalize_tensor())
-    if "cutout" in parts:
-        steps.append(Cutout())
+    steps += [part.per_image() for part in augmentation_steps(augmentation, "tensor")]
     return T.Compose(steps)
 
 

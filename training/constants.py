@@ -14,3 +14,6 @@ SPLITS = {"many": (0, 1, 2), "medium": (3, 4, 5), "few": (6, 7, 8, 9)}
 SPLIT_OF_CLASS = tuple(
     next(name for name, classes in SPLITS.items() if c in classes) for c in range(NUM_CLASSES)
 )
+
+# Cutout's square on CIFAR-10 (DeVries & Taylor 2017; BCL and ProCo train with it).
+CUTOUT_SIZE = 16

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from . import runinfo
 from .augment import ImageDataset, train_transform
+from .batch_loop import run_batches, seed_epoch
 from .calibration import heldout_split
 from .compilation import COMPILE_ERRORS, compile_network, mark_step
 from .config import TrainConfig, epoch_seed, lr_at
@@ -114,49 +114,33 @@ class Run:
 
     # -- one epoch ----------------------------------------------------------------------------
     def run_epoch(self, epoch: int) -> dict:
-        """One pass over the training set. Running sums stay on the device, so a GPU step never
-        waits for the host; a non-finite loss is remembered on the device and raised at the end."""
+        """One pass over the training set (batch_loop.run_batches), at the schedule's lr."""
         cfg = self.config
         lr = lr_at(cfg, epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(self.epoch_seed(epoch))  # augmentation draws in the main process
-        rng = np.random.default_rng([cfg.seed, epoch])
+        rng = seed_epoch(cfg.seed, epoch)
         self.model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        bad_batch = torch.full((), -1, dtype=torch.int64, device=self.device)  # first non-finite loss
-        bad_loss = torch.zeros((), device=self.device)
-        seen = 0
         batches, total = self.batches(epoch)
-        n_batches = total if cfg.max_batches is None else min(cfg.max_batches, total)
-        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not sys.stderr.isatty(), unit="batch")
-        for step, (x, y) in enumerate(bar):
-            if step >= n_batches:
-                break
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            x, targets = batch_targets(x, y, self.variant.augmentation, rng)
-            loss, outputs = optimizer_step(self.optimizer, self.model, partial(
-                self._eager_on_compile_failure, partial(self.forward_backward, x, targets)))
-            with torch.no_grad():
-                first_bad = (bad_batch < 0) & ~torch.isfinite(loss)
-                bad_batch = torch.where(first_bad, step, bad_batch)
-                bad_loss = torch.where(first_bad, loss.detach().float(), bad_loss)
-                probs = torch.stack([o.logits.float().softmax(1) for o in outputs])
-                chosen = first_confident_exit(probs, self.threshold)
-                pred = probs.argmax(2).gather(0, chosen.unsqueeze(0)).squeeze(0)
-                correct += (pred == targets.dominant).sum()
-                loss_sum += loss.detach().double() * x.size(0)
-            seen += x.size(0)
-            if not bar.disable and step % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
-        if bad_batch.item() >= 0:
-            raise Diverged(epoch + 1, f"loss is {bad_loss.item()} at batch {bad_batch.item() + 1}")
-        return {"lr": lr, "loss": loss_sum.item() / max(seen, 1),
-                "train_acc": 100.0 * correct.item() / max(seen, 1)}
+        totals = run_batches(batches, total if cfg.max_batches is None else min(cfg.max_batches, total),
+                             partial(self.train_step, rng), epoch=epoch,
+                             desc=f"epoch {epoch + 1}/{cfg.epochs}", device=self.device)
+        return {"lr": lr, "loss": totals["loss"], "train_acc": totals["train_acc"]}
+
+    def train_step(self, rng: np.random.Generator, x: torch.Tensor, y: torch.Tensor):
+        """One optimizer step on a batch: (loss, how many of its images the exit rule gets right,
+        counting a mixed image as its dominant label)."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x, targets = batch_targets(x, y, self.variant.augmentation, rng)
+        loss, outputs = optimizer_step(self.optimizer, self.model, partial(
+            self._eager_on_compile_failure, partial(self.forward_backward, x, targets)))
+        with torch.no_grad():
+            probs = torch.stack([o.logits.float().softmax(1) for o in outputs])
+            chosen = first_confident_exit(probs, self.threshold)
+            pred = probs.argmax(2).gather(0, chosen.unsqueeze(0)).squeeze(0)
+            return loss, (pred == targets.dominant).sum()
 
     def forward_backward(self, x: torch.Tensor, targets: Targets):
         """(loss, exit outputs) of one batch, gradients computed; the optimizer step is the caller's

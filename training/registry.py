@@ -1,6 +1,6 @@
-"""Named registries (timm-style): each loss, head and routing registers itself where it is
-implemented, variants register in training/variants.py and are validated against the others, so
-adding one is one entry."""
+"""Named registries (timm-style): each loss, head, routing and augmentation part registers itself
+where it is implemented, variants register in training/variants.py and are validated against the
+others, so adding one is one entry."""
 from __future__ import annotations
 
 from collections.abc import Callable

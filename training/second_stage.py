@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from modelrepo.manifest import sha256_file
 
 from . import runinfo
+from .batch_loop import run_batches, seed_epoch
 from .checkpoint import WEIGHTS_ONLY
 from .config import RunLimits, epoch_seed
-from .errors import Diverged, TrainingError
+from .errors import TrainingError
 from .evaluation import EarlyExitMetrics, evaluate_model
 from .loop import require_same_config
 from .rundir import checkpoint_model
@@ -63,32 +63,27 @@ class SecondStage:
         return {"path": str(self.parent), "sha256": self.parent_sha256}
 
     def run_epoch(self, epoch: int) -> dict:
-        """One pass over the batches, every group's lr cosine-annealed from its base to 0 over the run."""
+        """One pass over the batches (batch_loop.run_batches), every group's lr cosine-annealed from
+        its base to 0 over the run."""
         cfg = self.config
         factor = 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * factor
-        seed = epoch_seed(cfg.seed, epoch)
-        torch.manual_seed(seed)
-        rng = np.random.default_rng([cfg.seed, epoch])
+        rng = seed_epoch(cfg.seed, epoch)
         self.set_train_mode()
         total = len(self.batches) if cfg.max_batches is None else min(cfg.max_batches, len(self.batches))
-        loss_sum, seen = 0.0, 0
-        bar = tqdm(self.batches.epoch(seed), total=total, desc=f"{self.record_key} {epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=not sys.stderr.isatty(), unit="batch")
-        for step, (x, y) in enumerate(bar):
-            if step >= total:
-                break
-            loss = self.batch_loss(x, y, rng)
-            if not torch.isfinite(loss):
-                raise Diverged(epoch + 1, f"loss is {loss.item()} at batch {step + 1}")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            loss_sum += loss.item() * x.size(0)
-            seen += x.size(0)
+        totals = run_batches(self.batches.epoch(epoch_seed(cfg.seed, epoch)), total,
+                             partial(self.train_step, rng), epoch=epoch,
+                             desc=f"{self.record_key} {epoch + 1}/{cfg.epochs}", device=self.device)
         # The last group's: the backbone's in a mixed fit, the logit scales' in a rebalance.
-        return {"lr": self.optimizer.param_groups[-1]["lr"], "loss": loss_sum / max(seen, 1)}
+        return {"lr": self.optimizer.param_groups[-1]["lr"], "loss": totals["loss"]}
+
+    def train_step(self, rng: np.random.Generator, x: torch.Tensor, y: torch.Tensor):
+        loss = self.batch_loss(x, y, rng)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss, None
 
     def evaluate_network(self, network) -> EarlyExitMetrics:
         _, metrics = evaluate_model(network, self.test_set, self.variant.infer_threshold,

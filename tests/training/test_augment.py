@@ -53,3 +53,16 @@ def test_mixup_is_a_reproducible_convex_combination():
     assert torch.equal(mixed, again[0]) and lam == again[3] and 0 <= lam <= 1
     assert torch.equal(y_a, y) and sorted(y_b.tolist()) == y.tolist()
     torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[y_b])
+
+
+def test_every_augmentation_part_has_both_data_paths_and_applies_in_registry_order():
+    from training.augment import AUGMENTATIONS, AugmentationPart, augmentation_steps
+    for name in AUGMENTATIONS:
+        part = AUGMENTATIONS.get(name)
+        assert part.stage in ("pixels", "tensor", "batch"), name
+        assert (part.per_image is None) == (part.batched is None), name
+    assert [p.batched.__name__ for p in augmentation_steps("cutout+autoaugment+mixup", "pixels")] == ["autoaugment"]
+    assert [p.batched.__name__ for p in augmentation_steps("cutout+autoaugment+mixup", "tensor")] == ["cutout"]
+    assert augmentation_steps("basic", "pixels") == augmentation_steps("mixup", "tensor") == []
+    with pytest.raises(ValueError, match="both a per-image and a batched"):
+        AugmentationPart("pixels", per_image=Cutout)

@@ -5,8 +5,9 @@ import torch
 from torchvision import transforms as T
 
 from training.augment import Cutout, normalize_batch, normalize_uint8
+from training.batch_ops import autoaugment, cutout, random_crop_flip
 from training.data import Split
-from training.device_data import DeviceBatches, autoaugment, cutout, random_crop_flip
+from training.device_data import DeviceBatches
 
 N = 2000
 
@@ -136,7 +137,7 @@ def test_the_cpu_fast_path_is_trains_default_on_a_cpu(data_dir, tmp_path, capsys
 def test_batched_equalize_is_torchvisions(cifar):
     from torchvision.transforms import functional as TF
 
-    from training.device_data import equalize
+    from training.batch_ops import equalize
     images = torch.from_numpy(cifar[0].images[:64]).permute(0, 3, 1, 2).contiguous()
     flat = torch.full((2, 3, 32, 32), 77, dtype=torch.uint8)  # one grey level: left as is
     flat[1, :, :16] = 200  # two grey levels
