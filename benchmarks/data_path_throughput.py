@@ -6,6 +6,7 @@ reference: DataLoader (main process, --workers) + per-image PIL transforms; devi
 training set on the device, batched tensor ops (training/device_data.py, training/batch_ops.py). The goal: on
 the CPU the device path is not slower than the reference path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,22 +43,30 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     train, _ = build_datasets(args.data_dir, 100)
-    split = Split(train.images[:args.images], train.labels[:args.images])
-    print(f"machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}, "
-          f"{args.images} images, batch {args.batch_size}, reference workers {args.workers}, "
-          f"{args.rounds} rounds (median)")
+    split = Split(train.images[: args.images], train.labels[: args.images])
+    print(
+        f"machine: {platform.processor() or platform.machine()}, device {device}, torch {torch.__version__}, "
+        f"{args.images} images, batch {args.batch_size}, reference workers {args.workers}, "
+        f"{args.rounds} rounds (median)"
+    )
     for augmentation in ("autoaugment", "mixup"):
         fast = DeviceBatches(split, device, args.batch_size, augmentation)
         seconds = {"reference": [], "device": []}
         for r in range(args.rounds):
-            loader = DataLoader(ImageDataset(split, train_transform(augmentation)), batch_size=args.batch_size,
-                                shuffle=True, num_workers=args.workers)
+            loader = DataLoader(
+                ImageDataset(split, train_transform(augmentation)),
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=args.workers,
+            )
             seconds["reference"].append(timed(loader, device))
             seconds["device"].append(timed(fast.epoch(r), device))
         rates = {k: args.images / statistics.median(v) for k, v in seconds.items()}
         label = "crop+flip+AutoAugment" if augmentation == "autoaugment" else "crop+flip (Mixup variants)"
-        print(f"  {label:<28} reference {rates['reference']:9.0f} img/s   device path {rates['device']:9.0f} img/s"
-              f"   device/reference {rates['device'] / rates['reference']:.2f}x")
+        print(
+            f"  {label:<28} reference {rates['reference']:9.0f} img/s   device path {rates['device']:9.0f} img/s"
+            f"   device/reference {rates['device'] / rates['reference']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ tests' goals (tests/server/test_faults.py asserts them on the same scenarios, te
 
     python benchmarks/faults.py [--runs slow,stopped,replacement]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,19 +40,25 @@ def main() -> None:
         closed = [t for t in r["closed_after"] if t is not None]
         first_lines = Counter(resp.split(b"\r\n", 1)[0].decode() for resp in r["responses"])
         when = f", after {min(closed):.1f}-{max(closed):.1f} s" if closed else " (within 40 s)"
-        print(f"slow uploads: normal clients {100 * r['ok_share']:.1f}% 200 of {len(r['statuses'])} requests "
-              f"({dict(Counter(r['statuses']))}); slow connections closed {len(closed)} of {len(r['closed_after'])}"
-              f"{when}, answered {dict(first_lines)}")
+        print(
+            f"slow uploads: normal clients {100 * r['ok_share']:.1f}% 200 of {len(r['statuses'])} requests "
+            f"({dict(Counter(r['statuses']))}); slow connections closed {len(closed)} of {len(r['closed_after'])}"
+            f"{when}, answered {dict(first_lines)}"
+        )
     if "stopped" in runs:
         r = faults.stopped_worker(image)
         worst = max(seconds for _, seconds in r["answers"])
-        print(f"stopped worker: /readyz 503 after {r['unready_after']:.1f} s, killed after {r['killed_after']:.1f} s, "
-              f"ready with a replacement after {r['replaced_after']:.1f} s; 20 new connections: "
-              f"{dict(Counter(s for s, _ in r['answers']))}, slowest {1000 * worst:.0f} ms")
+        print(
+            f"stopped worker: /readyz 503 after {r['unready_after']:.1f} s, killed after {r['killed_after']:.1f} s, "
+            f"ready with a replacement after {r['replaced_after']:.1f} s; 20 new connections: "
+            f"{dict(Counter(s for s, _ in r['answers']))}, slowest {1000 * worst:.0f} ms"
+        )
     if "replacement" in runs:
         r = faults.replacement_share(image)
-        print(f"replacement: {100 * r['share']:.1f}% of the workers' CPU over 10 s from 15 s after the kill "
-              f"(replacement {r['replacement']:.2f} s, survivor {r['survivor']:.2f} s)")
+        print(
+            f"replacement: {100 * r['share']:.1f}% of the workers' CPU over 10 s from 15 s after the kill "
+            f"(replacement {r['replacement']:.2f} s, survivor {r['survivor']:.2f} s)"
+        )
 
 
 if __name__ == "__main__":

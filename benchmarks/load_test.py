@@ -22,6 +22,7 @@ workers together), sampled every 20 ms.
     python benchmarks/load_test.py [--clients 16] [--seconds 10] [--saturation-clients 64]
                                    [--saturation-seconds 10] [--large-uploads 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,18 +69,25 @@ def classify(file: UploadFile = File(...)):
 
 
 def multipart_body(data: bytes, fields: dict[str, str], boundary: str) -> bytes:
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
-                 f"Content-Type: image/png\r\n\r\n".encode() + data + b"\r\n")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    )
     return b"".join(parts) + f"--{boundary}--\r\n".encode()
 
 
 def multipart_request(path: str, port: int, data: bytes, fields: dict[str, str]) -> bytes:
     boundary = uuid.uuid4().hex
     body = multipart_body(data, fields, boundary)
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -119,9 +127,22 @@ def wrk_requests(url: str, requests: list[tuple[dict[str, str], bytes]], clients
             files[-2].write_text("".join(f"{k}: {v}\n" for k, v in headers.items()))
             files[-1].write_bytes(body)
         (Path(tmp) / "cycle.lua").write_text(WRK_SCRIPT)
-        with subprocess.Popen(["wrk", "-t2", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency",
-                               "-s", str(Path(tmp) / "cycle.lua"), url, "--", *map(str, files)],
-                              stdout=subprocess.PIPE, text=True) as proc:
+        with subprocess.Popen(
+            [
+                "wrk",
+                "-t2",
+                f"-c{clients}",
+                f"-d{max(1, round(seconds))}s",
+                "--latency",
+                "-s",
+                str(Path(tmp) / "cycle.lua"),
+                url,
+                "--",
+                *map(str, files),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as proc:
             yield proc
 
 
@@ -139,12 +160,17 @@ def wrk_process(port: int, payloads: list[bytes], fields: dict[str, str], client
 def wrk_counts(out: str) -> tuple[float, int, int, dict]:
     """(req/s, requests, non-2xx, {"50"/"99": latency}) from wrk's output."""
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return (float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]), int(re.search(r"(\d+) requests in", out)[1]),
-            int(bad[1]) if bad else 0, dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)))
+    return (
+        float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+        int(re.search(r"(\d+) requests in", out)[1]),
+        int(bad[1]) if bad else 0,
+        dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)),
+    )
 
 
-def wrk_run(name: str, port: int, payloads: list[bytes], fields: dict[str, str], clients: int,
-            seconds: float) -> float | None:
+def wrk_run(
+    name: str, port: int, payloads: list[bytes], fields: dict[str, str], clients: int, seconds: float
+) -> float | None:
     """wrk against POST /classify with the same uploads; req/s of 2xx answers (None without wrk)."""
     with wrk_process(port, payloads, fields, clients, seconds) as proc:
         if proc is None:
@@ -152,8 +178,7 @@ def wrk_run(name: str, port: int, payloads: list[bytes], fields: dict[str, str],
             return None
         total, requests, errors, pct = wrk_counts(proc.communicate()[0])
     rps = total * (requests - errors) / max(requests, 1)
-    print(f"{name:<22} {rps:8.1f} {pct.get('50', '-'):>8} {'':>8} {pct.get('99', '-'):>8} {'':>7}   "
-          f"non-2xx:{errors}")
+    print(f"{name:<22} {rps:8.1f} {pct.get('50', '-'):>8} {'':>8} {pct.get('99', '-'):>8} {'':>7}   non-2xx:{errors}")
     return rps
 
 
@@ -182,8 +207,15 @@ class Connection:
         self.reader = self.writer = None
 
 
-async def drive(port: int, requests: list[bytes], clients: int, seconds: float, probes: dict | None = None,
-                once: bool = False, honor_retry_after: bool = False):
+async def drive(
+    port: int,
+    requests: list[bytes],
+    clients: int,
+    seconds: float,
+    probes: dict | None = None,
+    once: bool = False,
+    honor_retry_after: bool = False,
+):
     """`clients` connections sending round-robin from `requests` for `seconds` (or one request each),
     each resending at once or (honor_retry_after) after the Retry-After of a 503, beside one
     connection per probe (`{name: (port, request)}`, every 20 ms); (statuses, latencies, wall,
@@ -215,8 +247,9 @@ async def drive(port: int, requests: list[bytes], clients: int, seconds: float, 
         conn.close()
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(clients)),
-                         *(prober(name, *probe) for name, probe in (probes or {}).items()))
+    await asyncio.gather(
+        *(client(i) for i in range(clients)), *(prober(name, *probe) for name, probe in (probes or {}).items())
+    )
     return statuses, latencies, time.perf_counter() - t0, probed
 
 
@@ -270,7 +303,7 @@ def bare_ort(model_dir: Path, images: np.ndarray, seconds: float, threshold=1.0)
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for i in range(0, len(exits), 16):
-            exits[i:i + 16] = model.run(x[i:i + 16], threshold).exit
+            exits[i : i + 16] = model.run(x[i : i + 16], threshold).exit
             done += 16
     return done / (time.perf_counter() - t0), exits
 
@@ -278,8 +311,9 @@ def bare_ort(model_dir: Path, images: np.ndarray, seconds: float, threshold=1.0)
 def large_png(side: int) -> bytes:
     """A smooth 4000x4000 picture: a few tens of kB as PNG, 64 MB once decoded."""
     ramp = np.linspace(0, 255, side, dtype=np.float32)
-    image = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (side, 1)), np.tile(ramp[:, None], (1, side))],
-                     axis=-1).astype(np.uint8)
+    image = np.stack(
+        [np.add.outer(ramp, ramp) / 2, np.tile(ramp, (side, 1)), np.tile(ramp[:, None], (1, side))], axis=-1
+    ).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "PNG", optimize=True)
     return buf.getvalue()
@@ -294,11 +328,18 @@ def main() -> None:
     p.add_argument("--saturation-seconds", type=float, default=10)
     p.add_argument("--large-uploads", type=int, default=64)
     p.add_argument("--large-side", type=int, default=4000)
-    p.add_argument("--runs", default="throughput,saturation,large",
-                   help="comma-separated subset of: throughput (decode-only, thr 1.0, default, bare ORT), "
-                        "saturation, large")
-    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra ELF_* settings for the server under test")
+    p.add_argument(
+        "--runs",
+        default="throughput,saturation,large",
+        help="comma-separated subset of: throughput (decode-only, thr 1.0, default, bare ORT), saturation, large",
+    )
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra ELF_* settings for the server under test",
+    )
     args = p.parse_args()
     saturation = args.saturation_clients or 4 * args.clients
     env = dict(kv.split("=", 1) for kv in args.server_env)
@@ -307,8 +348,10 @@ def main() -> None:
     _, test = load_cifar10(default_data_dir())
     images = test.images[:256]
     payloads = [png(im) for im in images]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}); "
-          f"{args.clients} connections, {args.seconds:g} s per run; server settings {env or 'defaults'}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}); "
+        f"{args.clients} connections, {args.seconds:g} s per run; server settings {env or 'defaults'}"
+    )
     print(f"{'run':<22} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'RSS MB':>7}   statuses")
 
     results = {}
@@ -339,14 +382,22 @@ def main() -> None:
                 continue
             ceiling = min(results[f"{harness}decode-only"], results["bare ORT"])
             thr1, default = results[f"{harness}server thr 1.0"], results[f"{harness}server default"]
-            print(f"{harness or 'asyncio '}client: thr 1.0 / min(decode-only, bare ORT) = {thr1:.1f} / {ceiling:.1f} "
-                  f"= {thr1 / ceiling:.2f} (goal >= 0.75); default / thr 1.0 = {default / thr1:.2f}")
+            print(
+                f"{harness or 'asyncio '}client: thr 1.0 / min(decode-only, bare ORT) = {thr1:.1f} / {ceiling:.1f} "
+                f"= {thr1 / ceiling:.2f} (goal >= 0.75); default / thr 1.0 = {default / thr1:.2f}"
+            )
 
 
 def decode_only_run(payloads, args) -> tuple[float, float | None]:
     port = free_port()
-    decode_only = subprocess.Popen([sys.executable, "-c", DECODE_ONLY_APP + f"\nimport uvicorn\nuvicorn.run(app, "
-                                    f"port={port}, log_level='warning')"], cwd=REPO)
+    decode_only = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            DECODE_ONLY_APP + f"\nimport uvicorn\nuvicorn.run(app, port={port}, log_level='warning')",
+        ],
+        cwd=REPO,
+    )
     try:
         for _ in range(100):
             try:
@@ -369,14 +420,15 @@ def saturation_runs(server, payloads, clients, seconds, watch) -> None:
     /healthz on the health port (what probes should use) and on the serving port, and POST
     /classify (its 503s: how long a refusal takes while the storm goes on)."""
     reqs = [multipart_request("/classify", server.port, d, {}) for d in payloads]
-    probes = {name: (p, f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n\r\n".encode())
-              for name, p in (("health port /healthz", server.health_port), ("serving port /healthz", server.port))}
+    probes = {
+        name: (p, f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\n\r\n".encode())
+        for name, p in (("health port /healthz", server.health_port), ("serving port /healthz", server.port))
+    }
     probes["/classify"] = (server.port, reqs[0])
     for honor in (False, True):
         watch.reset()
         with probing(server.port, seconds, probes) as probed:
-            statuses, lat, wall, _ = asyncio.run(drive(server.port, reqs, clients, seconds,
-                                                       honor_retry_after=honor))
+            statuses, lat, wall, _ = asyncio.run(drive(server.port, reqs, clients, seconds, honor_retry_after=honor))
         report(f"x{clients} {'Retry-After' if honor else 'resend at once'}", statuses, lat, wall, watch)
         refused = [t for s, t in lat if s == 503]
         print(f"{'':<22} 503 p50 {ms(refused, 50)} p99 {ms(refused, 99)} ms (the storm's own)")
@@ -388,9 +440,11 @@ def saturation_runs(server, payloads, clients, seconds, watch) -> None:
         watch.reset()
         with probing(server.port, seconds, probes) as probed:
             total, requests, errors, pct = wrk_counts(proc.communicate()[0])
-    print(f"{f'x{clients} wrk at once':<22} {total * (requests - errors) / requests:8.1f} "
-          f"{pct.get('50', '-'):>8} {'':>8} {pct.get('99', '-'):>8} {watch.peak / 2**20:7.0f}   "
-          f"2xx:{requests - errors} other:{errors} (wrk's latencies: every answer)")
+    print(
+        f"{f'x{clients} wrk at once':<22} {total * (requests - errors) / requests:8.1f} "
+        f"{pct.get('50', '-'):>8} {'':>8} {pct.get('99', '-'):>8} {watch.peak / 2**20:7.0f}   "
+        f"2xx:{requests - errors} other:{errors} (wrk's latencies: every answer)"
+    )
     print_probes(probed)
 
 
@@ -414,8 +468,10 @@ def print_probes(probed: dict) -> None:
     for name, results in probed.items():
         for status in sorted({s for s, _ in results}):
             latencies = [t for s, t in results if s == status]
-            print(f"{'':<22} probe {name} {status}: p50 {ms(latencies, 50)} p99 {ms(latencies, 99)} ms "
-                  f"({len(latencies)} probes)")
+            print(
+                f"{'':<22} probe {name} {status}: p50 {ms(latencies, 50)} p99 {ms(latencies, 99)} ms "
+                f"({len(latencies)} probes)"
+            )
 
 
 def large_run(port, args, watch) -> None:
@@ -428,9 +484,11 @@ def large_run(port, args, watch) -> None:
     peak = watch.peak
     time.sleep(2)
     settled = watch.now()
-    print(f"large upload x{args.large_uploads}: {args.large_side}x{args.large_side} PNG of {len(big) / 1024:.0f} kB, "
-          f"statuses {dict(Counter(statuses))}, {wall:.1f} s; RSS idle {idle / 2**20:.0f} MB, peak "
-          f"{peak / 2**20:.0f} MB, 2 s after {settled / 2**20:.0f} MB ({settled / idle:.2f}x idle)")
+    print(
+        f"large upload x{args.large_uploads}: {args.large_side}x{args.large_side} PNG of {len(big) / 1024:.0f} kB, "
+        f"statuses {dict(Counter(statuses))}, {wall:.1f} s; RSS idle {idle / 2**20:.0f} MB, peak "
+        f"{peak / 2**20:.0f} MB, 2 s after {settled / 2**20:.0f} MB ({settled / idle:.2f}x idle)"
+    )
 
 
 if __name__ == "__main__":

@@ -468,8 +468,13 @@ def main() -> None:
         choices=["this", "triton", "mlserver", "litserve"],
     )
     p.add_argument("--max-batch", type=int, nargs="+", default=[8, 64])
-    p.add_argument("--depths", nargs="+", default=["default", "full"], choices=["default", "full"],
-                   help="the manifest's thresholds, and a copy of the model at threshold 1 (every stage)")
+    p.add_argument(
+        "--depths",
+        nargs="+",
+        default=["default", "full"],
+        choices=["default", "full"],
+        help="the manifest's thresholds, and a copy of the model at threshold 1 (every stage)",
+    )
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--rounds", type=int, default=1)
@@ -496,8 +501,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         data_files = {shape: perf_analyzer_data(images, workdir, shape) for shape in ((1, 32, 32, 3), (32, 32, 3))}
-        repositories = {depth: MODELS if depth == "default" else full_depth_repository(workdir / "full")
-                        for depth in args.depths}
+        repositories = {
+            depth: MODELS if depth == "default" else full_depth_repository(workdir / "full") for depth in args.depths
+        }
         for _ in range(args.rounds):
             for depth, repository in repositories.items():
                 expected = None

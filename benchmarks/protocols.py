@@ -18,6 +18,7 @@ tritonclient pins numpy<2 and protobuf<5):
 
 Without wrk or perf_analyzer the runs that need them are skipped with a message.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,11 +64,21 @@ def perf_analyzer_data(images, folder: Path, pixels_shape=(1, 32, 32, 3)) -> dic
     server batches on its own, as Triton does)."""
     tag = "x".join(map(str, pixels_shape))
     files = {"pixels": folder / f"pixels-{tag}.json", "image": folder / "png.json"}
-    files["pixels"].write_text(json.dumps({"data": [
-        {"pixels": {"content": im.reshape(-1).tolist(), "shape": list(pixels_shape)}} for im in images]}))
-    files["image"].write_text(json.dumps({"data": [
-        {"image": {"b64": base64.b64encode(struct.pack("<I", len(data)) + data).decode(), "shape": [1]}}
-        for data in map(png, images)]}))
+    files["pixels"].write_text(
+        json.dumps(
+            {"data": [{"pixels": {"content": im.reshape(-1).tolist(), "shape": list(pixels_shape)}} for im in images]}
+        )
+    )
+    files["image"].write_text(
+        json.dumps(
+            {
+                "data": [
+                    {"image": {"b64": base64.b64encode(struct.pack("<I", len(data)) + data).decode(), "shape": [1]}}
+                    for data in map(png, images)
+                ]
+            }
+        )
+    )
     return files
 
 
@@ -99,8 +110,12 @@ def run_wrk(server, payloads, clients, seconds) -> dict | None:
         if proc is None:
             return None
         rps, requests, errors, pct = wrk_counts(proc.communicate()[0])
-    return {"rps": rps * (requests - errors) / max(requests, 1), "p50": pct.get("50"), "p99": pct.get("99"),
-            "errors": errors}
+    return {
+        "rps": rps * (requests - errors) / max(requests, 1),
+        "p50": pct.get("50"),
+        "p99": pct.get("99"),
+        "errors": errors,
+    }
 
 
 def run_perf_analyzer(binary, server, protocol, data, clients, seconds) -> dict:
@@ -108,17 +123,44 @@ def run_perf_analyzer(binary, server, protocol, data, clients, seconds) -> dict:
     cuda = Path(binary).resolve().parents[1] / "lib"
     libs = [str(p.parent) for p in cuda.glob("python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12")]
     env = {**os.environ, "LD_LIBRARY_PATH": ":".join([*libs, os.environ.get("LD_LIBRARY_PATH", "")])}
-    out = subprocess.run([binary, "-m", "default", "-u", url, "-i", protocol, "--concurrency-range", str(clients),
-                          "--input-data", str(data), "--measurement-interval", str(int(seconds * 1000 / 3)),
-                          "--percentile", "99", "--stability-percentage", "50", "--max-trials", "10"],
-                         capture_output=True, text=True, env=env, timeout=30 * seconds)
+    out = subprocess.run(
+        [
+            binary,
+            "-m",
+            "default",
+            "-u",
+            url,
+            "-i",
+            protocol,
+            "--concurrency-range",
+            str(clients),
+            "--input-data",
+            str(data),
+            "--measurement-interval",
+            str(int(seconds * 1000 / 3)),
+            "--percentile",
+            "99",
+            "--stability-percentage",
+            "50",
+            "--max-trials",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30 * seconds,
+    )
     if out.returncode != 0:
         return {"error": (out.stdout + out.stderr).strip().splitlines()[-1]}
     rps = float(re.search(r"Throughput: ([\d.]+) infer/sec", out.stdout)[1])
     p50 = re.search(r"p50 latency: (\d+) usec", out.stdout)
     p99 = re.search(r"p99 latency: (\d+) usec", out.stdout)
-    return {"rps": rps, "p50": f"{int(p50[1]) / 1000:.2f}ms" if p50 else "-",
-            "p99": f"{int(p99[1]) / 1000:.2f}ms" if p99 else "-", "errors": 0}
+    return {
+        "rps": rps,
+        "p50": f"{int(p50[1]) / 1000:.2f}ms" if p50 else "-",
+        "p99": f"{int(p99[1]) / 1000:.2f}ms" if p99 else "-",
+        "errors": 0,
+    }
 
 
 def main() -> None:
@@ -129,24 +171,42 @@ def main() -> None:
     args = p.parse_args()
     images = load_cifar10(default_data_dir())[1].images[:256]
     payloads = [png(im) for im in images]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}); server: 2 "
-          f"workers, default settings; {args.clients} connections, {args.seconds:g} s a run")
-    print(f"{'thresholds':<10} {'client':<14} {'input':<18} {'req/s':>8} {'p50':>9} {'p99':>9} {'cores':>6} "
-          f"{'CPU ms/req':>10} {'RSS MB':>7}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}); server: 2 "
+        f"workers, default settings; {args.clients} connections, {args.seconds:g} s a run"
+    )
+    print(
+        f"{'thresholds':<10} {'client':<14} {'input':<18} {'req/s':>8} {'p50':>9} {'p99':>9} {'cores':>6} "
+        f"{'CPU ms/req':>10} {'RSS MB':>7}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         data = perf_analyzer_data(images, Path(tmp))
         for depth, repository in (("default", MODELS), ("full", full_depth_repository(Path(tmp)))):
             server = RunningServer("--model-repository", str(repository), "--workers", "2")
             watch, meter = RssWatch(server.proc.pid), CpuMeter(server.proc.pid)
             try:
-                runs = [("wrk", "multipart PNG",
-                         lambda server=server: run_wrk(server, payloads, args.clients, args.seconds))]
+                runs = [
+                    (
+                        "wrk",
+                        "multipart PNG",
+                        lambda server=server: run_wrk(server, payloads, args.clients, args.seconds),
+                    )
+                ]
                 for protocol in ("http", "grpc"):
                     for name, label in (("image", "v2 BYTES PNG"), ("pixels", "v2 UINT8 pixels")):
-                        runs.append((f"perf_analyzer {protocol}", label, lambda protocol=protocol, name=name, server=server:
-                                     run_perf_analyzer(args.perf_analyzer, server, protocol, data[name],
-                                                       args.clients, args.seconds)
-                                     if args.perf_analyzer else None))
+                        runs.append(
+                            (
+                                f"perf_analyzer {protocol}",
+                                label,
+                                lambda protocol=protocol, name=name, server=server: (
+                                    run_perf_analyzer(
+                                        args.perf_analyzer, server, protocol, data[name], args.clients, args.seconds
+                                    )
+                                    if args.perf_analyzer
+                                    else None
+                                ),
+                            )
+                        )
                 for client, label, run in runs:
                     watch.reset()
                     meter.start()
@@ -157,9 +217,11 @@ def main() -> None:
                     elif "error" in result:
                         print(f"{depth:<10} {client:<14} {label:<18} failed: {result['error']}")
                     else:
-                        print(f"{depth:<10} {client:<14} {label:<18} {result['rps']:8.1f} {result['p50']:>9} "
-                              f"{result['p99']:>9} {cores:6.2f} {1000 * cores / result['rps']:10.2f} "
-                              f"{watch.peak / 2**20:7.0f}" + (f"  non-2xx {result['errors']}" if result["errors"] else ""))
+                        print(
+                            f"{depth:<10} {client:<14} {label:<18} {result['rps']:8.1f} {result['p50']:>9} "
+                            f"{result['p99']:>9} {cores:6.2f} {1000 * cores / result['rps']:10.2f} "
+                            f"{watch.peak / 2**20:7.0f}" + (f"  non-2xx {result['errors']}" if result["errors"] else "")
+                        )
             finally:
                 watch.stop()
                 server.stop()

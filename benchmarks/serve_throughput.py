@@ -14,6 +14,7 @@ Goals: (a)/(b) >= 1.25x for a model whose exits are trained; >= 1.15x for models
     python benchmarks/serve_throughput.py [--model-repository models] [--model default]
                                           [--images 512] [--clients 16] [--seconds 5] [--rounds 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,10 @@ from training.data import default_data_dir, load_cifar10  # noqa: E402
 
 def http_rounds(server, model: str, payloads: list[bytes], clients: int, seconds: float, rounds: int) -> dict:
     """Requests/s of each round and the latencies of every 200, for (a) and (b) alternating."""
-    requests = {key: [multipart_request("/classify", server.port, d, {"model": model, **fields}) for d in payloads]
-                for key, fields in (("a", {}), ("b", {"threshold": "1"}))}
+    requests = {
+        key: [multipart_request("/classify", server.port, d, {"model": model, **fields}) for d in payloads]
+        for key, fields in (("a", {}), ("b", {"threshold": "1"}))
+    }
     asyncio.run(drive(server.port, requests["a"], clients, 1.0))  # warm-up
     runs = {key: ([], []) for key in requests}
     for _ in range(rounds):
@@ -53,7 +56,9 @@ def http_rounds(server, model: str, payloads: list[bytes], clients: int, seconds
 
 
 def line(name: str, rate: float, latencies=()) -> str:
-    percentiles = f"   p50 {ms(latencies, 50)}  p95 {ms(latencies, 95)}  p99 {ms(latencies, 99)} ms" if latencies else ""
+    percentiles = (
+        f"   p50 {ms(latencies, 50)}  p95 {ms(latencies, 95)}  p99 {ms(latencies, 99)} ms" if latencies else ""
+    )
     return f"  {name:<40} {rate:8.1f}{percentiles}"
 
 
@@ -65,8 +70,9 @@ def model_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    parser = model_arguments(argparse.ArgumentParser(description=__doc__,
-                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser = model_arguments(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5, help="length of each HTTP round and bare-ORT run")
@@ -75,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
 
     _, test = load_cifar10(args.data_dir)
-    images = test.images[:args.images]
+    images = test.images[: args.images]
     model_dir = args.model_repository / args.model
     manifest = load_manifest(model_dir)
     default = manifest.thresholds.inference
@@ -90,9 +96,11 @@ def main() -> None:
     rate_d, _ = bare_ort(model_dir, images, args.seconds, 1.0)
     rate_a, rate_b = (statistics.median(runs[key][0]) for key in ("a", "b"))
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {len(images)} CIFAR-10 test images; model "
-          f"{args.model} ({manifest.variant}), default threshold {shown}; HTTP: {args.clients} connections, "
-          f"{args.rounds} alternating rounds of {args.seconds:g} s (median round)")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {len(images)} CIFAR-10 test images; model "
+        f"{args.model} ({manifest.variant}), default threshold {shown}; HTTP: {args.clients} connections, "
+        f"{args.rounds} alternating rounds of {args.seconds:g} s (median round)"
+    )
     print(f"  {'':<40} {'rate':>8}")
     print(line(f"(a) HTTP req/s, threshold {shown}", rate_a, runs["a"][1]))
     print(line("(b) HTTP req/s, threshold 1.0", rate_b, runs["b"][1]))
@@ -100,10 +108,15 @@ def main() -> None:
     print(line("(d) bare ORT img/s, threshold 1.0", rate_d))
     cumulative = np.array([s.cumulative_macs for s in manifest.stages], dtype=float)
     share = np.bincount(exits_c, minlength=manifest.num_exits + 1)[1:] / len(exits_c)
-    print(f"  exits at {shown} (these images, in-process): " + " / ".join(f"{100 * d:.1f}%" for d in share)
-          + f"; mean MACs share {np.dot(share, cumulative) / cumulative[-1]:.3f}")
-    print(f"ratios: (a)/(b) {rate_a / rate_b:.2f}x (goals: >= 1.25x trained exits, >= 1.15x models/default); "
-          f"(c)/(d) {rate_c / rate_d:.2f}x (inference alone)")
+    print(
+        f"  exits at {shown} (these images, in-process): "
+        + " / ".join(f"{100 * d:.1f}%" for d in share)
+        + f"; mean MACs share {np.dot(share, cumulative) / cumulative[-1]:.3f}"
+    )
+    print(
+        f"ratios: (a)/(b) {rate_a / rate_b:.2f}x (goals: >= 1.25x trained exits, >= 1.15x models/default); "
+        f"(c)/(d) {rate_c / rate_d:.2f}x (inference alone)"
+    )
 
 
 if __name__ == "__main__":

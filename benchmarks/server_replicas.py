@@ -8,6 +8,7 @@ says what taking the GIL and the shared event loop out of the picture is worth o
 
     python benchmarks/server_replicas.py [--replicas 2] [--seconds 6] [--rounds 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,13 @@ CONNECTIONS = 16
 def aggregate_rps(servers, payloads, fields, seconds) -> float:
     async def all_servers():
         per = CONNECTIONS // len(servers)
-        return await asyncio.gather(*(
-            drive(s.port, [multipart_request("/classify", s.port, d, fields) for d in payloads], per, seconds)
-            for s in servers))
+        return await asyncio.gather(
+            *(
+                drive(s.port, [multipart_request("/classify", s.port, d, fields) for d in payloads], per, seconds)
+                for s in servers
+            )
+        )
+
     results = asyncio.run(all_servers())
     return sum(sum(status == 200 for status in r[0]) for r in results) / max(r[2] for r in results)
 
@@ -50,16 +55,20 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; {CONNECTIONS} connections, {args.seconds:g} s a run")
     for _ in range(args.rounds):
         for n, threads in ((1, "0"), (args.replicas, "1")):
-            servers = [RunningServer("--model-repository", str(MODELS), env={"ELF_INTRA_OP_THREADS": threads})
-                       for _ in range(n)]
+            servers = [
+                RunningServer("--model-repository", str(MODELS), env={"ELF_INTRA_OP_THREADS": threads})
+                for _ in range(n)
+            ]
             try:
                 thr1 = aggregate_rps(servers, payloads, {"threshold": "1"}, args.seconds)
                 default = aggregate_rps(servers, payloads, {}, args.seconds)
             finally:
                 for s in servers:
                     s.stop()
-            print(f"  {n} server process(es), ORT threads {'default' if threads == '0' else threads}: threshold 1.0 {thr1:7.1f} req/s, "
-                  f"default {default:7.1f} req/s")
+            print(
+                f"  {n} server process(es), ORT threads {'default' if threads == '0' else threads}: threshold 1.0 {thr1:7.1f} req/s, "
+                f"default {default:7.1f} req/s"
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ rate 0, same run.
 
     python benchmarks/shadow_overhead.py [--rate 0.01] [--images 400] [--clients 32] [--seconds 5] [--rounds 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,12 +22,12 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_throughput import line, model_arguments, png  # noqa: E402
+from serve_throughput import line, model_arguments, png
 
-from benchmarks.load_test import drive, multipart_request  # noqa: E402
-from tests.server.conftest import RunningServer  # noqa: E402
-from training.commands.common import DEFAULT_DATA_DIR  # noqa: E402
-from training.data import load_cifar10  # noqa: E402
+from benchmarks.load_test import drive, multipart_request
+from tests.server.conftest import RunningServer
+from training.commands.common import DEFAULT_DATA_DIR
+from training.data import load_cifar10
 
 
 def shadow_counts(url: str) -> tuple[float, float]:
@@ -37,8 +38,9 @@ def shadow_counts(url: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = model_arguments(argparse.ArgumentParser(description=__doc__,
-                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
+    parser = model_arguments(
+        argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    )
     parser.add_argument("--rate", type=float, default=0.01)
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--clients", type=int, default=32)
@@ -48,19 +50,27 @@ def main() -> None:
     args = parser.parse_args()
 
     _, test = load_cifar10(args.data_dir)
-    payloads = [png(im) for im in test.images[:args.images]]
+    payloads = [png(im) for im in test.images[: args.images]]
     rates = {"shadow rate 0": 0.0, f"shadow rate {args.rate:g}": args.rate}
-    servers = {name: RunningServer("--model-repository", str(args.model_repository), "--default-model", args.model,
-                                   "--shadow-rate", str(rate)) for name, rate in rates.items()}
-    requests = {name: [multipart_request("/classify", server.port, d, {"model": args.model}) for d in payloads]
-                for name, server in servers.items()}
+    servers = {
+        name: RunningServer(
+            "--model-repository", str(args.model_repository), "--default-model", args.model, "--shadow-rate", str(rate)
+        )
+        for name, rate in rates.items()
+    }
+    requests = {
+        name: [multipart_request("/classify", server.port, d, {"model": args.model}) for d in payloads]
+        for name, server in servers.items()
+    }
     results = {name: ([], []) for name in servers}  # req/s of each round, latencies of every answer
     try:
         for name, server in servers.items():
             asyncio.run(drive(server.port, requests[name], args.clients, 1.0))  # warm-up
         for _ in range(args.rounds):
             for name, server in servers.items():
-                statuses, latencies, wall, _ = asyncio.run(drive(server.port, requests[name], args.clients, args.seconds))
+                statuses, latencies, wall, _ = asyncio.run(
+                    drive(server.port, requests[name], args.clients, args.seconds)
+                )
                 if set(statuses) != {200}:
                     raise SystemExit(f"{name}: statuses {sorted(set(statuses))}, expected only 200")
                 results[name][0].append(len(statuses) / wall)
@@ -70,9 +80,11 @@ def main() -> None:
         for server in servers.values():
             server.stop()
 
-    print(f"machine: {platform.processor() or platform.machine()}, {args.images} CIFAR-10 test images, "
-          f"{args.rounds} rounds of {args.seconds:g} s, {args.clients} clients (saturating), model {args.model} "
-          f"at its default threshold; req/s (median of the rounds) and latency")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {args.images} CIFAR-10 test images, "
+        f"{args.rounds} rounds of {args.seconds:g} s, {args.clients} clients (saturating), model {args.model} "
+        f"at its default threshold; req/s (median of the rounds) and latency"
+    )
     rps = {}
     for name, (rates_seen, latencies) in results.items():
         rps[name] = statistics.median(rates_seen)

@@ -8,6 +8,7 @@ per-stage queues cannot win much on this machine.
     python benchmarks/stage_batch_cost.py [--model models/default] [--provider cpu|cuda] [--threads 0]
                                              [--repeats 30]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,11 +37,13 @@ def main() -> None:
     args = p.parse_args()
     model = StagedModel(args.model, args.provider, intra_op_threads=args.threads)
     _, test = load_cifar10(default_data_dir())
-    inputs = [model.preprocess(test.images[:max(SIZES)])]
+    inputs = [model.preprocess(test.images[: max(SIZES)])]
     for k in range(len(model.sessions) - 1):
         inputs.append(model._run_stage(k, inputs[k])[0])
-    print(f"{platform.machine()}, {model.provider}, ORT threads {args.threads or 'default'}; ms per image (median of "
-          f"{args.repeats}), stage by batch size")
+    print(
+        f"{platform.machine()}, {model.provider}, ORT threads {args.threads or 'default'}; ms per image (median of "
+        f"{args.repeats}), stage by batch size"
+    )
     print("stage " + "".join(f"{n:>9}" for n in SIZES))
     for k, x in enumerate(inputs):
         row = []

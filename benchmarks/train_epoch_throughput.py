@@ -14,6 +14,7 @@ path per epoch for the simulated family.
 A reference-path round includes starting its DataLoader workers, as every real epoch does (there
 amortised over 97 batches, here over --batches: raise it for a fairer reference figure).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,19 +68,24 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12, help="training steps per round and path")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=None)
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="DataLoader workers of the reference path")
+    parser.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers of the reference path"
+    )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
     names = args.paths or DEFAULT_PATHS[args.device]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-          + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else "")
-          + f", torch {torch.__version__}, {torch.get_num_threads()} threads; IF {args.imbalance}, batch 128, "
-          f"{args.rounds} rounds x {args.batches} steps (median)")
-    print(f"  {'variant':<8} {'path':<18} {'ms/step':>8} {'train s':>8} {'eval s':>7} {'augment s':>9} "
-          f"{'epoch s':>8} {'train x':>8} {'epoch x':>8} {'200 ep min':>10}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+        + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else "")
+        + f", torch {torch.__version__}, {torch.get_num_threads()} threads; IF {args.imbalance}, batch 128, "
+        f"{args.rounds} rounds x {args.batches} steps (median)"
+    )
+    print(
+        f"  {'variant':<8} {'path':<18} {'ms/step':>8} {'train s':>8} {'eval s':>7} {'augment s':>9} "
+        f"{'epoch s':>8} {'train x':>8} {'epoch x':>8} {'200 ep min':>10}"
+    )
     results = {}
     for variant in args.variants:
         results[variant] = measure_variant(variant, names, device, args)
@@ -118,12 +124,21 @@ def measure_variant(variant: str, names: list[str], device: torch.device, args) 
         train_s = n_batches * step
         epoch_s = train_s + evaluation
         base = base or (train_s, epoch_s)
-        out[name] = {"ms_per_step": 1000 * step, "train_s_per_epoch": train_s, "eval_s": evaluation,
-                     "augment_s_per_epoch": augment, "epoch_s": epoch_s, "train_speedup": base[0] / train_s,
-                     "epoch_speedup": base[1] / epoch_s, "compile_fallback": run.compile_fallback}
-        print(f"  {variant:<8} {name:<18} {1000 * step:8.1f} {train_s:8.1f} {evaluation:7.2f} {augment:9.2f} "
-              f"{epoch_s:8.1f} {base[0] / train_s:7.2f}x {base[1] / epoch_s:7.2f}x {200 * epoch_s / 60:10.1f}"
-              + (f"  (compile fell back to eager: {run.compile_fallback})" if run.compile_fallback else ""))
+        out[name] = {
+            "ms_per_step": 1000 * step,
+            "train_s_per_epoch": train_s,
+            "eval_s": evaluation,
+            "augment_s_per_epoch": augment,
+            "epoch_s": epoch_s,
+            "train_speedup": base[0] / train_s,
+            "epoch_speedup": base[1] / epoch_s,
+            "compile_fallback": run.compile_fallback,
+        }
+        print(
+            f"  {variant:<8} {name:<18} {1000 * step:8.1f} {train_s:8.1f} {evaluation:7.2f} {augment:9.2f} "
+            f"{epoch_s:8.1f} {base[0] / train_s:7.2f}x {base[1] / epoch_s:7.2f}x {200 * epoch_s / 60:10.1f}"
+            + (f"  (compile fell back to eager: {run.compile_fallback})" if run.compile_fallback else "")
+        )
     for name, why in failed.items():
         print(f"  {variant:<8} {name:<18} failed: {why}")
     return {"paths": out, "failed": failed}

@@ -5,6 +5,7 @@ that machine noise hits both alike. Goal: hybrid step time <= 1.3x the plain ste
 
     python benchmarks/train_step_throughput.py [--variant model8] [--batch-size 128] [--rounds 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ def plain_step(model, optimizer, loss_fn):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
     return step
 
 
@@ -42,6 +44,7 @@ def hybrid_step(variant, model, optimizer, exit_losses, rng):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
     return step
 
 
@@ -72,11 +75,16 @@ def main() -> None:
     plain = EarlyExitResNet((16, 32, 64), ("linear",))
     hybrid = build_model(variant)
     steps = {
-        "plain ResNet-32": plain_step(plain, torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9),
-                                      CrossEntropyLS()),
+        "plain ResNet-32": plain_step(
+            plain, torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9), CrossEntropyLS()
+        ),
         f"hybrid {variant.name}": hybrid_step(
-            variant, hybrid, torch.optim.SGD(hybrid.parameters(), lr=0.1, momentum=0.9),
-            make_exit_losses(variant, counts), np.random.default_rng(1)),
+            variant,
+            hybrid,
+            torch.optim.SGD(hybrid.parameters(), lr=0.1, momentum=0.9),
+            make_exit_losses(variant, counts),
+            np.random.default_rng(1),
+        ),
     }
     for step in steps.values():  # warm-up: allocator, oneDNN kernels
         time_steps(step, batches[:2])
@@ -85,13 +93,14 @@ def main() -> None:
         for name, step in steps.items():
             seconds[name].append(time_steps(step, batches))
 
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, batch {args.batch_size}, "
-          f"{args.rounds} rounds x {args.steps} steps (median round)")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"{args.rounds} rounds x {args.steps} steps (median round)"
+    )
     medians = {name: statistics.median(s) for name, s in seconds.items()}
     for name, s in medians.items():
-        print(f"  {name:<20} {args.batch_size * args.steps / s:8.1f} images/s   "
-              f"{1000 * s / args.steps:7.1f} ms/step")
+        print(f"  {name:<20} {args.batch_size * args.steps / s:8.1f} images/s   {1000 * s / args.steps:7.1f} ms/step")
     names = list(medians)
     ratio = medians[names[1]] / medians[names[0]]
     print(f"hybrid / plain step time: {ratio:.2f}x (goal <= 1.30x)")

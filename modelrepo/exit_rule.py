@@ -10,6 +10,7 @@ The server applies `leaves` stage by stage; evaluation, calibration and the scri
 `first_confident_exit` to every exit's confidence at once; training's tensor version
 (training.routing) is tested against this one.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ previous stage's feature map (stage 1: the normalised N x 3 x 32 x 32 image) and
 feature map (all stages but the last) and the exit's probabilities, max probability and argmax.
 The batch axis is dynamic. Bump FORMAT_VERSION's major part on any incompatible change.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -188,8 +189,10 @@ class Manifest(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         if self.format_version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
-            raise ValueError(f"format_version {self.format_version} is not supported "
-                             f"(this code reads {FORMAT_VERSION.split('.')[0]}.x)")
+            raise ValueError(
+                f"format_version {self.format_version} is not supported "
+                f"(this code reads {FORMAT_VERSION.split('.')[0]}.x)"
+            )
         if [s.index for s in self.stages] != list(range(1, len(self.stages) + 1)):
             raise ValueError("stages must be numbered 1..K in order")
         if not self.stages or self.stages[-1].features is not None:
@@ -202,8 +205,11 @@ class Manifest(_Strict):
         if isinstance(inference, list) and len(inference) != len(self.stages) - 1:
             raise ValueError("per-exit thresholds.inference needs one number per early exit")
         shift = self.logit_adjustment
-        if shift is not None and shift.stage_taus is not None and (
-                len(shift.stage_taus) != len(self.stages) or shift.stage_taus[-1] != shift.tau):
+        if (
+            shift is not None
+            and shift.stage_taus is not None
+            and (len(shift.stage_taus) != len(self.stages) or shift.stage_taus[-1] != shift.tau)
+        ):
             raise ValueError("logit_adjustment.stage_taus needs one tau per stage, the last equal to tau")
         if self.full_macs != self.stages[-1].cumulative_macs:
             raise ValueError("full_macs must equal the last stage's cumulative_macs")
@@ -231,8 +237,9 @@ def load_manifest(model_dir: str | Path, verify_files: bool = True) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ManifestError(f"{path}: invalid manifest at {where}: {first['msg']} "
-                            f"({exc.error_count()} problem(s))") from None
+        raise ManifestError(
+            f"{path}: invalid manifest at {where}: {first['msg']} ({exc.error_count()} problem(s))"
+        ) from None
     if verify_files:
         for stage in manifest.stages:
             file = model_dir / stage.file

@@ -39,8 +39,9 @@ def _weakest(m) -> str:
 def _recipe(manifest: Manifest) -> list[str]:
     variant, config, prov = manifest.variant_config, manifest.training_config, manifest.provenance
     blocks = variant.get("exit_blocks")
-    places = (f"after blocks {', '.join(str(b + 1) for b in blocks)} of 15" if blocks
-              else "at the ends of the last stages")
+    places = (
+        f"after blocks {', '.join(str(b + 1) for b in blocks)} of 15" if blocks else "at the ends of the last stages"
+    )
     lines = [
         f"- **Variant** `{manifest.variant}` ({variant.get('family', '?')}): {variant.get('description', '')}.",
         f"- **Network**: CIFAR ResNet-32, widths {'/'.join(map(str, variant.get('widths', [])))}, exit heads "

@@ -19,6 +19,7 @@ The batchers' queue cap stays as the hard limit. All models share the machine's 
 Admission serves them all (per server worker process: each has its own models and batchers,
 supervisor.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,11 +49,14 @@ class Admission:
         """Refuse (Overloaded) when the work already admitted would take longer than the bound."""
         wait = self.expected_wait()
         if wait > self.max_wait_s:
-            raise Overloaded(f"server busy: admitted work would take {1000 * wait:.0f} ms "
-                             f"> bound of {1000 * self.max_wait_s:.0f} ms; retry shortly")
+            raise Overloaded(
+                f"server busy: admitted work would take {1000 * wait:.0f} ms "
+                f"> bound of {1000 * self.max_wait_s:.0f} ms; retry shortly"
+            )
         if self.uploads >= self.max_uploads:
-            raise Overloaded(f"server busy: {self.uploads} uploads in progress (limit {self.max_uploads}); "
-                             f"retry shortly")
+            raise Overloaded(
+                f"server busy: {self.uploads} uploads in progress (limit {self.max_uploads}); retry shortly"
+            )
 
     def start_upload(self) -> None:
         """A request passed the check at its headers; its body is on the way."""

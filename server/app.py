@@ -1,5 +1,6 @@
 """FastAPI app factory: state, error handlers, the middleware, the routes, offline docs, and the
 lifespan (batchers start, models warm up, the decode pool stops last)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -100,10 +101,13 @@ def add_offline_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs():
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI",
-                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
 
 async def publish_admission(admission: Admission) -> None:
@@ -116,25 +120,47 @@ async def publish_admission(admission: Admission) -> None:
         await asyncio.sleep(PUBLISH_S)
 
 
-def create_app(settings: Settings, models: dict[str, StagedModel] | None = None,
-               grpc_port: int | None = None) -> FastAPI:
+def load_models(settings: Settings) -> dict[str, StagedModel]:
+    """The repository's models as the settings ask (provider, threads); ManifestError names what is wrong."""
+    return load_repository(
+        settings.model_repository,
+        settings.default_model,
+        settings.provider,
+        settings.intra_op_threads,
+        settings.ort_spinning,
+    )
+
+
+def create_app(
+    settings: Settings, models: dict[str, StagedModel] | None = None, grpc_port: int | None = None
+) -> FastAPI:
     """Build the app. `models` may be loaded beforehand (so start-up errors surface before serving);
     with `grpc_port` it also serves the inference protocol over gRPC there."""
     if models is None:
-        models = load_repository(settings.model_repository, settings.default_model, settings.provider,
-                                 settings.intra_op_threads, settings.ort_spinning)
-    app = FastAPI(title="elf-reslt inference server", version="1.0", lifespan=lifespan, docs_url=None,
-                  redoc_url=None, description="Early-exit classification of images with staged ONNX models "
-                  "(every image is converted to RGB and resized to 32x32).",
-                  # Prometheus is this server's telemetry; FastAPI's OpenTelemetry hook, off, is one
-                  # check a request, on, a span and two instruments a request.
-                  telemetry={"tracing": False, "metrics": False, "logs": False})
-    admission = Admission(settings.max_wait_ms / 1000, settings.batch_size,
-                          max_uploads=settings.max_uploads_in_progress)
+        models = load_models(settings)
+    app = FastAPI(
+        title="elf-reslt inference server",
+        version="1.0",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Early-exit classification of images with staged ONNX models "
+        "(every image is converted to RGB and resized to 32x32).",
+        # Prometheus is this server's telemetry; FastAPI's OpenTelemetry hook, off, is one
+        # check a request, on, a span and two instruments a request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    admission = Admission(
+        settings.max_wait_ms / 1000, settings.batch_size, max_uploads=settings.max_uploads_in_progress
+    )
     m.ADMISSION_MAX_WAIT.set(admission.max_wait_s)
     services = {name: ModelService(model, settings, on_batch=admission.observe_batch) for name, model in models.items()}
-    decoder = DecodePool(decode_workers(settings), settings.max_upload_bytes, settings.max_image_pixels,
-                         settings.decode_budget_pixels or settings.max_image_pixels)
+    decoder = DecodePool(
+        decode_workers(settings),
+        settings.max_upload_bytes,
+        settings.max_image_pixels,
+        settings.decode_budget_pixels or settings.max_image_pixels,
+    )
     state = app.state.server = ServerState(settings, admission, services, decoder, grpc_port)
     register_error_handlers(app)
     app.add_middleware(FastPath, state=state)  # inside ObserveMiddleware: added first

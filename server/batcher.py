@@ -10,6 +10,7 @@ normally refuses long before that, using the batch timings reported through `on_
 Background work (`idle_work`, e.g. shadow runs) gets the worker thread only when no request is
 waiting, one small chunk at a time, so a request that arrives meanwhile waits at most one chunk.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -54,8 +55,9 @@ async def collect_batch(queue: asyncio.Queue, batch_size: int, wait_s: float, fi
 
 
 class Batcher:
-    def __init__(self, run_batch, batch_size: int, wait_s: float, max_queue: int, on_depth=None,
-                 idle_work=None, on_batch=None):
+    def __init__(
+        self, run_batch, batch_size: int, wait_s: float, max_queue: int, on_depth=None, idle_work=None, on_batch=None
+    ):
         self.run_batch = run_batch  # (x: N stacked images, thresholds: N x exits-1) -> per-image results
         self.batch_size, self.wait_s = batch_size, wait_s
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)

@@ -10,6 +10,7 @@ and class come back, and when no image leaves at an exit the feature map goes on
 stage without a round trip through host memory (when some leave, the survivors are gathered on
 the host).
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,9 +45,11 @@ def check_input(manifest: Manifest, model_dir: Path) -> None:
     inp, wanted = manifest.input, [3, SIZE[1], SIZE[0]]
     given = [inp.channels, inp.height, inp.width]
     if given != wanted or manifest.stages[0].input.shape[1:] != wanted:
-        raise ManifestError(f"{model_dir / 'manifest.json'}: input {given[1]}x{given[2]} with {given[0]} "
-                            f"channels (stage 1 takes {manifest.stages[0].input.shape}); this server feeds "
-                            f"every model {SIZE[1]}x{SIZE[0]} RGB images")
+        raise ManifestError(
+            f"{model_dir / 'manifest.json'}: input {given[1]}x{given[2]} with {given[0]} "
+            f"channels (stage 1 takes {manifest.stages[0].input.shape}); this server feeds "
+            f"every model {SIZE[1]}x{SIZE[0]} RGB images"
+        )
 
 
 @dataclass
@@ -74,8 +77,14 @@ class StagedResult:
 
 
 class StagedModel:
-    def __init__(self, model_dir: Path, wanted_provider: str = "auto", intra_op_threads: int = 0,
-                 io_binding: bool | None = None, spinning: bool = False):
+    def __init__(
+        self,
+        model_dir: Path,
+        wanted_provider: str = "auto",
+        intra_op_threads: int = 0,
+        io_binding: bool | None = None,
+        spinning: bool = False,
+    ):
         self.dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.dir)
         check_input(self.manifest, self.dir)
@@ -170,8 +179,16 @@ class StagedModel:
             binding.bind_cpu_input(spec.input.name, features)
         # The probabilities stay where they are made (never read on the host); get_outputs()
         # answers in this binding order.
-        bound = [(t.name, device) for t, device in ((spec.features, self.device), (spec.probabilities, self.device),
-                                                    (spec.confidence, "cpu"), (spec.class_id, "cpu")) if t is not None]
+        bound = [
+            (t.name, device)
+            for t, device in (
+                (spec.features, self.device),
+                (spec.probabilities, self.device),
+                (spec.confidence, "cpu"),
+                (spec.class_id, "cpu"),
+            )
+            if t is not None
+        ]
         for name, device in bound:
             binding.bind_output(name, device)
         session.run_with_iobinding(binding)
@@ -199,8 +216,9 @@ class StagedModel:
         return timings
 
 
-def load_repository(repository: Path, default_model: str, wanted_provider: str,
-                    intra_op_threads: int = 0, spinning: bool = False) -> dict[str, StagedModel]:
+def load_repository(
+    repository: Path, default_model: str, wanted_provider: str, intra_op_threads: int = 0, spinning: bool = False
+) -> dict[str, StagedModel]:
     """Every model directory under the repository (one with a manifest.json); the default must be there."""
     repository = Path(repository)
     if not repository.is_dir():
@@ -210,8 +228,13 @@ def load_repository(repository: Path, default_model: str, wanted_provider: str,
         if (child / "manifest.json").exists() or child.name == default_model:
             model = StagedModel(child, wanted_provider, intra_op_threads, spinning=spinning)
             models[child.name] = model
-            log.info("loaded model %s (%s, %d stages) on %s", child.name, model.manifest.variant,
-                     model.manifest.num_exits, model.provider)
+            log.info(
+                "loaded model %s (%s, %d stages) on %s",
+                child.name,
+                model.manifest.variant,
+                model.manifest.num_exits,
+                model.provider,
+            )
     if default_model not in models:
         raise ManifestError(f"{repository / default_model}: default model not found")
     return models

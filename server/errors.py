@@ -1,6 +1,7 @@
 """The error contract: every error the server answers over HTTP is a JSON `{"error", "status"}`
 body, and bad input is a 4xx, never a 500. FastAPI's exception handlers (app.py) and the inference
 routes' fast path (fast_path.py) answer through `error_answer`, so both give the same answer."""
+
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse

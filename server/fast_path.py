@@ -18,6 +18,7 @@ What it answers:
   needs validating, malformed multipart, another content type) with the body already read.
 Errors are answered through errors.py, as FastAPI's handlers answer them.
 """
+
 from __future__ import annotations
 
 import re
@@ -55,8 +56,9 @@ class FastPath:
             handler = self._classify
         elif path.startswith("/v2/models/") and (route := INFER_PATH.fullmatch(path)):
             if scope["method"] != "POST":
-                return await self._answer_error(ApiError(405, "Method Not Allowed", {"Allow": "POST"}),
-                                                scope, receive, send)
+                return await self._answer_error(
+                    ApiError(405, "Method Not Allowed", {"Allow": "POST"}), scope, receive, send
+                )
             handler = self._infer_handler(*route.groups())
         else:
             return await self.app(scope, receive, send)
@@ -68,8 +70,13 @@ class FastPath:
         if answer is None:  # a form for FastAPI's route and validation to answer
             return await self.app(scope, replay(body, receive), send)
         body, headers = answer
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def _answer_error(self, exc: Exception, scope, receive, send) -> None:
@@ -84,15 +91,23 @@ class FastPath:
         if form is None:
             return None
         threshold = form.get("threshold")
-        answer = await classify_upload(self.state, form["file"], form.get("model"),
-                                       None if threshold is None else float(threshold), t0)
+        answer = await classify_upload(
+            self.state, form["file"], form.get("model"), None if threshold is None else float(threshold), t0
+        )
         return answer.model_dump_json().encode(), JSON_HEADERS
 
     def _infer_handler(self, model: str, model_version: str | None):
         async def infer(scope, body: bytes):
             length = header(scope, HEADER_LENGTH.encode())
-            return await infer_answer(self.state, scope["state"], model, model_version, body,
-                                      None if length is None else length.decode("latin-1"))
+            return await infer_answer(
+                self.state,
+                scope["state"],
+                model,
+                model_version,
+                body,
+                None if length is None else length.decode("latin-1"),
+            )
+
         return infer
 
 
@@ -143,12 +158,14 @@ class FormParts:
         self.field, self.value = bytearray(), bytearray()
 
     def callbacks(self) -> dict:
-        return {"on_part_begin": lambda: self.parts.append((bytearray(), bytearray())),
-                "on_part_data": lambda data, start, end: self.parts[-1][1].extend(data[start:end]),
-                "on_header_field": lambda data, start, end: self.field.extend(data[start:end]),
-                "on_header_value": lambda data, start, end: self.value.extend(data[start:end]),
-                "on_header_end": self.header_end,
-                "on_part_end": self.part_end}
+        return {
+            "on_part_begin": lambda: self.parts.append((bytearray(), bytearray())),
+            "on_part_data": lambda data, start, end: self.parts[-1][1].extend(data[start:end]),
+            "on_header_field": lambda data, start, end: self.field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self.value.extend(data[start:end]),
+            "on_header_end": self.header_end,
+            "on_part_end": self.part_end,
+        }
 
     def part_end(self) -> None:
         self.ended += 1
@@ -191,7 +208,10 @@ def plain_form(content_type: bytes | None, body: bytes) -> dict[str, bytes | str
         except UnicodeDecodeError:
             return None
     threshold = form.get("threshold")
-    if "file" not in form or form.get("model") == "" or (
-            threshold is not None and not (PLAIN_THRESHOLD.fullmatch(threshold) and float(threshold) <= 1)):
+    if (
+        "file" not in form
+        or form.get("model") == ""
+        or (threshold is not None and not (PLAIN_THRESHOLD.fullmatch(threshold) and float(threshold) <= 1))
+    ):
         return None
     return form

@@ -15,6 +15,7 @@ uploads decode one at a time while many small ones decode side by side. With the
 (16 MP per image, budget = one such image) decoding holds at most about 16 MP x 4 bytes (Pillow
 stores RGB as 32-bit pixels) twice over (decode + RGB conversion): ~130 MB above idle.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,8 +66,9 @@ class PixelBudget:
             self._cond.notify_all()
 
 
-def decode_image(data: bytes, max_bytes: int, max_pixels: int, budget: PixelBudget | None = None,
-                 small_only: bool = False) -> np.ndarray | None:
+def decode_image(
+    data: bytes, max_bytes: int, max_pixels: int, budget: PixelBudget | None = None, small_only: bool = False
+) -> np.ndarray | None:
     """The image as 32x32 RGB uint8, or ImageError. `small_only`: None, undecoded, for an image of
     more than SMALL_PIXELS pixels."""
     if not data:
@@ -80,8 +82,11 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, budget: PixelBudg
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
-                raise ImageError(413, f"image too large: {width}x{height} = {width * height} pixels > "
-                                      f"limit of {max_pixels} (decompression bomb?)")
+                raise ImageError(
+                    413,
+                    f"image too large: {width}x{height} = {width * height} pixels > "
+                    f"limit of {max_pixels} (decompression bomb?)",
+                )
             if small_only and width * height > SMALL_PIXELS:
                 return None
             if image.format == "JPEG" and (width > DRAFT_SIZE[0] or height > DRAFT_SIZE[1]):

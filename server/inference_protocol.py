@@ -10,6 +10,7 @@ It answers `class_id` (`INT64` `[N]`), `confidence` (`FP32` `[N]`) and `exit` (`
 1-based), all three unless the request names some. The request parameter `threshold` (a number in
 [0, 1]) is `/classify`'s. Errors carry the HTTP status `/classify` would answer; gRPC maps it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,12 +32,25 @@ PLATFORM = "elf_reslt_staged_onnx"
 IMAGE, PIXELS = "image", "pixels"
 PIXEL_SHAPE = (SIZE[1], SIZE[0], 3)
 # name -> (datatype, numpy dtype, what of an ImageResult)
-OUTPUTS = {"class_id": ("INT64", np.int64, lambda r: r.class_id),
-           "confidence": ("FP32", np.float32, lambda r: r.confidence),
-           "exit": ("INT32", np.int32, lambda r: r.exit)}
-DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-          "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
-          "FP32": np.float32, "FP64": np.float64}
+OUTPUTS = {
+    "class_id": ("INT64", np.int64, lambda r: r.class_id),
+    "confidence": ("FP32", np.float32, lambda r: r.confidence),
+    "exit": ("INT32", np.int32, lambda r: r.exit),
+}
+DTYPES = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
 
 
 class ProtocolError(ApiError):
@@ -58,10 +72,16 @@ def server_metadata(version: str) -> dict:
 
 
 def model_metadata(service: ModelService) -> dict:
-    return {"name": service.name, "versions": [service.version], "platform": PLATFORM,
-            "inputs": [{"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
-                       {"name": PIXELS, "datatype": "UINT8", "shape": [-1, *PIXEL_SHAPE]}],
-            "outputs": [{"name": name, "datatype": dtype, "shape": [-1]} for name, (dtype, _, _) in OUTPUTS.items()]}
+    return {
+        "name": service.name,
+        "versions": [service.version],
+        "platform": PLATFORM,
+        "inputs": [
+            {"name": IMAGE, "datatype": "BYTES", "shape": [-1]},
+            {"name": PIXELS, "datatype": "UINT8", "shape": [-1, *PIXEL_SHAPE]},
+        ],
+        "outputs": [{"name": name, "datatype": dtype, "shape": [-1]} for name, (dtype, _, _) in OUTPUTS.items()],
+    }
 
 
 def find_service(state: ServerState, name: str | None, version: str | None) -> ModelService:
@@ -71,8 +91,7 @@ def find_service(state: ServerState, name: str | None, version: str | None) -> M
     except KeyError as exc:
         raise ProtocolError(404, exc.args[0]) from None
     if version and version != service.version:
-        raise ProtocolError(404, f"model {service.name!r} has no version {version!r}; "
-                                 f"it has {service.version!r}")
+        raise ProtocolError(404, f"model {service.name!r} has no version {version!r}; it has {service.version!r}")
     return service
 
 
@@ -86,11 +105,23 @@ def model_config(service: ModelService) -> dict:
     meta = model_metadata(service)
 
     def tensors(items, **extra):
-        return [{"name": t["name"], "data_type": "TYPE_STRING" if t["datatype"] == "BYTES" else f"TYPE_{t['datatype']}",
-                 "dims": t["shape"], **extra} for t in items]
+        return [
+            {
+                "name": t["name"],
+                "data_type": "TYPE_STRING" if t["datatype"] == "BYTES" else f"TYPE_{t['datatype']}",
+                "dims": t["shape"],
+                **extra,
+            }
+            for t in items
+        ]
 
-    return {"name": meta["name"], "platform": meta["platform"], "max_batch_size": 0,
-            "input": tensors(meta["inputs"], optional=True), "output": tensors(meta["outputs"])}
+    return {
+        "name": meta["name"],
+        "platform": meta["platform"],
+        "max_batch_size": 0,
+        "input": tensors(meta["inputs"], optional=True),
+        "output": tensors(meta["outputs"]),
+    }
 
 
 def threshold_parameter(parameters: dict | None) -> float | None:
@@ -112,7 +143,7 @@ def deserialize_bytes(buffer: bytes | memoryview, name: str) -> list[bytes]:
         offset += 4
         if offset + length > len(view):
             raise ProtocolError(400, f"input {name!r}: BYTES element of {length} bytes runs past the data")
-        items.append(bytes(view[offset:offset + length]))
+        items.append(bytes(view[offset : offset + length]))
         offset += length
     return items
 
@@ -174,8 +205,9 @@ def request_images(inputs: list[Tensor], max_images: int) -> tuple[str, list]:
         images = t.data
     elif t.name == PIXELS:
         if t.datatype != "UINT8" or len(t.shape) != 4 or tuple(t.shape[1:]) != PIXEL_SHAPE:
-            raise ProtocolError(400, f"input {PIXELS!r} is UINT8 [N, {', '.join(map(str, PIXEL_SHAPE))}], "
-                                     f"got {t.datatype} {t.shape}")
+            raise ProtocolError(
+                400, f"input {PIXELS!r} is UINT8 [N, {', '.join(map(str, PIXEL_SHAPE))}], got {t.datatype} {t.shape}"
+            )
         images = list(t.data.reshape(-1, *PIXEL_SHAPE))
     else:
         raise ProtocolError(400, f"unknown input {t.name!r}; this model takes {IMAGE!r} (BYTES) or {PIXELS!r} (UINT8)")
@@ -193,8 +225,9 @@ def requested_outputs(names: list[str] | None) -> list[str]:
     return names
 
 
-async def infer(decoder, service: ModelService, kind: str, images: list, threshold: float | None,
-                outputs: list[str]) -> list[Tensor]:
+async def infer(
+    decoder, service: ModelService, kind: str, images: list, threshold: float | None, outputs: list[str]
+) -> list[Tensor]:
     """Decode (encoded images) and classify; one bad image fails the request (the protocol has no
     per-element errors), with the status /classify would answer for it."""
     if kind == IMAGE:  # decoded side by side (small ones on the loop), as /classify/batch's files
@@ -206,6 +239,12 @@ async def infer(decoder, service: ModelService, kind: str, images: list, thresho
                 raise image
         images = decoded
     results: list[ImageResult] = await service.classify(images, threshold)
-    return [Tensor(name, OUTPUTS[name][0], [len(results)],
-                   np.fromiter((OUTPUTS[name][2](r) for r in results), dtype=OUTPUTS[name][1], count=len(results)))
-            for name in outputs]
+    return [
+        Tensor(
+            name,
+            OUTPUTS[name][0],
+            [len(results)],
+            np.fromiter((OUTPUTS[name][2](r) for r in results), dtype=OUTPUTS[name][1], count=len(results)),
+        )
+        for name in outputs
+    ]

@@ -14,6 +14,7 @@ PROMETHEUS_MULTIPROC_DIR the second would wipe the first's metric files. So a se
   previous run's files. The supervisor's own temporary directory is removed by whichever of its
   processes exits last: the supervisor, or the last worker when a SIGKILL took the supervisor.
 """
+
 from __future__ import annotations
 
 import errno
@@ -61,9 +62,11 @@ def claim_port(port: int) -> socket.socket:
         if exc.errno != errno.EADDRINUSE:
             raise
         holder = port_holder(port)
-        raise InstanceError(f"port {port} is already served by another `python -m server`"
-                            f"{f' (pid {holder})' if holder else ''}; stop it first, or pass --hot-restart to "
-                            f"start beside it while it drains") from None
+        raise InstanceError(
+            f"port {port} is already served by another `python -m server`"
+            f"{f' (pid {holder})' if holder else ''}; stop it first, or pass --hot-restart to "
+            f"start beside it while it drains"
+        ) from None
     claim.listen(8)
     return claim
 
@@ -111,8 +114,10 @@ class MetricsDirectory:
             fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.lock_fd)
-            raise InstanceError(f"metrics directory {self.path} is in use by another server "
-                                f"(PROMETHEUS_MULTIPROC_DIR): give each server its own") from None
+            raise InstanceError(
+                f"metrics directory {self.path} is in use by another server "
+                f"(PROMETHEUS_MULTIPROC_DIR): give each server its own"
+            ) from None
         try:
             for stale in self.path.glob("*.db"):
                 stale.unlink()

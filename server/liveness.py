@@ -7,6 +7,7 @@ server is not ready (the health port's /readyz 503: take it out of the load bala
 replaced, and /healthz fails until it is. A beat proves the loop runs, not that a request will
 finish: the inference and decoding threads have their own bounds (admission, the body deadline).
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -13,6 +13,7 @@ connection (the rest of the body is not read). Once the server is closing (after
 response carries `Connection: close`, and a request still unanswered when the shutdown timeout
 cancels it gets a JSON 503.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +28,19 @@ from .admission import Overloaded
 from .errors import error_answer, error_response
 from .state import ServerState
 
-ENDPOINTS = frozenset({"/classify", "/classify/batch", "/models", "/healthz", "/readyz", "/metrics",
-                       "/v2", "/v2/health/live", "/v2/health/ready"})
+ENDPOINTS = frozenset(
+    {
+        "/classify",
+        "/classify/batch",
+        "/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+    }
+)
 V2_MODEL = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?(/ready|/config|/infer)?")
 V2_INFER = "/v2/models/{model}/infer"
 INFERENCE = frozenset({"/classify", "/classify/batch", V2_INFER})
@@ -67,8 +79,9 @@ def upload_receive(receive, admission, request_state: dict, timeout: float):
             async with asyncio.timeout_at(deadline):
                 message = await receive()
         except TimeoutError:
-            raise UploadAborted(408, f"request body not received within {timeout:g} s",
-                                {"Connection": "close"}) from None
+            raise UploadAborted(
+                408, f"request body not received within {timeout:g} s", {"Connection": "close"}
+            ) from None
         if message["type"] == "http.disconnect":
             raise UploadAborted(CLIENT_CLOSED_REQUEST, "client closed the connection before its body was complete")
         if not message.get("more_body", False):
@@ -114,8 +127,9 @@ class ObserveMiddleware:
             await self.app(scope, receive, observed_send)
         except asyncio.CancelledError:  # the shutdown timeout: answer in the error contract, not uvicorn's text 500
             if status is None:
-                await error_response(503, "server shutting down: the request did not finish in time",
-                                     {"Connection": "close"})(scope, receive, observed_send)
+                await error_response(
+                    503, "server shutting down: the request did not finish in time", {"Connection": "close"}
+                )(scope, receive, observed_send)
             raise
         finally:
             if uploading and not request_state["images"]:

@@ -7,6 +7,7 @@ optional form fields are optional by being left out (a multipart form has no nul
 What no schema can say: that a file's bytes decode as an image. A schema-valid upload that is not
 one gets 415 (or 400 when truncated or corrupt), as documented; schemathesis.toml tells the
 contract test so."""
+
 from __future__ import annotations
 
 from fastapi import FastAPI
@@ -30,8 +31,12 @@ def _without_null(prop: dict) -> None:
 def document_limits(app: FastAPI, settings: Settings, model_names: list[str], versions: list[str]) -> None:
     def openapi() -> dict:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=[*app.routes, *described.routes])
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=[*app.routes, *described.routes],
+            )
             file = _body_schema(schema, "/classify")["properties"]["file"]
             file.update(minLength=1, maxLength=settings.max_upload_bytes)
             files = _body_schema(schema, "/classify/batch")["properties"]["files"]

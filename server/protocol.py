@@ -22,6 +22,7 @@ same decision): a pipelined request behind one still in flight (answers must kee
 one with `Expect: 100-continue` or without keep-alive, an oversized Content-Length (413 there),
 and everything once the server is closing or logs each request (debug).
 """
+
 from __future__ import annotations
 
 import json
@@ -83,9 +84,16 @@ def server_protocol(state: ServerState) -> type[HttpToolsProtocol]:
             t0 = time.perf_counter()
             url = self.url.partition(b"?")[0]
             path = paths.get(url) or (url.startswith(b"/v2/") and endpoint_label(url.decode("latin-1")))
-            if (path not in INFERENCE or self.parser.get_method() != b"POST" or state.closing or self.config.access_log
-                    or self.expect_100_continue or self.pipeline or not self.parser.should_keep_alive()
-                    or (self.cycle is not None and not self.cycle.response_complete)):
+            if (
+                path not in INFERENCE
+                or self.parser.get_method() != b"POST"
+                or state.closing
+                or self.config.access_log
+                or self.expect_100_continue
+                or self.pipeline
+                or not self.parser.should_keep_alive()
+                or (self.cycle is not None and not self.cycle.response_complete)
+            ):
                 return False
             length = dict(self.headers).get(b"content-length", b"")
             if length.isdigit() and int(length) > limit:
@@ -101,8 +109,7 @@ def server_protocol(state: ServerState) -> type[HttpToolsProtocol]:
             latency.observe(time.perf_counter() - t0)
             return True
 
-        def _write_error(self, status: int, message: str, retry_after: int | None = None,
-                         close: bool = False) -> None:
+        def _write_error(self, status: int, message: str, retry_after: int | None = None, close: bool = False) -> None:
             # middleware.error_response's body, byte for byte (json.dumps' own options would take its
             # pure-Python encoder: a tenth of a refusal's cost)
             body = b'{"error":%s,"status":%d}' % (json.dumps(message).encode(), status)
@@ -125,8 +132,12 @@ def server_protocol(state: ServerState) -> type[HttpToolsProtocol]:
                 # Aged out once the whole request is read and before its answer starts: closing with
                 # a body still arriving would reset the connection under the answer (RST).
                 cycle = self.cycle
-                if (cycle is not None and not cycle.response_started and not state.draining
-                        and time.monotonic() - self.opened > max_age):
+                if (
+                    cycle is not None
+                    and not cycle.response_started
+                    and not state.draining
+                    and time.monotonic() - self.opened > max_age
+                ):
                     cycle.keep_alive = False  # uvicorn answers with `Connection: close`, then closes
                 return super().on_message_complete()
             self.refusing = False

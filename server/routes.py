@@ -4,6 +4,7 @@ Routes read what they serve from the worker's ServerState (settings, services, d
 readiness; `state.StateDep`). Bad input raises ApiError / ImageError and overload raises
 Overloaded: the handlers registered in app.py turn each into its `{"error", "status"}` answer.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,9 +26,16 @@ router = APIRouter()
 DRAINING = "shutting down: draining accepted requests"
 
 ModelField = Annotated[str | None, Form(description="model name (default: the server's default model)")]
-ThresholdField = Annotated[float | None, Form(ge=0, le=1, description="exit threshold in [0, 1] at every early "
-                                              "exit: 0 answers at exit 1, 1 runs every stage (default: the "
-                                              "model's calibrated thresholds)")]
+ThresholdField = Annotated[
+    float | None,
+    Form(
+        ge=0,
+        le=1,
+        description="exit threshold in [0, 1] at every early "
+        "exit: 0 answers at exit 1, 1 runs every stage (default: the "
+        "model's calibrated thresholds)",
+    ),
+]
 
 
 def lookup_service(state: ServerState, name: str | None) -> ModelService:
@@ -46,13 +54,20 @@ def get_service(state: ServerState, name: str | None) -> ModelService:
 
 
 def answer(service: ModelService, r, t0: float) -> Classification:
-    return Classification(class_id=r.class_id, class_name=service.class_names[r.class_id],
-                          confidence=r.confidence, exit=r.exit, exits_total=service.exits_total,
-                          latency_ms=1000 * (time.perf_counter() - t0), model=service.name)
+    return Classification(
+        class_id=r.class_id,
+        class_name=service.class_names[r.class_id],
+        confidence=r.confidence,
+        exit=r.exit,
+        exits_total=service.exits_total,
+        latency_ms=1000 * (time.perf_counter() - t0),
+        model=service.name,
+    )
 
 
-async def classify_upload(state: ServerState, upload: bytes | BinaryIO, model: str | None, threshold: float | None,
-                          t0: float) -> Classification:
+async def classify_upload(
+    state: ServerState, upload: bytes | BinaryIO, model: str | None, threshold: float | None, t0: float
+) -> Classification:
     """One uploaded image classified (this route's, and the fast path's plain uploads)."""
     service = get_service(state, model)
     image = await state.decoder.decode(upload)
@@ -61,18 +76,24 @@ async def classify_upload(state: ServerState, upload: bytes | BinaryIO, model: s
 
 
 @router.post("/classify", response_model=Classification, responses=errors(400, 404, 408, 413, 415, 422, 503))
-async def classify(state: StateDep,
-                   file: Annotated[UploadFile, File(description="the image (PNG, JPEG, BMP, WebP, GIF...)")],
-                   model: ModelField = None, threshold: ThresholdField = None):
+async def classify(
+    state: StateDep,
+    file: Annotated[UploadFile, File(description="the image (PNG, JPEG, BMP, WebP, GIF...)")],
+    model: ModelField = None,
+    threshold: ThresholdField = None,
+):
     """Classify one image; stops at the first exit whose confidence reaches the threshold."""
     return await classify_upload(state, file.file, model, threshold, time.perf_counter())
 
 
 @router.post("/classify/batch", response_model=BatchClassification, responses=errors(400, 404, 408, 413, 415, 422, 503))
-async def classify_batch(request: Request, state: StateDep,
-                         files: Annotated[list[UploadFile], File(description="several images; each gets its "
-                                                                  "own result or error")],
-                         model: ModelField = None, threshold: ThresholdField = None):
+async def classify_batch(
+    request: Request,
+    state: StateDep,
+    files: Annotated[list[UploadFile], File(description="several images; each gets its own result or error")],
+    model: ModelField = None,
+    threshold: ThresholdField = None,
+):
     """Classify several images in one request (at most max_batch_files). A file that is not a valid
     image gets its own error in the answer; when no file is valid the request fails as /classify would."""
     t0 = time.perf_counter()
@@ -94,8 +115,11 @@ async def classify_batch(request: Request, state: StateDep,
             images.append(image)
     if not images:  # nothing to classify: the request itself failed, as /classify would
         first = next(item for item in items if item.error)
-        raise ApiError(first.status, f"no file of the batch could be classified; "
-                                     f"{len(items)} failed, the first ({first.filename}): {first.error}")
+        raise ApiError(
+            first.status,
+            f"no file of the batch could be classified; "
+            f"{len(items)} failed, the first ({first.filename}): {first.error}",
+        )
     results = iter(await service.classify(images, threshold))
     for item in items:
         if item.error is None:
@@ -106,9 +130,13 @@ async def classify_batch(request: Request, state: StateDep,
 @router.get("/models")
 async def list_models(state: StateDep) -> dict:
     """The default model's name, and each model's execution provider and manifest."""
-    return {"default": state.settings.default_model,
-            "models": {name: {"provider": s.model.provider, "manifest": s.model.manifest.model_dump(mode="json")}
-                       for name, s in state.services.items()}}
+    return {
+        "default": state.settings.default_model,
+        "models": {
+            name: {"provider": s.model.provider, "manifest": s.model.manifest.model_dump(mode="json")}
+            for name, s in state.services.items()
+        },
+    }
 
 
 @router.get("/healthz")
@@ -132,15 +160,28 @@ def readiness(state: ServerState) -> Readiness:
         problems.append(DRAINING)
     for name, s in state.services.items():
         if not s.model.provider_ok:
-            problems.append(f"model {name}: provider {state.settings.provider} required, "
-                            f"but ONNX Runtime runs it on {s.model.provider}")
-    return Readiness(ready=not problems, problems=problems, draining=state.draining,
-                     providers={name: s.model.provider for name, s in state.services.items()})
+            problems.append(
+                f"model {name}: provider {state.settings.provider} required, "
+                f"but ONNX Runtime runs it on {s.model.provider}"
+            )
+    return Readiness(
+        ready=not problems,
+        problems=problems,
+        draining=state.draining,
+        providers={name: s.model.provider for name, s in state.services.items()},
+    )
 
 
-@router.get("/metrics", response_class=PlainTextResponse,
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                             "description": "Prometheus text exposition format"}})
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Prometheus text exposition format",
+        }
+    },
+)
 async def metrics():
     """Prometheus metrics (text exposition format)."""
     return PlainTextResponse(m.exposition(), media_type=CONTENT_TYPE_LATEST)

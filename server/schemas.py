@@ -1,4 +1,5 @@
 """Typed API answers (they also document the OpenAPI schema)."""
+
 from __future__ import annotations
 
 from pydantic import BaseModel, Field

@@ -6,6 +6,7 @@ remaining stages run on them and `elf_exit_agreement_total{exit, agree}` counts 
 early class equals the final exit's. Shadow work never delays an answer by more than one small
 chunk, and is dropped (`elf_shadow_dropped_total`) when requests are waiting or its queue is full.
 """
+
 from __future__ import annotations
 
 import collections
@@ -45,9 +46,15 @@ class ModelService:
         self.default_threshold = man.thresholds.inference  # one number, or one per early exit
         self._default_per_exit = self._spread(self.default_threshold)  # what most requests ask for
         self._cumulative = np.array([s.cumulative_macs for s in man.stages], dtype=np.float64)
-        self.batcher = Batcher(self._run_batch, settings.batch_size, settings.batch_wait_ms / 1000,
-                               settings.max_queue, on_depth=m.QUEUE_DEPTH.labels(self.name).set,
-                               idle_work=self._run_shadow_chunk, on_batch=on_batch)
+        self.batcher = Batcher(
+            self._run_batch,
+            settings.batch_size,
+            settings.batch_wait_ms / 1000,
+            settings.max_queue,
+            on_depth=m.QUEUE_DEPTH.labels(self.name).set,
+            idle_work=self._run_shadow_chunk,
+            on_batch=on_batch,
+        )
         self.shadow_rate, self.shadow_capacity = settings.shadow_rate, settings.shadow_queue
         self._rng = np.random.default_rng()
         self._shadows: collections.deque[ShadowJob] = collections.deque()
@@ -73,8 +80,14 @@ class ModelService:
             m.AGREEMENT_ALERT_LEVEL.labels(self.name, str(k)).set(level)
         m.SHADOW_DROPPED.labels(self.name)
         m.PROVIDER.labels(self.name, model.provider).set(1)
-        m.MODEL_INFO.labels(self.name, man.variant, man.format_version, str(man.imbalance),
-                            str(self.exits_total), format_threshold(self.default_threshold)).set(1)
+        m.MODEL_INFO.labels(
+            self.name,
+            man.variant,
+            man.format_version,
+            str(man.imbalance),
+            str(self.exits_total),
+            format_threshold(self.default_threshold),
+        ).set(1)
 
     def _run_batch(self, images: np.ndarray, thresholds: np.ndarray) -> list[ImageResult]:
         """Worker thread: normalise the batch (once, off the event loop) and run the stages."""
@@ -95,8 +108,9 @@ class ModelService:
             self._confidence[e - 1].observe(conf)
         self._macs.inc(float(self._cumulative[result.exit - 1].sum()))
         self._macs_full.inc(float(self._cumulative[-1] * len(x)))
-        return [ImageResult(int(c), float(p), int(e))
-                for c, p, e in zip(result.class_id, result.confidence, result.exit)]
+        return [
+            ImageResult(int(c), float(p), int(e)) for c, p, e in zip(result.class_id, result.confidence, result.exit)
+        ]
 
     def _queue_shadows(self, jobs: list[ShadowJob]) -> None:
         """Keep shadow jobs for idle time, or drop them (counted) when requests wait or room is short."""

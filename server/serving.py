@@ -15,6 +15,7 @@ after their request was sent. For the same reason the worker processes listening
 (supervisor.py) close their listeners together: none sends `Connection: close` before every one has
 stopped accepting (`ListenerBarrier`), or its clients would reconnect to a listener about to close.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -61,8 +62,15 @@ class ListenerBarrier:
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, state: ServerState, drain_seconds: float, barrier: ListenerBarrier,
-                 on_listening=None, heartbeat=None):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        state: ServerState,
+        drain_seconds: float,
+        barrier: ListenerBarrier,
+        on_listening=None,
+        heartbeat=None,
+    ):
         super().__init__(config)
         self.state, self.drain_seconds = state, drain_seconds  # its `draining` and `closing` flags are set here
         self.drain_deadline: float | None = None
@@ -83,8 +91,9 @@ class DrainingServer(uvicorn.Server):
         # Unlike uvicorn's, the signal is not re-raised after shutdown: a drained server exits 0.
         # The first signal drains, the second closes at once, the third cancels what is running.
         if self.drain_deadline is None and self.drain_seconds > 0 and self.started:
-            log.info("signal %d: draining for %.1f s (readyz 503, still serving), then closing", sig,
-                     self.drain_seconds)
+            log.info(
+                "signal %d: draining for %.1f s (readyz 503, still serving), then closing", sig, self.drain_seconds
+            )
             self.state.draining = True
             self.drain_deadline = time.monotonic() + self.drain_seconds
         elif self.should_exit:
@@ -103,8 +112,9 @@ class DrainingServer(uvicorn.Server):
             server.close()
         # gRPC stops taking calls with the HTTP listeners and finishes those under way meanwhile.
         grpc = self.state.grpc
-        grpc_stopped = (asyncio.ensure_future(grpc.stop(self.config.timeout_graceful_shutdown)) if grpc is not None
-                        else None)
+        grpc_stopped = (
+            asyncio.ensure_future(grpc.stop(self.config.timeout_graceful_shutdown)) if grpc is not None else None
+        )
         self.barrier.arrive()
         await self.barrier.wait(LAST_REQUEST_GRACE_S)
         self.state.closing = True
@@ -126,8 +136,14 @@ def serve(app, settings, sock, barrier: ListenerBarrier, on_listening=None, hear
     """Serve `app` on `sock`, this worker's socket on the server's port (bound; uvicorn listens on it
     once the lifespan has warmed the models up, then calls `on_listening` and starts `heartbeat`)."""
     return_large_blocks_to_os()
-    config = uvicorn.Config(app, http=server_protocol(app.state.server), log_level=settings.log_level,
-                            access_log=settings.log_level == "debug",
-                            timeout_keep_alive=settings.keep_alive_timeout_seconds,
-                            timeout_graceful_shutdown=settings.shutdown_timeout_seconds)
-    DrainingServer(config, app.state.server, settings.drain_seconds, barrier, on_listening, heartbeat).run(sockets=[sock])
+    config = uvicorn.Config(
+        app,
+        http=server_protocol(app.state.server),
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",
+        timeout_keep_alive=settings.keep_alive_timeout_seconds,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+    )
+    DrainingServer(config, app.state.server, settings.drain_seconds, barrier, on_listening, heartbeat).run(
+        sockets=[sock]
+    )

@@ -4,6 +4,7 @@
 FastAPI dependency (`StateDep`), and the middleware, the fast path, the HTTP protocol, the gRPC
 servicer and the serving loop are handed it when they are built.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -32,6 +32,7 @@ The supervisor, which never parses an upload:
 Metrics: prometheus_client's multiprocess mode over a fresh folder (metrics.py): whichever worker
 answers `/metrics`, it merges every worker's values.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -87,8 +88,9 @@ def die_with_parent() -> None:
         pass
 
 
-def run_worker(settings: Settings, port: int, slot: int, events, closed, workers: int, heartbeats: Heartbeats,
-               metrics_owned: bool) -> None:
+def run_worker(
+    settings: Settings, port: int, slot: int, events, closed, workers: int, heartbeats: Heartbeats, metrics_owned: bool
+) -> None:
     """One server worker process (the target of a spawned process)."""
     supervisor = os.getppid()
     die_with_parent()
@@ -102,26 +104,31 @@ def run_worker(settings: Settings, port: int, slot: int, events, closed, workers
             log.info("the supervisor is gone and this was its last worker: removed %s", metrics_dir)
 
 
-def serve_worker(settings: Settings, port: int, slot: int, events, closed, workers: int,
-                 heartbeats: Heartbeats) -> None:
+def serve_worker(
+    settings: Settings, port: int, slot: int, events, closed, workers: int, heartbeats: Heartbeats
+) -> None:
     from modelrepo import ManifestError  # noqa: PLC0415
 
-    from .app import create_app  # noqa: PLC0415
-    from .engine import load_repository  # noqa: PLC0415
+    from .app import create_app, load_models  # noqa: PLC0415
     from .routes import readiness  # noqa: PLC0415
     from .serving import ListenerBarrier, serve  # noqa: PLC0415
+
     try:
-        models = load_repository(settings.model_repository, settings.default_model, settings.provider,
-                                 settings.intra_op_threads, settings.ort_spinning)
+        models = load_models(settings)
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     app = create_app(settings, models, grpc_port=settings.grpc_port)
     # Bound now, listening once warmed up (no connection waits on a worker still loading); then it
     # reports its readiness to the supervisor.
-    serve(app, settings, port_socket(settings.host, port), ListenerBarrier(closed, workers),
-          on_listening=lambda: events.put((slot, os.getpid(), readiness(app.state.server).model_dump())),
-          heartbeat=lambda: heartbeats.beat(slot))
+    serve(
+        app,
+        settings,
+        port_socket(settings.host, port),
+        ListenerBarrier(closed, workers),
+        on_listening=lambda: events.put((slot, os.getpid(), readiness(app.state.server).model_dump())),
+        heartbeat=lambda: heartbeats.beat(slot),
+    )
 
 
 @dataclass
@@ -135,6 +142,7 @@ class Worker:
 class HealthServer(ThreadingHTTPServer):
     """The health port: a thread per connection, at most MAX_THREADS at once (a connection beyond
     them is closed at once), each connection closed after IDLE_TIMEOUT_S without a request."""
+
     daemon_threads = True
     MAX_THREADS = 32
     IDLE_TIMEOUT_S = 2.0
@@ -207,15 +215,26 @@ class Supervisor:
             return []
         with self.lock:
             serving = [w.slot for w in self.running.values() if w.readiness is not None]
-        return [slot for slot in serving
-                if (self.heartbeats.silence(slot) or 0) > self.settings.worker_timeout_seconds]
+        return [slot for slot in serving if (self.heartbeats.silence(slot) or 0) > self.settings.worker_timeout_seconds]
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, slot: int) -> None:
         self.heartbeats.reset(slot)
-        process = self.ctx.Process(target=run_worker, name=f"worker-{slot + 1}", daemon=False,
-                                   args=(self.per_worker, self.port, slot, self.events, self.closed, self.workers,
-                                         self.heartbeats, self.metrics.owned))
+        process = self.ctx.Process(
+            target=run_worker,
+            name=f"worker-{slot + 1}",
+            daemon=False,
+            args=(
+                self.per_worker,
+                self.port,
+                slot,
+                self.events,
+                self.closed,
+                self.workers,
+                self.heartbeats,
+                self.metrics.owned,
+            ),
+        )
         process.start()
         with self.lock:
             self.running[slot] = Worker(slot, process)
@@ -250,8 +269,11 @@ class Supervisor:
                 grpc_port = self.grpc_sock.getsockname()[1]
                 held.callback(PortClaim(grpc_port, self.settings.hot_restart).release)
                 self.per_worker = self.per_worker.model_copy(update={"grpc_port": grpc_port})
-                health = self.bind("health port", self.settings.health_port,
-                                   lambda host, port: HealthServer((host, port), health_handler(self)))
+                health = self.bind(
+                    "health port",
+                    self.settings.health_port,
+                    lambda host, port: HealthServer((host, port), health_handler(self)),
+                )
             except InstanceError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
@@ -262,15 +284,24 @@ class Supervisor:
         try:
             return open_port(self.settings.host, port)
         except OSError as exc:
-            raise InstanceError(f"cannot listen on {self.settings.host} ({what} {port}): {exc.strerror or exc}") from None
+            raise InstanceError(
+                f"cannot listen on {self.settings.host} ({what} {port}): {exc.strerror or exc}"
+            ) from None
 
     def serve_health_and_workers(self, health: HealthServer, claim: PortClaim) -> int:
         threading.Thread(target=health.serve_forever, name="health", daemon=True).start()
-        log.info("listening on http://%s:%d (gRPC on port %d) with %d worker(s) (ONNX Runtime threads %d, decode "
-                 "threads %d each); /healthz and /readyz also on port %d%s", self.settings.host, self.port,
-                 self.per_worker.grpc_port, self.workers, self.per_worker.intra_op_threads,
-                 self.per_worker.decode_workers, health.server_address[1],
-                 "" if claim.socket else " (hot restart: beside the server already on this port)")
+        log.info(
+            "listening on http://%s:%d (gRPC on port %d) with %d worker(s) (ONNX Runtime threads %d, decode "
+            "threads %d each); /healthz and /readyz also on port %d%s",
+            self.settings.host,
+            self.port,
+            self.per_worker.grpc_port,
+            self.workers,
+            self.per_worker.intra_op_threads,
+            self.per_worker.decode_workers,
+            health.server_address[1],
+            "" if claim.socket else " (hot restart: beside the server already on this port)",
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.on_signal)
         try:
@@ -288,9 +319,12 @@ class Supervisor:
             self.take_reports(timeout=0.1)
             now = time.monotonic()
             if now - last > self.settings.heartbeat_timeout_seconds:
-                log.warning("the supervisor was not scheduled for %.1f s (a paused machine or a stopped process "
-                            "group): judging no worker's silence for %.1f s", now - last,
-                            self.settings.heartbeat_timeout_seconds)
+                log.warning(
+                    "the supervisor was not scheduled for %.1f s (a paused machine or a stopped process "
+                    "group): judging no worker's silence for %.1f s",
+                    now - last,
+                    self.settings.heartbeat_timeout_seconds,
+                )
                 self.judge_after = now + self.settings.heartbeat_timeout_seconds
             last = now
             if self.signals > self.forwarded:
@@ -309,14 +343,19 @@ class Supervisor:
         if worker.killed:
             return
         worker.killed = True
-        log.error("worker %d (pid %d) has not answered for %.1f s (stopped or hung): killing it",
-                  worker.slot + 1, worker.process.pid, self.heartbeats.silence(worker.slot))
+        log.error(
+            "worker %d (pid %d) has not answered for %.1f s (stopped or hung): killing it",
+            worker.slot + 1,
+            worker.process.pid,
+            self.heartbeats.silence(worker.slot),
+        )
         worker.process.kill()
 
     def forward_signal(self) -> None:
         if self.forwarded == 0:
-            log.warning("draining %d worker(s) (readyz 503, still serving); signal again to skip the drain",
-                        len(self.running))
+            log.warning(
+                "draining %d worker(s) (readyz 503, still serving); signal again to skip the drain", len(self.running)
+            )
         self.forwarded = self.signals
         for worker in self.running.values():
             os.kill(worker.process.pid, signal.SIGTERM)
@@ -337,11 +376,11 @@ class Supervisor:
     def reap(self, worker: Worker) -> int | None:
         """A worker has exited. Returns the supervisor's exit code when it must stop."""
         from prometheus_client import multiprocess  # noqa: PLC0415
+
         code, pid = worker.process.exitcode, worker.process.pid
         with self.lock:
             del self.running[worker.slot]
-            self.ended[worker.slot] = (f"exited ({code})" if self.draining else
-                                       f"died (exit {code}); starting it again")
+            self.ended[worker.slot] = f"exited ({code})" if self.draining else f"died (exit {code}); starting it again"
         multiprocess.mark_process_dead(pid)
         if self.draining:
             if worker.readiness is not None:  # one still loading had accepted nothing
@@ -378,17 +417,26 @@ def health_handler(supervisor: Supervisor) -> type[BaseHTTPRequestHandler]:
             if self.path == "/healthz":
                 hung = supervisor.hung()
                 if hung:
-                    self.answer(503, {"status": "unresponsive", "problems": [
-                        f"worker {slot + 1} of {supervisor.workers} has not answered for "
-                        f"{supervisor.heartbeats.silence(slot):.1f} s; it is being replaced" for slot in hung]})
+                    self.answer(
+                        503,
+                        {
+                            "status": "unresponsive",
+                            "problems": [
+                                f"worker {slot + 1} of {supervisor.workers} has not answered for "
+                                f"{supervisor.heartbeats.silence(slot):.1f} s; it is being replaced"
+                                for slot in hung
+                            ],
+                        },
+                    )
                 else:
                     self.answer(200, {"status": "ok"})
             elif self.path == "/readyz":
                 body = supervisor.readiness()
                 self.answer(200 if body["ready"] else 503, body)
             else:
-                self.answer(404, {"error": f"not found: {self.path} (this port answers /healthz and /readyz)",
-                                  "status": 404})
+                self.answer(
+                    404, {"error": f"not found: {self.path} (this port answers /healthz and /readyz)", "status": 404}
+                )
 
         def answer(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()

@@ -7,6 +7,7 @@ Outputs travel as `raw_output_contents` (what `tritonclient` reads first, and th
 build); inputs are taken raw or as typed contents. Errors carry the status `/classify` would answer,
 mapped to gRPC's codes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,21 +26,39 @@ from .state import ServerState
 
 log = logging.getLogger(__name__)
 
-CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-         408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-         415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.INVALID_ARGUMENT,
-         503: grpc.StatusCode.UNAVAILABLE}
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
 # datatype -> the InferTensorContents field that carries it
-CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-            "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-            "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
-            "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 
 
 def parameters(params) -> dict:
     """A protobuf map of InferParameter as plain values."""
-    return {key: getattr(value, value.WhichOneof("parameter_choice")) for key, value in params.items()
-            if value.WhichOneof("parameter_choice")}
+    return {
+        key: getattr(value, value.WhichOneof("parameter_choice"))
+        for key, value in params.items()
+        if value.WhichOneof("parameter_choice")
+    }
 
 
 def input_tensors(request) -> list[oip.Tensor]:
@@ -52,7 +71,9 @@ def input_tensors(request) -> list[oip.Tensor]:
         if raw:
             tensors.append(oip.tensor_from_buffer(t.name, t.datatype, shape, raw[k]))
         elif t.datatype in CONTENTS:
-            tensors.append(oip.tensor_from_list(t.name, t.datatype, shape, list(getattr(t.contents, CONTENTS[t.datatype]))))
+            tensors.append(
+                oip.tensor_from_list(t.name, t.datatype, shape, list(getattr(t.contents, CONTENTS[t.datatype])))
+            )
         else:
             raise oip.ProtocolError(400, f"input {t.name!r}: unknown datatype {t.datatype!r}")
     return tensors
@@ -94,8 +115,13 @@ class InferenceServicer:
         meta = oip.model_metadata(self._service(request.name, request.version))
         response = message("ModelMetadataResponse")
         tensor = response.TensorMetadata
-        return response(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
-                        inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]])
+        return response(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
 
     async def ModelConfig(self, request, context):  # noqa: N802
         return await observed("ModelConfig", context, self._model_config(request))
@@ -119,8 +145,7 @@ class InferenceServicer:
             outputs = await oip.infer(state.decoder, service, kind, images, threshold, names)
         finally:
             state.admission.release(len(images))
-        response = message("ModelInferResponse")(model_name=service.name, model_version=service.version,
-                                                  id=request.id)
+        response = message("ModelInferResponse")(model_name=service.name, model_version=service.version, id=request.id)
         for t in outputs:
             response.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
             response.raw_output_contents.append(t.data.astype(t.data.dtype.newbyteorder("<"), copy=False).tobytes())
@@ -154,16 +179,25 @@ def create_server(state: ServerState, port: int, server_version: str) -> grpc.ai
     # A client multiplexes its calls over one HTTP/2 connection, and a connection is served by the
     # worker the kernel gave it: connections age out as HTTP's do (GOAWAY; calls under way finish),
     # so long-lived clients spread again over the workers, a replaced one included.
-    server = grpc.aio.server(options=[
-        ("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-        ("grpc.max_connection_age_ms", int(1000 * settings.connection_max_age_seconds)),
-        ("grpc.max_connection_age_grace_ms", int(1000 * settings.shutdown_timeout_seconds))])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_connection_age_ms", int(1000 * settings.connection_max_age_seconds)),
+            ("grpc.max_connection_age_grace_ms", int(1000 * settings.shutdown_timeout_seconds)),
+        ]
+    )
     servicer = InferenceServicer(state, server_version)
-    handlers = {method.name: grpc.unary_unary_rpc_method_handler(
-        getattr(servicer, method.name), request_deserializer=message(method.input_type.name).FromString,
-        response_serializer=message(method.output_type.name).SerializeToString) for method in SERVICE.methods}
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=message(method.input_type.name).FromString,
+            response_serializer=message(method.output_type.name).SerializeToString,
+        )
+        for method in SERVICE.methods
+    }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
     host = settings.host
     server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     return server
-

@@ -6,6 +6,7 @@ answers): JSON bodies, and the binary tensor data extension (a JSON header of
 
 Errors are `{"error": message}` (plus this server's `"status"`), with `/classify`'s status codes.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,7 @@ async def server_live() -> dict:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Server ready (400 when not: the protocol's 4xx for false)",
-            responses=errors(400))
+@router.get("/health/ready", summary="Server ready (400 when not: the protocol's 4xx for false)", responses=errors(400))
 async def server_ready(state: StateDep):
     ready = readiness(state).ready
     return json_response({"ready": ready}, 200 if ready else 400)
@@ -75,37 +75,84 @@ async def model_ready(state: StateDep, model: str):
     return ready_answer(state, model, None)
 
 
-@router.get("/models/{model}/versions/{model_version}/ready", summary="Model ready (a version)",
-            responses=errors(400, 404))
+@router.get(
+    "/models/{model}/versions/{model_version}/ready", summary="Model ready (a version)", responses=errors(400, 404)
+)
 async def model_version_ready(state: StateDep, model: str, model_version: str):
     return ready_answer(state, model, model_version)
 
 
-@router.get("/models/{model}/config", summary="Model configuration (Triton's extension, for perf_analyzer)",
-            responses=errors(404))
+@router.get(
+    "/models/{model}/config",
+    summary="Model configuration (Triton's extension, for perf_analyzer)",
+    responses=errors(404),
+)
 async def model_config(state: StateDep, model: str) -> dict:
     return oip.model_config(service_of(state, model, None))
 
 
 INFER_ERRORS = errors(400, 404, 408, 413, 415, 422, 503)
-TENSOR = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
-    "name": {"type": "string", "description": "'image' (BYTES [N]: encoded images) or 'pixels' "
-                                              "(UINT8 [N, 32, 32, 3])"},
-    "datatype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-    "parameters": {"type": "object", "description": "binary_data_size: the tensor's bytes after the JSON header "
-                                                    "(binary tensor data extension)"},
-    "data": {"type": "array", "description": "the elements, flat or nested (BYTES as strings)"}}}
-INFER_BODY = {"openapi_extra": {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
-        "id": {"type": "string"},
-        "parameters": {"type": "object", "description": "threshold: a number in [0, 1], as /classify's; "
-                                                        "binary_data_output: answer every output in binary"},
-        "inputs": {"type": "array", "items": TENSOR},
-        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string", "enum": list(oip.OUTPUTS)}, "parameters": {"type": "object"}}}}}}},
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": "binary "
-                                 "tensor data extension: Inference-Header-Content-Length bytes of JSON, then "
-                                 "each tensor's bytes"}}}}}}
+TENSOR = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {
+        "name": {
+            "type": "string",
+            "description": "'image' (BYTES [N]: encoded images) or 'pixels' (UINT8 [N, 32, 32, 3])",
+        },
+        "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "parameters": {
+            "type": "object",
+            "description": "binary_data_size: the tensor's bytes after the JSON header (binary tensor data extension)",
+        },
+        "data": {"type": "array", "description": "the elements, flat or nested (BYTES as strings)"},
+    },
+}
+INFER_BODY = {
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["inputs"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "parameters": {
+                                "type": "object",
+                                "description": "threshold: a number in [0, 1], as /classify's; "
+                                "binary_data_output: answer every output in binary",
+                            },
+                            "inputs": {"type": "array", "items": TENSOR},
+                            "outputs": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["name"],
+                                    "properties": {
+                                        "name": {"type": "string", "enum": list(oip.OUTPUTS)},
+                                        "parameters": {"type": "object"},
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+                "application/octet-stream": {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "binary "
+                        "tensor data extension: Inference-Header-Content-Length bytes of JSON, then "
+                        "each tensor's bytes",
+                    }
+                },
+            },
+        }
+    }
+}
 
 
 # The infer routes are served by fast_path.py, ahead of FastAPI; this router only describes them in
@@ -118,8 +165,12 @@ async def model_infer(model: str):
     """Described only (fast_path.py serves it)."""
 
 
-@described.post("/models/{model}/versions/{model_version}/infer", summary="Inference (a version)",
-                responses=INFER_ERRORS, **INFER_BODY)
+@described.post(
+    "/models/{model}/versions/{model_version}/infer",
+    summary="Inference (a version)",
+    responses=INFER_ERRORS,
+    **INFER_BODY,
+)
 async def model_version_infer(model: str, model_version: str):
     """Described only (fast_path.py serves it)."""
 
@@ -133,8 +184,14 @@ def mapping(value, what: str) -> dict:
     return value
 
 
-async def infer_answer(state: ServerState, request_state: dict, model: str, model_version: str | None, body: bytes,
-                       header_length: str | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+async def infer_answer(
+    state: ServerState,
+    request_state: dict,
+    model: str,
+    model_version: str | None,
+    body: bytes,
+    header_length: str | None,
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """One infer request: its answer's body and headers. `request_state` counts the images the
     request holds in admission (the middleware admitted it as one)."""
     service = oip.find_service(state, model, model_version)
@@ -146,8 +203,11 @@ async def infer_answer(state: ServerState, request_state: dict, model: str, mode
     if not isinstance(wanted, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted):
         raise oip.ProtocolError(400, "'outputs' must be a list of objects with a 'name'")
     names = oip.requested_outputs([o["name"] for o in wanted])
-    binary = {o["name"] for o in wanted
-              if mapping(o.get("parameters"), f"output {o['name']!r}: 'parameters'").get("binary_data") is True}
+    binary = {
+        o["name"]
+        for o in wanted
+        if mapping(o.get("parameters"), f"output {o['name']!r}: 'parameters'").get("binary_data") is True
+    }
     if parameters.get("binary_data_output") is True:
         binary = set(names)
     state.admission.reserve(len(images) - 1)
@@ -160,8 +220,9 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, list[oi
     """(the JSON header, the input tensors) of an infer request, JSON or binary."""
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
-            raise oip.ProtocolError(400, f"{HEADER_LENGTH} {header_length!r} is not a length within the "
-                                         f"body's {len(body)} bytes")
+            raise oip.ProtocolError(
+                400, f"{HEADER_LENGTH} {header_length!r} is not a length within the body's {len(body)} bytes"
+            )
         split = int(header_length)
     else:
         split = len(body)
@@ -173,8 +234,12 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, list[oi
         raise oip.ProtocolError(400, "the request must be an object with an 'inputs' list")
     binary, offset, tensors = memoryview(body)[split:], 0, []
     for t in header["inputs"]:
-        if not (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("datatype"), str)
-                and isinstance(t.get("shape"), list)):
+        if not (
+            isinstance(t, dict)
+            and isinstance(t.get("name"), str)
+            and isinstance(t.get("datatype"), str)
+            and isinstance(t.get("shape"), list)
+        ):
             raise oip.ProtocolError(400, "each input needs a 'name', a 'datatype' and a 'shape'")
         size = mapping(t.get("parameters"), f"input {t['name']!r}: 'parameters'").get("binary_data_size")
         if size is None:
@@ -183,17 +248,19 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, list[oi
             tensors.append(oip.tensor_from_list(t["name"], t["datatype"], t["shape"], t["data"]))
             continue
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise oip.ProtocolError(400, f"input {t['name']!r}: binary_data_size {size!r} runs past the "
-                                         f"{len(binary)} bytes of binary data")
-        tensors.append(oip.tensor_from_buffer(t["name"], t["datatype"], t["shape"], binary[offset:offset + size]))
+            raise oip.ProtocolError(
+                400, f"input {t['name']!r}: binary_data_size {size!r} runs past the {len(binary)} bytes of binary data"
+            )
+        tensors.append(oip.tensor_from_buffer(t["name"], t["datatype"], t["shape"], binary[offset : offset + size]))
         offset += size
     if offset != len(binary):
         raise oip.ProtocolError(400, f"{len(binary) - offset} bytes of binary data belong to no input")
     return header, tensors
 
 
-def encode_response(model: str, model_version: str, request_id, outputs: list[oip.Tensor],
-                    binary: set[str]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+def encode_response(
+    model: str, model_version: str, request_id, outputs: list[oip.Tensor], binary: set[str]
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The infer response (body, headers): JSON, or the JSON header and the binary outputs after it."""
     entries, chunks = [], []
     for t in outputs:
@@ -211,5 +278,7 @@ def encode_response(model: str, model_version: str, request_id, outputs: list[oi
     head = json.dumps(body).encode()
     if not chunks:
         return head, [(b"content-type", b"application/json")]
-    return b"".join([head, *chunks]), [(b"content-type", b"application/octet-stream"),
-                                       (HEADER_LENGTH.encode(), str(len(head)).encode())]
+    return b"".join([head, *chunks]), [
+        (b"content-type", b"application/octet-stream"),
+        (HEADER_LENGTH.encode(), str(len(head)).encode()),
+    ]

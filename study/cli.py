@@ -1,4 +1,5 @@
 """`python -m study`: the report's table, trained and written up (subcommands in study/commands)."""
+
 from __future__ import annotations
 
 from training.cli import get_args_parser

@@ -5,6 +5,7 @@ report's table by IF, the controls, the ablations beside model8, the product can
 panel holds a dozen lines at most and every run keeps a colour of its own within it. Runs of the
 old loss rule are left out (RESULTS.md lists them apart).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,7 @@ from .report import ABLATIONS_BESIDE, RunResult, penalty_at
 from .runs import control_runs, study_runs
 
 # Groups of runs by variant family; any other family is a row of the report's table, grouped by IF.
-FAMILY_GROUPS = {"control": "controls (erm)", "ablation": "ablations (beside model8)",
-                 "product": "product candidates"}
+FAMILY_GROUPS = {"control": "controls (erm)", "ablation": "ablations (beside model8)", "product": "product candidates"}
 TABLE_IFS = (100, 50, 10)
 IF_COLOURS = {100: "tab:blue", 50: "tab:orange", 10: "tab:green", 1: "tab:purple"}
 
@@ -46,9 +46,11 @@ def plot_groups(runs: list[RunResult]) -> dict[str, list[RunResult]]:
 
 def exit_share_by_split(final: dict, labels: np.ndarray, num_exits: int) -> dict[str, list[float]]:
     exits = np.asarray(final["exits"])
-    split = np.array([SPLIT_OF_CLASS[c] for c in labels[:len(exits)]])
-    return {name: (np.bincount(exits[split == name], minlength=num_exits + 1)[1:]
-                   / max((split == name).sum(), 1)).tolist() for name in SPLITS}
+    split = np.array([SPLIT_OF_CLASS[c] for c in labels[: len(exits)]])
+    return {
+        name: (np.bincount(exits[split == name], minlength=num_exits + 1)[1:] / max((split == name).sum(), 1)).tolist()
+        for name in SPLITS
+    }
 
 
 def rows_against_report(runs: list[RunResult]) -> list[RunResult]:
@@ -56,14 +58,22 @@ def rows_against_report(runs: list[RunResult]) -> list[RunResult]:
     accuracy to set them beside (the report's model4 diverged: none), in the table's order; like
     RESULTS.md, a run of ours that diverged gets no difference."""
     order = {key: i for i, key in enumerate(control_runs() + study_runs())}
-    rows = [r for r in runs if r.rule == LOSS_RULE and r.status == rundir.COMPLETED
-            and (r.variant, r.imbalance) in order and _reported_overall(r) is not None]
+    rows = [
+        r
+        for r in runs
+        if r.rule == LOSS_RULE
+        and r.status == rundir.COMPLETED
+        and (r.variant, r.imbalance) in order
+        and _reported_overall(r) is not None
+    ]
     return sorted(rows, key=lambda r: (order[(r.variant, r.imbalance)], r.name))
 
 
-def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[str, dict],
-             penalties: dict[int, float]) -> list[Path]:
+def plot_all(
+    runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[str, dict], penalties: dict[int, float]
+) -> list[Path]:
     import matplotlib
+
     matplotlib.use("Agg")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -71,8 +81,9 @@ def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[
     written = [training_curves(groups, out / "training_curves.png")]
     if rows := rows_against_report(runs):
         written.append(against_the_report(rows, penalties, out / "against_the_report.png"))
-    done = {name: [r for r in rs if r.status == rundir.COMPLETED and r.metrics.get("final")]
-            for name, rs in groups.items()}
+    done = {
+        name: [r for r in rs if r.status == rundir.COMPLETED and r.metrics.get("final")] for name, rs in groups.items()
+    }
     done = {name: rs for name, rs in done.items() if rs}
     if done:
         written.append(per_class_heatmap(done, out / "per_class_accuracy.png"))
@@ -91,6 +102,7 @@ def plot_all(runs: list[RunResult], labels: np.ndarray, out: Path, sweeps: dict[
 def _colours(n: int) -> list:
     """n distinct colours: tab10 up to 10, else tab20 with its dark shades first."""
     import matplotlib.pyplot as plt
+
     if n <= 10:
         return list(plt.get_cmap("tab10").colors)
     tab20 = plt.get_cmap("tab20").colors
@@ -99,10 +111,12 @@ def _colours(n: int) -> list:
 
 def _panels(n: int, ncols: int, size: tuple[float, float], **kw):
     import matplotlib.pyplot as plt
+
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
-                             layout="constrained", **kw)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False, layout="constrained", **kw
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -116,11 +130,13 @@ def _label(r: RunResult) -> str:
     return f"{r.name} (stopped at {r.run.done}/{r.run.planned or '?'})"
 
 
-def _panel_per_group(groups: dict[str, list[RunResult]], draw, markers, path: Path, *, title: str,
-                     xlabel: str, ylabel: str) -> Path:
+def _panel_per_group(
+    groups: dict[str, list[RunResult]], draw, markers, path: Path, *, title: str, xlabel: str, ylabel: str
+) -> Path:
     """One panel per group, its legend beside it: `draw(ax, run, colour)` each run; `markers(runs)`
     lists (marker, what it marks) for the legend, empty when the panel has no such marks."""
     from matplotlib.lines import Line2D
+
     fig, axes = _panels(max(len(groups), 1), 2, (8.5, 3.8), sharey=True)
     for ax, (name, rs) in zip(axes, groups.items()):
         for r, colour in zip(rs, _colours(len(rs))):
@@ -143,18 +159,29 @@ def _reported_overall(r: RunResult) -> float | None:
 
 def training_curves(groups: dict[str, list[RunResult]], path: Path) -> Path:
     """Test accuracy by evaluated epoch, the report's number marked at the right edge."""
+
     def draw(ax, r, colour):
         epochs = [e for e in r.metrics["epochs"] if "overall" in e]
         ax.plot([e["epoch"] for e in epochs], [e["overall"] for e in epochs], color=colour, lw=1.2, label=_label(r))
         if _reported_overall(r) is not None:
-            ax.plot((r.run.planned or epochs[-1]["epoch"]) + 6, _reported_overall(r), marker="<",
-                    color=colour, ms=7, clip_on=False)
+            ax.plot(
+                (r.run.planned or epochs[-1]["epoch"]) + 6,
+                _reported_overall(r),
+                marker="<",
+                color=colour,
+                ms=7,
+                clip_on=False,
+            )
 
     return _panel_per_group(
-        groups, draw,
+        groups,
+        draw,
         lambda rs: [("<", "the report's number")] if any(_reported_overall(r) is not None for r in rs) else [],
-        path, title="Training curves (evaluated epochs)", xlabel="epoch",
-        ylabel="test accuracy (%), early-exit inference")
+        path,
+        title="Training curves (evaluated epochs)",
+        xlabel="epoch",
+        ylabel="test accuracy (%), early-exit inference",
+    )
 
 
 def against_the_report(rows: list[RunResult], penalties: dict[int, float], path: Path) -> Path:
@@ -163,6 +190,7 @@ def against_the_report(rows: list[RunResult], penalties: dict[int, float], path:
     table explains, at a glance."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+
     fig, ax = plt.subplots(figsize=(9, 1.4 + 0.3 * len(rows)), layout="constrained")
     for y, r in enumerate(rows):
         colour, reported = IF_COLOURS.get(r.imbalance, "0.3"), _reported_overall(r)
@@ -176,28 +204,38 @@ def against_the_report(rows: list[RunResult], penalties: dict[int, float], path:
             ax.scatter(ours + penalty, y, facecolors="none", edgecolors=colour, s=30, zorder=3)
         if abs(final - ours) >= 0.05:
             ax.scatter(final + penalty, y, marker="s", color="0.5", s=16, zorder=2)
-        ax.annotate(f"{r.gap(ours, penalty):+.1f}", (1.0, y), xycoords=("axes fraction", "data"),
-                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.annotate(
+            f"{r.gap(ours, penalty):+.1f}",
+            (1.0, y),
+            xycoords=("axes fraction", "data"),
+            xytext=(4, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+        )
     ax.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
     ax.set_xlabel("last-epoch test accuracy (%); right: ours + penalty − report (points)")
     seen_ifs = sorted({r.imbalance for r in rows}, reverse=True)
-    handles = [Line2D([], [], marker="|", color="black", ls="", ms=10, label="the report"),
-               *(Line2D([], [], marker="o", color=IF_COLOURS.get(f, "0.3"), ls="", label=f"ours, IF {f}")
-                 for f in seen_ifs),
-               Line2D([], [], marker="o", mfc="none", color="0.3", ls="", label="ours + the copy's penalty"),
-               Line2D([], [], marker="s", color="0.5", ls="", ms=5, label="final exit alone (+ penalty)")]
+    handles = [
+        Line2D([], [], marker="|", color="black", ls="", ms=10, label="the report"),
+        *(Line2D([], [], marker="o", color=IF_COLOURS.get(f, "0.3"), ls="", label=f"ours, IF {f}") for f in seen_ifs),
+        Line2D([], [], marker="o", mfc="none", color="0.3", ls="", label="ours + the copy's penalty"),
+        Line2D([], [], marker="s", color="0.5", ls="", ms=5, label="final exit alone (+ penalty)"),
+    ]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.06, 1.0))
     where = ", ".join(f"IF {f}: {p:.2f}" for f, p in sorted(penalties.items())) or "not yet measured"
-    ax.set_title(f"Each measured row against the report (the copy's penalty, from the erm controls: {where})",
-                 fontsize=9)
+    ax.set_title(
+        f"Each measured row against the report (the copy's penalty, from the erm controls: {where})", fontsize=9
+    )
     return _save(fig, path)
 
 
 def per_class_heatmap(groups: dict[str, list[RunResult]], path: Path) -> Path:
     """One row per completed run (grouped), one column per class and the overall accuracy."""
     import matplotlib.pyplot as plt
+
     rows, names, bounds, seen = [], [], [], set()
     for rs in groups.values():
         for r in rs:
@@ -229,6 +267,7 @@ def exit_distribution(runs: list[RunResult], labels: np.ndarray, path: Path) -> 
     """Where the test images of each split leave, for every completed run with early exits."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
+
     early_colours = plt.get_cmap("tab10").colors
     final_colour = "0.6"
     fig, axes = _panels(len(runs), 6, (2.6, 2.6), sharey=True)
@@ -248,31 +287,55 @@ def exit_distribution(runs: list[RunResult], labels: np.ndarray, path: Path) -> 
     handles = [Patch(color=early_colours[e], label=f"exit {e + 1}") for e in range(most)]
     handles.append(Patch(color=final_colour, label="final exit"))
     fig.legend(handles=handles, loc="upper right", fontsize=8, ncol=len(handles))
-    fig.suptitle("Exit distribution per class split (runs with early exits, their inference threshold)",
-                 x=0.02, ha="left")
+    fig.suptitle(
+        "Exit distribution per class split (runs with early exits, their inference threshold)", x=0.02, ha="left"
+    )
     return _save(fig, path)
 
 
 def accuracy_vs_macs(groups: dict[str, list[RunResult]], sweeps: dict[str, dict], path: Path) -> Path:
     def draw(ax, r, colour):
         s = sweeps[r.name]
-        ax.plot([p["mean_macs"] / 1e6 for p in s["sweep"]], [p["overall"] for p in s["sweep"]], color=colour,
-                label=r.name)
-        ax.scatter([p["cumulative_macs"] / 1e6 for p in s["per_exit"]], [p["overall"] for p in s["per_exit"]],
-                   color=colour, marker="s", s=18)
+        ax.plot(
+            [p["mean_macs"] / 1e6 for p in s["sweep"]], [p["overall"] for p in s["sweep"]], color=colour, label=r.name
+        )
+        ax.scatter(
+            [p["cumulative_macs"] / 1e6 for p in s["per_exit"]],
+            [p["overall"] for p in s["per_exit"]],
+            color=colour,
+            marker="s",
+            s=18,
+        )
         # where the table's row (its last evaluation) sits on its curve: the run's own inference threshold
         row = r.last
-        ax.scatter([row["mean_macs"] / 1e6], [row["overall"]], color=colour, marker="o", s=40,
-                   edgecolors="black", linewidths=0.6, zorder=3)
+        ax.scatter(
+            [row["mean_macs"] / 1e6],
+            [row["overall"]],
+            color=colour,
+            marker="o",
+            s=40,
+            edgecolors="black",
+            linewidths=0.6,
+            zorder=3,
+        )
 
-    return _panel_per_group(groups, draw, lambda rs: [("s", "one exit alone (every image there)"),
-                                                      ("o", "the run's inference threshold (its table row)")], path,
-                            title="Accuracy vs compute as the inference threshold sweeps 0 → 1",
-                            xlabel="mean MACs per image (M)", ylabel="test accuracy (%)")
+    return _panel_per_group(
+        groups,
+        draw,
+        lambda rs: [
+            ("s", "one exit alone (every image there)"),
+            ("o", "the run's inference threshold (its table row)"),
+        ],
+        path,
+        title="Accuracy vs compute as the inference threshold sweeps 0 → 1",
+        xlabel="mean MACs per image (M)",
+        ylabel="test accuracy (%)",
+    )
 
 
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -3,6 +3,7 @@
 Every run of the study (variants.study_runs) that has no completed metrics file is listed as
 "not yet measured" with the exact command that produces it; no number is ever filled in.
 """
+
 from __future__ import annotations
 
 import json
@@ -102,24 +103,43 @@ def collect_runs(root: Path) -> list[RunResult]:
             continue
         if config.get("config", {}).get("eval_split", "test") != "test":  # pilots: not test-set results
             continue
-        runs.append(RunResult(metrics_file.parent.name, m["variant"], m["imbalance"], m.get("seed", 0),
-                              metrics_file.parent, run))
+        runs.append(
+            RunResult(
+                metrics_file.parent.name, m["variant"], m["imbalance"], m.get("seed", 0), metrics_file.parent, run
+            )
+        )
     return runs
 
 
-def train_command(variant: str, imbalance: int, seed: int = 0, flags=(), resume: bool = False,
-                  name: str | None = None) -> str:
+def train_command(
+    variant: str, imbalance: int, seed: int = 0, flags=(), resume: bool = False, name: str | None = None
+) -> str:
     """The command that produces (or, with resume, finishes) a run; without `flags`, on `train`'s
     default path (the CPU fast path on a CPU)."""
     name = name or rundir.run_name(variant, imbalance, seed)
-    return " ".join(["python -m training train --variant", variant, "--imbalance", str(imbalance), "--seed",
-                     str(seed), *flags, "--out", f"results/runs/{name}", *(["--resume"] if resume else [])])
+    return " ".join(
+        [
+            "python -m training train --variant",
+            variant,
+            "--imbalance",
+            str(imbalance),
+            "--seed",
+            str(seed),
+            *flags,
+            "--out",
+            f"results/runs/{name}",
+            *(["--resume"] if resume else []),
+        ]
+    )
 
 
 def measured_commands(runs: list[RunResult]) -> list[str]:
     """The `train` command of each finished run of the current loss rule, on its own path."""
-    return [train_command(r.variant, r.imbalance, r.seed, r.flags, name=r.name) for r in runs
-            if r.status in rundir.FINISHED and r.rule == LOSS_RULE]
+    return [
+        train_command(r.variant, r.imbalance, r.seed, r.flags, name=r.name)
+        for r in runs
+        if r.status in rundir.FINISHED and r.rule == LOSS_RULE
+    ]
 
 
 def _fmt(x) -> str:
@@ -133,14 +153,19 @@ def _reported_cell(variant: str, imbalance: int) -> str:
 
 def jpeg_penalties(runs: list[RunResult]) -> dict[int, float]:
     """The dataset copy's measured penalty at each IF where a completed `erm` control exists: the
-    published ERM accuracy (SPEC §6) minus ours, in points."""
-    out = {}
+    published ERM accuracy (SPEC §6) minus ours (the mean of its seeds), in points."""
+    gaps: dict[int, list[float]] = {}
     for r in runs:
         published = r.reported
-        if (get_variant(r.variant).family == "control" and r.status == rundir.COMPLETED
-                and r.rule == LOSS_RULE and published is not None and published.overall is not None):
-            out[r.imbalance] = published.overall - r.last["overall"]
-    return out
+        if (
+            get_variant(r.variant).family == "control"
+            and r.status == rundir.COMPLETED
+            and r.rule == LOSS_RULE
+            and published is not None
+            and published.overall is not None
+        ):
+            gaps.setdefault(r.imbalance, []).append(published.overall - r.last["overall"])
+    return {imbalance: float(np.mean(g)) for imbalance, g in gaps.items()}  # the mean over seeds
 
 
 def penalty_at(penalties: dict[int, float], imbalance: int) -> tuple[float, str] | None:
@@ -156,8 +181,9 @@ def penalty_at(penalties: dict[int, float], imbalance: int) -> tuple[float, str]
     return None
 
 
-def results_table(runs: list[RunResult], planned=None, penalties: dict[int, float] | None = None
-                  ) -> tuple[str, list[str]]:
+def results_table(
+    runs: list[RunResult], planned=None, penalties: dict[int, float] | None = None
+) -> tuple[str, list[str]]:
     """Markdown table of the planned (variant, IF) runs (default: the study's) from runs of the
     current loss rule, one row per run (runs of different paths apart), each against the report and
     against the report less the measured JPEG penalty; and the commands of runs not yet measured."""
@@ -167,28 +193,40 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
             continue
         by_key.setdefault((r.variant, r.imbalance), []).append(r)
     penalties = {} if penalties is None else penalties
-    lines = ["| variant | IF | report: overall (many / medium / few) | ours: overall | many | medium | few "
-             "| ours − report | ours + JPEG penalty − report | final exit alone (+ JPEG penalty − report) "
-             "| exits (% by exit) | mean MACs | seed | status | machine | path |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | IF | report: overall (many / medium / few) | ours: overall | many | medium | few "
+        "| ours − report | ours + JPEG penalty − report | final exit alone (+ JPEG penalty − report) "
+        "| exits (% by exit) | mean MACs | seed | status | machine | path |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     missing = []
-    for variant, imbalance in (study_runs() if planned is None else planned):
+    for variant, imbalance in study_runs() if planned is None else planned:
         found = by_key.get((variant, imbalance), [])
         if not found:
-            lines.append(f"| {variant} | {imbalance} | {_reported_cell(variant, imbalance)} | not yet measured "
-                         "| | | | | | | | | | | | |")
+            lines.append(
+                f"| {variant} | {imbalance} | {_reported_cell(variant, imbalance)} | not yet measured "
+                "| | | | | | | | | | | | |"
+            )
             missing.append(train_command(variant, imbalance))
+        completed = [r for r in found if r.status == rundir.COMPLETED]
+        seeded = completed if len({r.seed for r in completed}) > 1 else []  # more than one seed: their mean
         for r in found:
             e, done, total = r.last, r.run.done, r.run.planned or "?"
             if r.status not in rundir.FINISHED:
-                where, state = ((f"running, epoch {done} of {total} done", "running") if r.status == rundir.RUNNING
-                                else (f"stopped at epoch {done} of {total}", "resumable"))
-                lines.append(f"| {variant} | {imbalance} | {_reported_cell(variant, imbalance)} | not yet measured: "
-                             f"{where} | | | | | | | | | {r.seed} | {state} | {r.device} | {r.path} |")
+                where, state = (
+                    (f"running, epoch {done} of {total} done", "running")
+                    if r.status == rundir.RUNNING
+                    else (f"stopped at epoch {done} of {total}", "resumable")
+                )
+                lines.append(
+                    f"| {variant} | {imbalance} | {_reported_cell(variant, imbalance)} | not yet measured: "
+                    f"{where} | | | | | | | | | {r.seed} | {state} | {r.device} | {r.path} |"
+                )
                 missing.append(train_command(variant, imbalance, r.seed, r.flags, resume=True, name=r.name))
                 continue
-            status = ("completed" if r.status == rundir.COMPLETED
-                      else f"diverged at epoch {r.metrics.get('diverged_at')}")
+            status = (
+                "completed" if r.status == rundir.COMPLETED else f"diverged at epoch {r.metrics.get('diverged_at')}"
+            )
             exits = "/".join(f"{100 * d:.1f}" for d in e.get("exit_distribution", []))
             share = e.get("mean_macs_share")
             macs = f"{e['mean_macs'] / 1e6:.1f}M ({100 * share:.0f}%)" if share is not None else "–"
@@ -203,10 +241,45 @@ def results_table(runs: list[RunResult], planned=None, penalties: dict[int, floa
                     adjusted = f"{r.gap(e['overall'], penalty[0]):+.2f} ({penalty[1]})"
                     if final is not None:
                         final_cell += f" ({r.gap(final, penalty[0]):+.2f})"
-            lines.append(f"| {variant} | {imbalance} | {_reported_cell(variant, imbalance)} | {_fmt(e.get('overall'))} "
-                         f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} | {diff} "
-                         f"| {adjusted} | {final_cell} | {exits} | {macs} | {r.seed} | {status} | {r.device} | {r.path} |")
+            if seeded:  # the seeds' mean carries the comparison with the report
+                diff = adjusted = "–"
+                final_cell = _fmt(final)
+            lines.append(
+                f"| {variant} | {imbalance} | {_reported_cell(variant, imbalance)} | {_fmt(e.get('overall'))} "
+                f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} | {diff} "
+                f"| {adjusted} | {final_cell} | {exits} | {macs} | {r.seed} | {status} | {r.device} | {r.path} |"
+            )
+        if seeded:
+            lines.append(seed_mean_row(variant, imbalance, seeded, penalties))
     return "\n".join(lines), missing
+
+
+def mean_std(values: list[float]) -> str:
+    """ "mean ± std" (the sample standard deviation, n − 1)."""
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def seed_mean_row(variant: str, imbalance: int, runs: list[RunResult], penalties: dict[int, float]) -> str:
+    """One table row for the completed seeds of a (variant, IF): each number's mean ± std over them,
+    and the mean's distance to the report."""
+    last = [r.last for r in runs]
+    cells = {key: mean_std([e[key] for e in last]) for key in ("overall", "many", "medium", "few")}
+    overall = float(np.mean([e["overall"] for e in last]))
+    finals = [r.final_exit_alone for r in runs if r.final_exit_alone is not None]
+    final_cell = mean_std(finals) if len(finals) == len(runs) else "–"
+    diff = adjusted = "–"
+    published = runs[0].reported
+    if published is not None and published.overall is not None:
+        diff = f"{runs[0].gap(overall):+.2f}"
+        penalty = penalty_at(penalties, imbalance)
+        if penalty is not None:
+            adjusted = f"{runs[0].gap(overall, penalty[0]):+.2f} ({penalty[1]})"
+    seeds = ", ".join(str(r.seed) for r in runs)
+    return (
+        f"| {variant} | {imbalance} | {_reported_cell(variant, imbalance)} | **{cells['overall']}** "
+        f"| {cells['many']} | {cells['medium']} | {cells['few']} | {diff} | {adjusted} | {final_cell} "
+        f"| | | mean ± std, n = {len(runs)} (seeds {seeds}) | completed | | |"
+    )
 
 
 # The run the ablations are read against (RESULTS.md's ablation section and its plot panel).
@@ -233,8 +306,10 @@ def contrasts(runs: list[RunResult], pairs=ABLATION_CONTRASTS, imbalance: int = 
         ea, eb = done[a].last, done[b].last
         splits = ", ".join(f"{s} {ea[s] - eb[s]:+.2f}" for s in SPLITS)
         paths = "" if done[a].path == done[b].path else f"; paths: {done[a].path} vs {done[b].path}"
-        lines.append(f"- {what}: **{ea['overall'] - eb['overall']:+.2f}** points ({a} {ea['overall']:.2f} − "
-                     f"{b} {eb['overall']:.2f}; {splits}{paths}; one seed each)")
+        lines.append(
+            f"- {what}: **{ea['overall'] - eb['overall']:+.2f}** points ({a} {ea['overall']:.2f} − "
+            f"{b} {eb['overall']:.2f}; {splits}{paths}; one seed each)"
+        )
     return lines
 
 
@@ -246,14 +321,22 @@ def heldout_choices(fits: Path) -> str:
     for path in sorted(Path(fits).glob("*/calibration-heldout.json")):
         c = json.loads(path.read_text())
         thresholds = c["threshold"] if isinstance(c["threshold"], list) else [c["threshold"]]
-        rows.append(f"| {path.parent.name} | {c['final_exit_accuracy']:.2f} | {c['heldout_accuracy']:.2f} "
-                    f"| {c['mean_macs_share']:.3f} | {' / '.join(f'{t:.2f}' for t in thresholds)} "
-                    f"| {' / '.join(f'{t:g}' for t in c.get('taus', [c.get('tau')]))} | {c['heldout_images']} "
-                    f"| {drop_rule(c)} |")
+        rows.append(
+            f"| {path.parent.name} | {c['final_exit_accuracy']:.2f} | {c['heldout_accuracy']:.2f} "
+            f"| {c['mean_macs_share']:.3f} | {' / '.join(f'{t:.2f}' for t in thresholds)} "
+            f"| {' / '.join(f'{t:g}' for t in c.get('taus', [c.get('tau')]))} | {c['heldout_images']} "
+            f"| {drop_rule(c)} |"
+        )
     if not rows:
         return ""
-    return "\n".join(["| model (results/fits/) | final exit | at its thresholds | MACs share | thresholds | τ | images "
-                      "| drop within the allowed one |", "|---|---|---|---|---|---|---|---|", *rows])
+    return "\n".join(
+        [
+            "| model (results/fits/) | final exit | at its thresholds | MACs share | thresholds | τ | images "
+            "| drop within the allowed one |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
 
 
 def drop_rule(calibration: dict) -> str:
@@ -268,13 +351,17 @@ def retired_table(runs: list[RunResult]) -> str:
     """Markdown: runs trained under the old loss rule (simulated loss at every exit of the
     simulated family), kept for their history and checkpoints but not results of the table."""
     old = [r for r in runs if r.rule != LOSS_RULE]
-    lines = ["| run | variant | IF | last epoch | overall | many | medium | few | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | variant | IF | last epoch | overall | many | medium | few | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in old:
         e = r.last
-        lines.append(f"| {r.name} | {r.variant} | {r.imbalance} | {e.get('epoch', 0)} | {_fmt(e.get('overall'))} "
-                     f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} "
-                     f"| {r.status} |")
+        lines.append(
+            f"| {r.name} | {r.variant} | {r.imbalance} | {e.get('epoch', 0)} | {_fmt(e.get('overall'))} "
+            f"| {_fmt(e.get('many'))} | {_fmt(e.get('medium'))} | {_fmt(e.get('few'))} "
+            f"| {r.status} |"
+        )
     return "\n".join(lines) if old else ""
 
 
@@ -283,14 +370,17 @@ def path_agreement(runs: list[RunResult], goal: float = 1.5) -> str:
     same variant, imbalance and seed (within `goal` points: seed noise)."""
     done = [r for r in runs if r.status == rundir.COMPLETED and r.rule == LOSS_RULE and r.train_config]
     fp32 = {(r.variant, r.imbalance, r.seed): r for r in done if not r.train_config.amp}
-    lines = [f"| variant | IF | seed | fp32 run | bf16 run | difference | within {goal} points "
-             "| fp32 path | bf16 path |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| variant | IF | seed | fp32 run | bf16 run | difference | within {goal} points | fp32 path | bf16 path |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in done:
         ref = fp32.get((r.variant, r.imbalance, r.seed))
         if not r.train_config.amp or ref is None:
             continue
         a, b = ref.last["overall"], r.last["overall"]
-        lines.append(f"| {r.variant} | {r.imbalance} | {r.seed} | {a:.2f} | {b:.2f} | {b - a:+.2f} "
-                     f"| {'yes' if abs(b - a) <= goal else 'no'} | `{ref.path}` | `{r.path}` |")
+        lines.append(
+            f"| {r.variant} | {r.imbalance} | {r.seed} | {a:.2f} | {b:.2f} | {b - a:+.2f} "
+            f"| {'yes' if abs(b - a) <= goal else 'no'} | `{ref.path}` | `{r.path}` |"
+        )
     return "\n".join(lines) if len(lines) > 2 else ""

@@ -1,6 +1,10 @@
 """The study's runs, from the variant table (training/variants.py): the report's table, the
 dataset-copy controls, the ablations beside model8 and the candidates for the shipped model."""
+
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 from training.variants import all_variants
 
@@ -30,3 +34,9 @@ def study_runs() -> list[tuple[str, int]]:
         ifs = sorted(v.reported, reverse=True) if v.family in ("elf", "reslt") else [v.imbalance]
         runs += [(v.name, f) for f in ifs]
     return runs
+
+
+def train_argv(variant: str, imbalance: int, seed: int, run_dir: Path, device: str, data_dir: Path) -> list[str]:
+    """`python -m training train` of one study run (callers add the run's own flags)."""
+    run = ["--variant", variant, "--imbalance", str(imbalance), "--seed", str(seed), "--out", str(run_dir)]
+    return [sys.executable, "-m", "training", "train", *run, "--device", device, "--data-dir", str(data_dir)]

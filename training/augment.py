@@ -1,5 +1,6 @@
 """The augmentation parts a variant names (AUGMENTATIONS), and the reference (CPU-friendly) data
 path: per-image torchvision transforms, and batch Mixup."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -59,10 +60,16 @@ class Cutout:
 # A variant names its augmentation as parts joined by "+", applied in this registry's order.
 AUGMENTATIONS = Registry("augmentation part")
 AUGMENTATIONS.register("basic")(AugmentationPart("pixels"))  # nothing more (the erm control)
-AUGMENTATIONS.register("autoaugment")(AugmentationPart(  # torchvision's CIFAR10 policy per image
-    "pixels", per_image=lambda: T.AutoAugment(T.AutoAugmentPolicy.CIFAR10), batched=batch_ops.autoaugment))
-AUGMENTATIONS.register("cutout")(AugmentationPart(  # one square per image set to the mean colour
-    "tensor", per_image=Cutout, batched=batch_ops.cutout))
+AUGMENTATIONS.register("autoaugment")(
+    AugmentationPart(  # torchvision's CIFAR10 policy per image
+        "pixels", per_image=lambda: T.AutoAugment(T.AutoAugmentPolicy.CIFAR10), batched=batch_ops.autoaugment
+    )
+)
+AUGMENTATIONS.register("cutout")(
+    AugmentationPart(  # one square per image set to the mean colour
+        "tensor", per_image=Cutout, batched=batch_ops.cutout
+    )
+)
 AUGMENTATIONS.register("mixup")(AugmentationPart("batch"))  # per batch: losses.batch_targets
 
 
@@ -71,16 +78,21 @@ def augmentation_parts(augmentation: str) -> frozenset[str]:
     parts = augmentation.split("+")
     unknown = [p for p in parts if p not in AUGMENTATIONS]
     if unknown or len(set(parts)) != len(parts) or ("basic" in parts and len(parts) > 1):
-        raise ValueError(f"unknown augmentation {augmentation!r}: parts joined by '+' of "
-                         f"{AUGMENTATIONS.names()}, each once ('basic' alone)")
+        raise ValueError(
+            f"unknown augmentation {augmentation!r}: parts joined by '+' of "
+            f"{AUGMENTATIONS.names()}, each once ('basic' alone)"
+        )
     return frozenset(parts)
 
 
 def augmentation_steps(augmentation: str, stage: str) -> list[AugmentationPart]:
     """The parts of `augmentation` that transform images at `stage`, in the order they apply."""
     parts = augmentation_parts(augmentation)
-    return [part for name, part in zip(AUGMENTATIONS, AUGMENTATIONS.values())
-            if name in parts and part.stage == stage and part.batched is not None]
+    return [
+        part
+        for name, part in zip(AUGMENTATIONS, AUGMENTATIONS.values())
+        if name in parts and part.stage == stage and part.batched is not None
+    ]
 
 
 def normalize_tensor() -> T.Compose:

@@ -1,6 +1,7 @@
 """The batch loop under the epoch loop (loop.py), the one every job's `run_epoch` drives: `train`'s
 epochs and the second stages' (`fit-exits`, `rebalance`) alike. A job supplies what one optimizer
 step is; the loop seeds the epoch's draws, counts, shows progress and stops on a non-finite loss."""
+
 from __future__ import annotations
 
 import sys
@@ -25,8 +26,7 @@ def seed_epoch(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
-def run_batches(batches: Iterable, total: int, step: Step, *, epoch: int, desc: str,
-                device: torch.device) -> dict:
+def run_batches(batches: Iterable, total: int, step: Step, *, epoch: int, desc: str, device: torch.device) -> dict:
     """Run `step` on the first `total` batches; returns {"loss": mean per image} and, where `step`
     counts them, {"train_acc": percent correct}.
 

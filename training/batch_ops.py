@@ -3,6 +3,7 @@ batched twins of the reference path's per-image torchvision transforms (augment.
 per image from a CPU generator `g`: the masks and offsets (a few numbers per image) are drawn on the
 CPU and only their results sent to the device, so deciding which images an op applies to never
 makes the host wait for a GPU, and the random stream is the same on every device."""
+
 from __future__ import annotations
 
 import torch
@@ -69,7 +70,7 @@ def autoaugment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             chosen = (policy == pid) & (probs[:, position] <= p)
             magnitudes, signed = OP_SPACE[op_name]
             magnitude = float(magnitudes[magnitude_id]) if magnitude_id is not None else 0.0
-            for sign in ((0, 1) if signed else (None,)):
+            for sign in (0, 1) if signed else (None,):
                 mask = chosen if sign is None else chosen & (signs[:, position] == sign)
                 if mask.any():
                     m = -magnitude if sign == 0 else magnitude
@@ -86,6 +87,5 @@ def cutout(x: torch.Tensor, g: torch.Generator, size: int = CUTOUT_SIZE) -> torc
     cx = torch.randint(w, (n, 1, 1), generator=g).to(x.device)
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
-    inside = ((rows >= cy - size // 2) & (rows < cy + size // 2)
-              & (cols >= cx - size // 2) & (cols < cx + size // 2))
+    inside = (rows >= cy - size // 2) & (rows < cy + size // 2) & (cols >= cx - size // 2) & (cols < cx + size // 2)
     return x.masked_fill(inside.unsqueeze(1), 0.0)

@@ -20,6 +20,7 @@ combinations whose point estimate passes picks the ones the held-out sample flat
 one half of the held-out images, the thresholds lost 1.6 points on average on the other half
 (results/DEFAULT_MODEL.md, "Calibration's winner's curse"). confidence 0.5 is the point estimate.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -47,7 +48,9 @@ def heldout_split(data_dir, imbalance: int, per_class: int = 500, seed: int = 0)
     train, _ = load_cifar10(data_dir)
     unused = np.setdiff1d(np.arange(len(train)), longtail_indices(train.labels, imbalance))
     if len(unused) == 0:
-        raise TrainingError(f"IF {imbalance} trains on every CIFAR-10 training image: no held-out images to calibrate on")
+        raise TrainingError(
+            f"IF {imbalance} trains on every CIFAR-10 training image: no held-out images to calibrate on"
+        )
     rng = np.random.default_rng(seed)
     keep = np.concatenate([rng.permutation(unused[train.labels[unused] == c])[:per_class] for c in range(10)])
     return train.subset(np.sort(keep))
@@ -60,7 +63,7 @@ def stratified_half(labels: np.ndarray, seed: int) -> np.ndarray:
     half = np.zeros(len(labels), bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        half[rng.permutation(idx)[:len(idx) // 2]] = True
+        half[rng.permutation(idx)[: len(idx) // 2]] = True
     return half
 
 
@@ -69,11 +72,17 @@ def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([100.0 * (pred[labels == c] == c).mean() for c in classes]))
 
 
-def choose_taus(logits: torch.Tensor, labels: np.ndarray, prior: torch.Tensor, taus=TAU_GRID,
-                per_exit: bool = True) -> tuple[list[float], list]:
+def choose_taus(
+    logits: torch.Tensor, labels: np.ndarray, prior: torch.Tensor, taus=TAU_GRID, per_exit: bool = True
+) -> tuple[list[float], list]:
     """(one tau per exit, the sweep: each grid tau with every exit's balanced accuracy)."""
-    rows = [{"tau": float(t), "exit_accuracy": [balanced_accuracy((z - float(t) * prior).argmax(1).numpy(), labels)
-                                                for z in logits]} for t in taus]
+    rows = [
+        {
+            "tau": float(t),
+            "exit_accuracy": [balanced_accuracy((z - float(t) * prior).argmax(1).numpy(), labels) for z in logits],
+        }
+        for t in taus
+    ]
     best = [max(rows, key=lambda r: (r["exit_accuracy"][k], -r["tau"]))["tau"] for k in range(len(logits))]
     return (best if per_exit else [best[-1]] * len(logits)), rows
 
@@ -97,7 +106,7 @@ class DropBound:
         d = self.final - (pred == self.labels)
         mean = np.bincount(self.classes, weights=d, minlength=len(self.size)) / self.size
         square = np.bincount(self.classes, weights=d * d, minlength=len(self.size)) / self.size
-        var_of_mean = np.maximum(square - mean ** 2, 0) / np.maximum(self.size - 1, 1)
+        var_of_mean = np.maximum(square - mean**2, 0) / np.maximum(self.size - 1, 1)
         drop = 100.0 * float(mean.mean())
         return drop, drop + self.z * 100.0 * float(np.sqrt(var_of_mean.sum())) / len(self.size)
 
@@ -114,16 +123,30 @@ def _per_exit_search(probs: torch.Tensor, cumulative: np.ndarray, bound: DropBou
         drop, upper = bound(pred[exits, np.arange(n)])
         macs = float(cumulative[exits].mean())
         if upper <= max_drop + EPS and (best is None or (macs, drop) < (best["mean_macs"], best["drop"])):
-            best = {"threshold": [float(t) for t in thresholds], "mean_macs": macs, "drop": drop,
-                    "drop_upper_bound": upper, "exit_distribution": (np.bincount(exits, minlength=k) / n).tolist()}
+            best = {
+                "threshold": [float(t) for t in thresholds],
+                "mean_macs": macs,
+                "drop": drop,
+                "drop_upper_bound": upper,
+                "exit_distribution": (np.bincount(exits, minlength=k) / n).tolist(),
+            }
     if best is not None:
         best["accuracy"] = bound.final_accuracy - best["drop"]
     return best
 
 
-def calibrate(model, heldout: Split, max_drop: float, class_counts, threshold_mode: str = "single",
-              adjust: bool = True, batch_size: int = 500, tau_mode: str = "per-exit",
-              confidence: float = 0.95, logits: torch.Tensor | None = None) -> dict:
+def calibrate(
+    model,
+    heldout: Split,
+    max_drop: float,
+    class_counts,
+    threshold_mode: str = "single",
+    adjust: bool = True,
+    batch_size: int = 500,
+    tau_mode: str = "per-exit",
+    confidence: float = 0.95,
+    logits: torch.Tensor | None = None,
+) -> dict:
     """tau(s) (unless adjust is False), then the threshold(s); every number on held-out images.
     `logits`: the model's exit logits of `heldout`, when the caller has them (scripts that
     calibrate many subsets of one held-out set)."""
@@ -134,8 +157,7 @@ def calibrate(model, heldout: Split, max_drop: float, class_counts, threshold_mo
     if logits is None:
         logits = exit_logits(model, heldout, batch_size)
     prior = log_prior(class_counts)
-    taus, tau_sweep = choose_taus(logits, heldout.labels, prior, TAU_GRID if adjust else [0.0],
-                                  tau_mode == "per-exit")
+    taus, tau_sweep = choose_taus(logits, heldout.labels, prior, TAU_GRID if adjust else [0.0], tau_mode == "per-exit")
     probs = (logits - torch.tensor(taus)[:, None, None] * prior).softmax(dim=2)
     costs = exit_costs(model)
     cumulative = np.array([c["cumulative_macs"] for c in costs], dtype=np.float64)
@@ -144,23 +166,41 @@ def calibrate(model, heldout: Split, max_drop: float, class_counts, threshold_mo
     sweep = []
     for m in (early_exit_metrics(probs, heldout.labels, float(t), costs) for t in GRID):
         drop, upper = bound(m.predictions)
-        sweep.append({"threshold": m.threshold, "mean_macs": m.mean_macs, "exit_distribution": m.exit_distribution,
-                      "accuracy": final - drop, "drop_upper_bound": upper})
+        sweep.append(
+            {
+                "threshold": m.threshold,
+                "mean_macs": m.mean_macs,
+                "exit_distribution": m.exit_distribution,
+                "accuracy": final - drop,
+                "drop_upper_bound": upper,
+            }
+        )
     ok = [row for row in sweep if row["drop_upper_bound"] <= max_drop + EPS]
     # Threshold 1 always qualifies (no image leaves early: drop and bound 0); among equal costs
     # prefer accuracy, then the safer higher threshold.
     best = min(ok, key=lambda row: (row["mean_macs"], -row["accuracy"], -row["threshold"]))
-    per_exit = (_per_exit_search(probs, cumulative, bound, max_drop)
-                if threshold_mode != "single" else None)
+    per_exit = _per_exit_search(probs, cumulative, bound, max_drop) if threshold_mode != "single" else None
     if threshold_mode == "per-exit" or (per_exit is not None and per_exit["mean_macs"] < best["mean_macs"]):
         best = per_exit or best
-    return {"threshold": best["threshold"], "threshold_mode": threshold_mode, "tau": taus[-1], "taus": taus,
-            "tau_mode": tau_mode,
-            "class_counts": [int(c) for c in class_counts], "max_drop": max_drop, "drop_confidence": confidence,
-            "drop_upper_bound": best["drop_upper_bound"],
-            "heldout_images": len(heldout), "heldout_classes": sorted(set(heldout.labels.tolist())),
-            "heldout_accuracy": best["accuracy"], "final_exit_accuracy": final,
-            "final_exit_accuracy_unadjusted": tau_sweep[0]["exit_accuracy"][-1],
-            "mean_macs": best["mean_macs"], "mean_macs_share": best["mean_macs"] / cumulative[-1],
-            "exit_distribution": best["exit_distribution"], "sweep": sweep, "tau_sweep": tau_sweep,
-            "per_exit": per_exit}
+    return {
+        "threshold": best["threshold"],
+        "threshold_mode": threshold_mode,
+        "tau": taus[-1],
+        "taus": taus,
+        "tau_mode": tau_mode,
+        "class_counts": [int(c) for c in class_counts],
+        "max_drop": max_drop,
+        "drop_confidence": confidence,
+        "drop_upper_bound": best["drop_upper_bound"],
+        "heldout_images": len(heldout),
+        "heldout_classes": sorted(set(heldout.labels.tolist())),
+        "heldout_accuracy": best["accuracy"],
+        "final_exit_accuracy": final,
+        "final_exit_accuracy_unadjusted": tau_sweep[0]["exit_accuracy"][-1],
+        "mean_macs": best["mean_macs"],
+        "mean_macs_share": best["mean_macs"] / cumulative[-1],
+        "exit_distribution": best["exit_distribution"],
+        "sweep": sweep,
+        "tau_sweep": tau_sweep,
+        "per_exit": per_exit,
+    }

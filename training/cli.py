@@ -1,5 +1,6 @@
 """`python -m training`: one subcommand per module in training/commands (add_arguments / run).
 (`python -m study` reproduces the report's table with the same machinery.)"""
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,10 @@ COMMANDS = {
     "fit-exits": (fit_exits, "train a checkpoint's early exits from its final exit (frozen or mixed)"),
     "rebalance": (rebalance, "re-train every exit's classifier on class-balanced batches (MiSLAS's stage 2)"),
     "evaluate": (evaluate, "early-exit evaluation of a checkpoint on the CIFAR-10 test set"),
-    "status": (status, "where run directories stand (new / running / stopped / completed / diverged) and their epochs done"),
+    "status": (
+        status,
+        "where run directories stand (new / running / stopped / completed / diverged) and their epochs done",
+    ),
     "calibrate": (calibrate, "pick the lowest-compute threshold within an accuracy drop on held-out training images"),
     "curve": (curve, "a model directory's accuracy-vs-MACs curve (plot and table) from its manifest"),
     "slim": (slim, "completed runs' checkpoints down to their weights (nothing left to resume)"),
@@ -41,16 +45,19 @@ COMMANDS = {
 KNOWN_ERRORS = (TrainingError, ManifestError, OSError)
 
 
-def get_args_parser(prog: str = "python -m training", description: str = __doc__,
-                    commands: dict = COMMANDS) -> argparse.ArgumentParser:
+def get_args_parser(
+    prog: str = "python -m training", description: str = __doc__, commands: dict = COMMANDS
+) -> argparse.ArgumentParser:
     """The parser of a command-line of subcommands: {name: (module with add_arguments / run, help)}."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of known failures too")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in commands.items():
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        )
         module.add_arguments(p)
         p.set_defaults(run=module.run)
     return parser
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     try:
         if getattr(args, "download", False):
             from .download import ensure_cifar10
+
             ensure_cifar10(args.data_dir)
         return args.run(args) or 0
     except KeyboardInterrupt:

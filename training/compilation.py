@@ -8,6 +8,7 @@ Only the network is compiled: the losses and exit assignment stay eager, since M
 changes every step and would make Dynamo recompile. Shapes are static (dynamic=False): one graph
 for the full batch, one for the epoch's last, smaller batch, one per mode (train / eval).
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """A run's resolved configuration: the SPEC §5 recipe plus the run's own choices."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,22 +22,32 @@ CHANNELS_LAST_MULTIPLE = 16
 FAST_PATH_FLAGS = ("--data-path", "device", "--amp", "--channels-last", "--compile", "reduce-overhead")
 # The paths the report names (any other combination is spelled out as flags). The names are the
 # flags' and mean the same on any device: `cpu-fast` is the CPU default, also where a GPU ran it.
-NAMED_PATHS = {"reference": REFERENCE_PATH, "cpu-fast": CPU_FAST_PATH,
-               "cpu-fast (NCHW)": {**CPU_FAST_PATH, "channels_last": False},
-               "cpu-fast (fp32)": {**CPU_FAST_PATH, "amp": False},
-               "cpu-fast (fp32, NCHW)": {**CPU_FAST_PATH, "amp": False, "channels_last": False}}
+NAMED_PATHS = {
+    "reference": REFERENCE_PATH,
+    "cpu-fast": CPU_FAST_PATH,
+    "cpu-fast (NCHW)": {**CPU_FAST_PATH, "channels_last": False},
+    "cpu-fast (fp32)": {**CPU_FAST_PATH, "amp": False},
+    "cpu-fast (fp32, NCHW)": {**CPU_FAST_PATH, "amp": False, "channels_last": False},
+}
 
 
 def path_flags(path: dict) -> list[str]:
     """The `train` flags that select a data path and speed options, spelled out in full so that they
     mean the same on any device."""
-    return ["--data-path", path["data_path"], "--amp" if path["amp"] else "--no-amp",
-            "--channels-last" if path["channels_last"] else "--no-channels-last", "--compile", path["compile"]]
+    return [
+        "--data-path",
+        path["data_path"],
+        "--amp" if path["amp"] else "--no-amp",
+        "--channels-last" if path["channels_last"] else "--no-channels-last",
+        "--compile",
+        path["compile"],
+    ]
 
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (what makes bf16 autocast pay on a CPU)."""
     import torch  # noqa: PLC0415 (config is read without torch elsewhere)
+
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
@@ -45,8 +56,11 @@ def default_path(device_type: str, widths, bf16: bool | None = None) -> dict:
     the CPU has it, channels-last for networks whose widths suit it), the reference path elsewhere."""
     if device_type != "cpu":
         return REFERENCE_PATH
-    return {**CPU_FAST_PATH, "amp": cpu_has_bf16() if bf16 is None else bf16,
-            "channels_last": all(w % CHANNELS_LAST_MULTIPLE == 0 for w in widths)}
+    return {
+        **CPU_FAST_PATH,
+        "amp": cpu_has_bf16() if bf16 is None else bf16,
+        "channels_last": all(w % CHANNELS_LAST_MULTIPLE == 0 for w in widths),
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,4 +137,4 @@ def lr_at(config: TrainConfig, epoch: int) -> float:
     if epoch < config.warmup_epochs:
         return config.lr * (epoch + 1) / config.warmup_epochs
     steps = sum(epoch >= m for m in config.milestones)
-    return config.lr * config.lr_decay ** steps
+    return config.lr * config.lr_decay**steps

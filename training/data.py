@@ -1,4 +1,5 @@
 """CIFAR-10 reading (standard python layout) and the LDAM-DRW long-tailed training set."""
+
 from __future__ import annotations
 
 import os
@@ -67,7 +68,8 @@ def _read_batch(path: Path) -> Split:
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DatasetError(
             f"malformed CIFAR-10 batch {path}: data shape {data.shape}, {len(labels)} labels "
-            "(expected N x 3072 uint8 and N labels)")
+            "(expected N x 3072 uint8 and N labels)"
+        )
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise DatasetError(f"malformed CIFAR-10 batch {path}: labels outside 0..{NUM_CLASSES - 1}")
     # Rows are CHW planes; keep images as HWC for PIL-based augmentation.
@@ -82,8 +84,7 @@ def load_cifar10(data_dir: str | Path) -> tuple[Split, Split]:
     return train, _read_batch(root / TEST_FILE)
 
 
-def longtail_counts(imbalance: float, max_per_class: int = 5000,
-                    num_classes: int = NUM_CLASSES) -> list[int]:
+def longtail_counts(imbalance: float, max_per_class: int = 5000, num_classes: int = NUM_CLASSES) -> list[int]:
     """Images kept per class: int(max * (1/IF) ** (i / (C - 1))), as LDAM-DRW."""
     if imbalance < 1:
         raise TrainingError(f"imbalance factor must be >= 1, got {imbalance}")
@@ -121,8 +122,9 @@ def stratified_cap(labels: np.ndarray, limit: int | None, seed: int = 0) -> np.n
     return np.sort(np.concatenate(keep))
 
 
-def build_datasets(data_dir, imbalance: float, max_train: int | None = None,
-                   max_test: int | None = None) -> tuple[Split, Split]:
+def build_datasets(
+    data_dir, imbalance: float, max_train: int | None = None, max_test: int | None = None
+) -> tuple[Split, Split]:
     train, test = load_cifar10(data_dir)
     lt = train.subset(longtail_indices(train.labels, imbalance))
     lt = lt.subset(stratified_cap(lt.labels, max_train))

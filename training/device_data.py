@@ -7,6 +7,7 @@ signs; images that share a draw transformed together with torchvision's own op),
 each part's op on the normalised batch (Cutout: a square per image, one mask for the batch). Every
 draw comes from a generator seeded by (seed, epoch), so a resumed epoch repeats. Runs on the CPU too.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,7 @@ from .data import Split
 class DeviceBatches:
     """One epoch of augmented, normalised batches from a device-resident uint8 training set."""
 
-    def __init__(self, split: Split, device: torch.device, batch_size: int, augmentation: str,
-                 balanced: bool = False):
+    def __init__(self, split: Split, device: torch.device, batch_size: int, augmentation: str, balanced: bool = False):
         """balanced: each epoch draws as many images as the set holds, with replacement, every class
         equally likely (class-balanced sampling, rebalance.py); otherwise a permutation."""
         self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2).contiguous().to(device)
@@ -44,7 +44,7 @@ class DeviceBatches:
             order = torch.multinomial(self.sample_weights, len(self.labels), replacement=True, generator=g)
         order = order.to(self.device)
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             x = random_crop_flip(self.images[idx], g)
             for op in self.pixel_ops:
                 x = op(x, g)

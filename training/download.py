@@ -3,6 +3,7 @@ unpacked into the data directory. Where a copy already exists nothing is fetched
 
 The URL and checksum can point at a mirror through CIFAR10_URL / CIFAR10_MD5.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,11 +46,15 @@ def ensure_cifar10(data_dir: str | Path, url: str | None = None, md5: str | None
                         bar.update(len(chunk))
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise DatasetError(f"cannot download CIFAR-10 from {url}: {reason} (offline? put "
-                               f"{BATCH_DIR}/ under {data_dir} yourself, or set CIFAR10_URL to a mirror)") from None
+            raise DatasetError(
+                f"cannot download CIFAR-10 from {url}: {reason} (offline? put "
+                f"{BATCH_DIR}/ under {data_dir} yourself, or set CIFAR10_URL to a mirror)"
+            ) from None
         if digest.hexdigest() != md5:
-            raise DatasetError(f"downloaded {url} has MD5 {digest.hexdigest()}, expected {md5}: "
-                               "incomplete or not the CIFAR-10 python archive; nothing unpacked")
+            raise DatasetError(
+                f"downloaded {url} has MD5 {digest.hexdigest()}, expected {md5}: "
+                "incomplete or not the CIFAR-10 python archive; nothing unpacked"
+            )
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
         if not (Path(tmp) / BATCH_DIR).is_dir():

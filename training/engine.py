@@ -1,5 +1,6 @@
 """`train`'s job for the epoch loop (loop.py): one training epoch, its evaluation, collapse
 detection, and what a checkpoint holds."""
+
 from __future__ import annotations
 
 import ctypes
@@ -63,8 +64,8 @@ class Run:
         if self.variant is None:
             self.variant = get_variant(self.config.variant)
         self.train_set, self.test_set = build_datasets(
-            self.data_dir, self.config.imbalance, self.config.max_train_samples,
-            self.config.max_test_samples)
+            self.data_dir, self.config.imbalance, self.config.max_train_samples, self.config.max_test_samples
+        )
         if self.config.eval_split == "heldout":
             self.test_set = heldout_split(self.data_dir, self.config.imbalance)
             self.test_set = self.test_set.subset(stratified_cap(self.test_set.labels, self.config.max_test_samples))
@@ -78,15 +79,21 @@ class Run:
         self.net = compile_network(self.model, self.config.compile)  # what forward passes call
         self.compile_fallback: str | None = None  # why compilation failed, when it did
         self._fallback_noted = False
-        self.device_batches = (DeviceBatches(self.train_set, self.device, self.config.batch_size,
-                                             self.variant.augmentation)
-                               if self.config.data_path == "device" else None)
+        self.device_batches = (
+            DeviceBatches(self.train_set, self.device, self.config.batch_size, self.variant.augmentation)
+            if self.config.data_path == "device"
+            else None
+        )
         self.costs = exit_costs(self.model)
         self.exit_losses = make_exit_losses(self.variant, self.class_counts)
-        self.optimizer = build_optimizer(self.model.parameters(), self.config.lr, self.config.momentum,
-                                         self.config.weight_decay, self.variant.sam_rho)
-        self.threshold = (self.config.threshold if self.config.threshold is not None
-                          else self.variant.infer_threshold)
+        self.optimizer = build_optimizer(
+            self.model.parameters(),
+            self.config.lr,
+            self.config.momentum,
+            self.config.weight_decay,
+            self.variant.sam_rho,
+        )
+        self.threshold = self.config.threshold if self.config.threshold is not None else self.variant.infer_threshold
         self.history: list[dict] = []
         self.start_epoch = 0
         self.provenance = runinfo.provenance(self.device)
@@ -108,9 +115,17 @@ class Run:
     def loader(self, epoch: int) -> DataLoader:
         g = torch.Generator().manual_seed(self.epoch_seed(epoch))
         dataset = ImageDataset(self.train_set, train_transform(self.variant.augmentation))
-        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=True, generator=g,
-                          num_workers=self.workers, drop_last=False, worker_init_fn=partial(die_with, os.getpid()),
-                          persistent_workers=False, pin_memory=self.device.type == "cuda")
+        return DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            shuffle=True,
+            generator=g,
+            num_workers=self.workers,
+            drop_last=False,
+            worker_init_fn=partial(die_with, os.getpid()),
+            persistent_workers=False,
+            pin_memory=self.device.type == "cuda",
+        )
 
     # -- one epoch ----------------------------------------------------------------------------
     def run_epoch(self, epoch: int) -> dict:
@@ -122,9 +137,14 @@ class Run:
         rng = seed_epoch(cfg.seed, epoch)
         self.model.train()
         batches, total = self.batches(epoch)
-        totals = run_batches(batches, total if cfg.max_batches is None else min(cfg.max_batches, total),
-                             partial(self.train_step, rng), epoch=epoch,
-                             desc=f"epoch {epoch + 1}/{cfg.epochs}", device=self.device)
+        totals = run_batches(
+            batches,
+            total if cfg.max_batches is None else min(cfg.max_batches, total),
+            partial(self.train_step, rng),
+            epoch=epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            device=self.device,
+        )
         return {"lr": lr, "loss": totals["loss"], "train_acc": totals["train_acc"]}
 
     def train_step(self, rng: np.random.Generator, x: torch.Tensor, y: torch.Tensor):
@@ -134,8 +154,11 @@ class Run:
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x, targets = batch_targets(x, y, self.variant.augmentation, rng)
-        loss, outputs = optimizer_step(self.optimizer, self.model, partial(
-            self._eager_on_compile_failure, partial(self.forward_backward, x, targets)))
+        loss, outputs = optimizer_step(
+            self.optimizer,
+            self.model,
+            partial(self._eager_on_compile_failure, partial(self.forward_backward, x, targets)),
+        )
         with torch.no_grad():
             probs = torch.stack([o.logits.float().softmax(1) for o in outputs])
             chosen = first_confident_exit(probs, self.threshold)
@@ -171,9 +194,17 @@ class Run:
     def evaluate(self, final: bool = False) -> EarlyExitMetrics:
         """Test-set metrics; in bf16 on the fast path (2.6x faster on the CPU) except the `final`
         evaluation, which is fp32 like `evaluate` and the exported graphs."""
-        _, metrics = self._eager_on_compile_failure(lambda: evaluate_model(
-            self.net, self.test_set, self.threshold, self.config.eval_batch_size,
-            self.device, self.costs, amp=self.config.amp and not final))
+        _, metrics = self._eager_on_compile_failure(
+            lambda: evaluate_model(
+                self.net,
+                self.test_set,
+                self.threshold,
+                self.config.eval_batch_size,
+                self.device,
+                self.costs,
+                amp=self.config.amp and not final,
+            )
+        )
         return metrics
 
     def check(self, epoch: int, test: EarlyExitMetrics) -> None:
@@ -188,35 +219,53 @@ class Run:
     @staticmethod
     def epoch_line(record: dict) -> str:
         """The report's log format, plus the exit distribution."""
-        trained = (f"Epoch {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
-                   f"Loss: {record['loss']:.4f}\tTrain Acc: {record['train_acc']:.2f}%\t")
+        trained = (
+            f"Epoch {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
+            f"Loss: {record['loss']:.4f}\tTrain Acc: {record['train_acc']:.2f}%\t"
+        )
         if "overall" not in record:  # between evaluations (--eval-every)
             return trained + "Test Acc: not evaluated"
         exits = "/".join(f"{100 * d:.1f}" for d in record["exit_distribution"])
-        return (trained + f"Test Acc: {record['overall']:.2f}%\t(Many: {record['many']:.2f}%, "
-                f"Medium: {record['medium']:.2f}%, Few: {record['few']:.2f}%)\tExits: {exits}%")
+        return (
+            trained + f"Test Acc: {record['overall']:.2f}%\t(Many: {record['many']:.2f}%, "
+            f"Medium: {record['medium']:.2f}%, Few: {record['few']:.2f}%)\tExits: {exits}%"
+        )
 
     # -- state --------------------------------------------------------------------------------
     def config_record(self) -> dict:
         return {"config": self.config.to_dict(), "variant": self.variant.to_dict(), "provenance": self.provenance}
 
     def metrics_header(self) -> dict:
-        return {"variant": self.variant.name, "imbalance": self.config.imbalance, "seed": self.config.seed,
-                "threshold": self.threshold, "exit_costs": self.costs,
-                "compile": {"mode": self.config.compile, "fallback": self.compile_fallback},
-                "resumes": self.resumes}
+        run = {"variant": self.variant.name, "imbalance": self.config.imbalance, "seed": self.config.seed}
+        compiled = {"mode": self.config.compile, "fallback": self.compile_fallback}
+        return {
+            **run,
+            "threshold": self.threshold,
+            "exit_costs": self.costs,
+            "compile": compiled,
+            "resumes": self.resumes,
+        }
 
     def state(self, epoch: int) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": epoch, "config": self.config.to_dict(), "variant": self.variant.to_dict(),
-                "history": self.history, "class_counts": self.class_counts,
-                "provenance": self.provenance, "resumes": self.resumes}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,
+            "config": self.config.to_dict(),
+            "variant": self.variant.to_dict(),
+            "history": self.history,
+            "class_counts": self.class_counts,
+            "provenance": self.provenance,
+            "resumes": self.resumes,
+        }
 
     def restore(self, state: dict) -> None:
         if loss_rule(state.get("variant", {})) != LOSS_RULE:
-            raise TrainingError(f"{self.out} was trained under the old loss rule (simulated loss at every "
-                                "exit, SPEC §4 before 2026-11-28); it cannot be resumed under the corrected "
-                                "one: start a new run in another --out")
+            raise TrainingError(
+                f"{self.out} was trained under the old loss rule (simulated loss at every "
+                "exit, SPEC §4 before 2026-11-28); it cannot be resumed under the corrected "
+                "one: start a new run in another --out"
+            )
         require_same_config(TrainConfig.from_dict(state["config"]).to_dict(), self.config.to_dict(), self.out)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

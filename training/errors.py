@@ -1,5 +1,6 @@
 """Known failures: the CLI prints each as one line and exits with its code; anything else is a
 bug and keeps its traceback."""
+
 from __future__ import annotations
 
 import signal
@@ -31,7 +32,8 @@ class Stopped(TrainingError):
     signalled process."""
 
     def __init__(self, epoch: int, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} after epoch {epoch}, checkpointed: "
-                         "continue with --resume")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after epoch {epoch}, checkpointed: continue with --resume"
+        )
         self.epoch = epoch
         self.exit_code = 128 + signum

@@ -1,4 +1,5 @@
 """Early-exit evaluation (SPEC §4 inference rule): accuracy by split, exit distribution, MACs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -22,15 +23,16 @@ def exit_logits(model, split: Split, batch_size: int = 500, device="cpu", amp: b
     model.eval()
     chunks = []
     for start in range(0, len(split), batch_size):
-        x = normalize_batch(split.images[start:start + batch_size]).to(device)
+        x = normalize_batch(split.images[start : start + batch_size]).to(device)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
             chunks.append(torch.stack([o.logits.float() for o in model(x)]).cpu())
     model.train(was_training)
     return torch.cat(chunks, dim=1)
 
 
-def exit_probabilities(model, split: Split, batch_size: int = 500, device="cpu",
-                       adjustment: torch.Tensor | None = None, amp: bool = False) -> torch.Tensor:
+def exit_probabilities(
+    model, split: Split, batch_size: int = 500, device="cpu", adjustment: torch.Tensor | None = None, amp: bool = False
+) -> torch.Tensor:
     """K x N x C softmax probabilities of every exit, after subtracting `adjustment` (K x C, row k
     from exit k's logits: logit_adjust.stage_adjustments) when given."""
     logits = exit_logits(model, split, batch_size, device, amp)
@@ -44,8 +46,9 @@ def split_accuracy(pred: np.ndarray, labels: np.ndarray) -> dict:
     for name, classes in SPLITS.items():
         member = np.isin(labels, classes)
         out[name] = 100.0 * correct[member].mean() if member.any() else None
-    out["per_class"] = [100.0 * correct[labels == c].mean() if (labels == c).any() else None
-                        for c in range(NUM_CLASSES)]
+    out["per_class"] = [
+        100.0 * correct[labels == c].mean() if (labels == c).any() else None for c in range(NUM_CLASSES)
+    ]
     return out
 
 
@@ -78,9 +81,16 @@ class EarlyExitMetrics:
         return len(self.predictions)
 
     def operating_point(self) -> OperatingPoint:
-        return OperatingPoint(threshold=self.threshold, overall=self.overall, many=self.many,
-                              medium=self.medium, few=self.few, exit_distribution=self.exit_distribution,
-                              mean_macs_share=self.mean_macs_share, agreement=self.agreement)
+        return OperatingPoint(
+            threshold=self.threshold,
+            overall=self.overall,
+            many=self.many,
+            medium=self.medium,
+            few=self.few,
+            exit_distribution=self.exit_distribution,
+            mean_macs_share=self.mean_macs_share,
+            agreement=self.agreement,
+        )
 
     def summary(self) -> dict:
         """JSON of everything but the per-image arrays (an epoch's record)."""
@@ -93,8 +103,7 @@ class EarlyExitMetrics:
         return {**self.summary(), "predictions": self.predictions.tolist(), "exits": self.exits.tolist()}
 
 
-def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold,
-                       costs: list[dict]) -> EarlyExitMetrics:
+def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold, costs: list[dict]) -> EarlyExitMetrics:
     """Metrics of the exit rule (modelrepo.exit_rule) on every exit's probabilities K x N x C;
     `threshold` is one number, or one per early exit."""
     num_exits = probs.size(0)
@@ -106,36 +115,61 @@ def early_exit_metrics(probs: torch.Tensor, labels: np.ndarray, threshold,
     cumulative = np.array([c["cumulative_macs"] for c in costs], dtype=np.float64)
     mean_macs = float((distribution * cumulative).sum())
     final = pred[-1]
-    agreement = [float((chosen[exits == k] == final[exits == k]).mean()) if (exits == k).any() else None
-                 for k in range(num_exits - 1)]
+    agreement = [
+        float((chosen[exits == k] == final[exits == k]).mean()) if (exits == k).any() else None
+        for k in range(num_exits - 1)
+    ]
     per_exit = []
     for k in range(num_exits):
         acc = split_accuracy(pred[k], labels)
-        per_exit.append(ExitMetrics(exit=k + 1, overall=acc["overall"], many=acc["many"], medium=acc["medium"],
-                                    few=acc["few"], cumulative_macs=int(cumulative[k])))
+        per_exit.append(
+            ExitMetrics(
+                exit=k + 1,
+                overall=acc["overall"],
+                many=acc["many"],
+                medium=acc["medium"],
+                few=acc["few"],
+                cumulative_macs=int(cumulative[k]),
+            )
+        )
     acc = split_accuracy(chosen, labels)
     return EarlyExitMetrics(
         threshold=float(threshold) if np.isscalar(threshold) else [float(t) for t in threshold],
-        overall=acc["overall"], many=acc["many"], medium=acc["medium"], few=acc["few"],
-        per_class=acc["per_class"], exit_counts=counts.tolist(), exit_distribution=distribution.tolist(),
-        mean_macs=mean_macs, full_macs=int(cumulative[-1]), mean_macs_share=mean_macs / cumulative[-1],
-        per_exit=per_exit, agreement=agreement,
+        overall=acc["overall"],
+        many=acc["many"],
+        medium=acc["medium"],
+        few=acc["few"],
+        per_class=acc["per_class"],
+        exit_counts=counts.tolist(),
+        exit_distribution=distribution.tolist(),
+        mean_macs=mean_macs,
+        full_macs=int(cumulative[-1]),
+        mean_macs_share=mean_macs / cumulative[-1],
+        per_exit=per_exit,
+        agreement=agreement,
         predicted_class_share_max=float(np.bincount(chosen, minlength=NUM_CLASSES).max() / max(len(chosen), 1)),
-        predictions=chosen, exits=exits + 1)
+        predictions=chosen,
+        exits=exits + 1,
+    )
 
 
-def evaluate_model(model, split: Split, threshold, batch_size: int = 500, device="cpu",
-                   costs: list[dict] | None = None,
-                   adjustment: torch.Tensor | None = None, amp: bool = False
-                   ) -> tuple[torch.Tensor, EarlyExitMetrics]:
+def evaluate_model(
+    model,
+    split: Split,
+    threshold,
+    batch_size: int = 500,
+    device="cpu",
+    costs: list[dict] | None = None,
+    adjustment: torch.Tensor | None = None,
+    amp: bool = False,
+) -> tuple[torch.Tensor, EarlyExitMetrics]:
     """(every exit's probabilities, early-exit metrics) of a model on a split; `threshold` is one
     number or one per exit."""
     probs = exit_probabilities(model, split, batch_size, device, adjustment, amp)
     return probs, early_exit_metrics(probs, split.labels, threshold, costs or exit_costs(model))
 
 
-def threshold_sweep(probs: torch.Tensor, labels: np.ndarray, costs: list[dict], thresholds
-                    ) -> list[EarlyExitMetrics]:
+def threshold_sweep(probs: torch.Tensor, labels: np.ndarray, costs: list[dict], thresholds) -> list[EarlyExitMetrics]:
     """Early-exit metrics (with per-image predictions) at each threshold, from one set of probs."""
     return [early_exit_metrics(probs, labels, float(t), costs) for t in thresholds]
 
@@ -151,14 +185,16 @@ def format_report(metrics: EarlyExitMetrics) -> str:
         f"threshold {format_threshold(metrics.threshold)}",
         f"early-exit accuracy  overall {metrics.overall:.2f}%  many {metrics.many:.2f}%  "
         f"medium {metrics.medium:.2f}%  few {metrics.few:.2f}%",
-        "exit distribution    " + "  ".join(
-            f"exit {k + 1}: {100 * d:.1f}%" for k, d in enumerate(metrics.exit_distribution)),
+        "exit distribution    "
+        + "  ".join(f"exit {k + 1}: {100 * d:.1f}%" for k, d in enumerate(metrics.exit_distribution)),
         f"mean MACs / image    {metrics.mean_macs / 1e6:.2f}M of {metrics.full_macs / 1e6:.2f}M "
         f"({100 * metrics.mean_macs_share:.1f}% of the full network)",
         "each exit alone:",
         f"  {'exit':>4}  {'overall':>8}  {'many':>7}  {'medium':>7}  {'few':>7}  {'MACs':>8}",
     ]
     for row in metrics.per_exit:
-        lines.append(f"  {row.exit:>4}  {row.overall:>7.2f}%  {row.many:>6.2f}%  "
-                     f"{row.medium:>6.2f}%  {row.few:>6.2f}%  {row.cumulative_macs / 1e6:>7.2f}M")
+        lines.append(
+            f"  {row.exit:>4}  {row.overall:>7.2f}%  {row.many:>6.2f}%  "
+            f"{row.medium:>6.2f}%  {row.few:>6.2f}%  {row.cumulative_macs / 1e6:>7.2f}M"
+        )
     return "\n".join(lines)

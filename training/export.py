@@ -4,6 +4,7 @@ Export refuses to write a model whose ONNX Runtime outputs differ from PyTorch o
 images by more than PARITY_TOLERANCE (max abs probability). Files are written into a temporary
 directory beside the target and renamed into place only once everything checked out.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -61,13 +62,16 @@ def stage_modules(model, adjustments: torch.Tensor) -> list[Stage]:
     segments = model.segments()
     # In eval mode from the start: the exporter restores a module's mode afterwards, and a Stage
     # left in train mode would switch the model's BN layers to training (and update their stats).
-    return [Stage(seg, head, k == len(segments) - 1, adjustments[k]).eval()
-            for k, (seg, head) in enumerate(zip(segments, model.exits))]
+    return [
+        Stage(seg, head, k == len(segments) - 1, adjustments[k]).eval()
+        for k, (seg, head) in enumerate(zip(segments, model.exits))
+    ]
 
 
 def _output_names(last: bool) -> list[str]:
-    return (["probabilities", "confidence", "class_id"] if last
-            else ["features", "probabilities", "confidence", "class_id"])
+    return (
+        ["probabilities", "confidence", "class_id"] if last else ["features", "probabilities", "confidence", "class_id"]
+    )
 
 
 def export_stage(stage: Stage, example: torch.Tensor, path: Path) -> torch.Tensor | None:
@@ -76,8 +80,16 @@ def export_stage(stage: Stage, example: torch.Tensor, path: Path) -> torch.Tenso
     with warnings.catch_warnings():  # the TorchScript exporter's notes on strided slices
         warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(stage, (example,), str(path), input_names=["input"], output_names=names,
-                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            stage,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=names,
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,
+        )
     with torch.no_grad():
         return None if stage.last else stage(example)[0]
 
@@ -90,7 +102,7 @@ def onnx_exit_probabilities(paths: list[Path], x: np.ndarray, batch: int = 500) 
     sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in paths]
     chunks = [[] for _ in sessions]
     for i in range(0, len(x), batch):
-        features = x[i:i + batch]
+        features = x[i : i + batch]
         for session, chunk in zip(sessions, chunks):
             outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input": features})))
             chunk.append(outputs["probabilities"])
@@ -102,9 +114,18 @@ def _tensor(name, shape, dtype="float32") -> dict:
     return {"name": name, "shape": [BATCH, *shape], "dtype": dtype}
 
 
-def export_model(model, variant, config, state: dict, test: Split, out: Path, name: str,
-                 parity_images: int = 1000, threshold: float | None = None,
-                 calibration: dict | None = None) -> Manifest:
+def export_model(
+    model,
+    variant,
+    config,
+    state: dict,
+    test: Split,
+    out: Path,
+    name: str,
+    parity_images: int = 1000,
+    threshold: float | None = None,
+    calibration: dict | None = None,
+) -> Manifest:
     """Write out/ (stage_k.onnx + manifest.json + MODEL_CARD.md) for a trained model; returns the
     manifest. The manifest's test metrics are those of the graphs written, run by ONNX Runtime,
     once they agree with PyTorch on `parity_images` test images."""
@@ -117,40 +138,61 @@ def export_model(model, variant, config, state: dict, test: Split, out: Path, na
     threshold = variant.infer_threshold if threshold is None else threshold
     taus = calibration.get("taus", [calibration["tau"]] * model.num_exits) if calibration else [0.0] * model.num_exits
     counts = calibration["class_counts"] if calibration is not None else state.get("class_counts")
-    adjustments = (logit_adjust.stage_adjustments(counts, taus) if any(taus)
-                   else torch.zeros(model.num_exits, len(CLASS_NAMES)))
+    adjustments = (
+        logit_adjust.stage_adjustments(counts, taus) if any(taus) else torch.zeros(model.num_exits, len(CLASS_NAMES))
+    )
     costs = exit_costs(model)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         stages = write_stages(model, adjustments, costs, tmp)
-        probs = onnx_exit_probabilities([tmp / stage["file"] for stage in stages],
-                                        normalize_batch(test.images).numpy(), config.eval_batch_size)
+        probs = onnx_exit_probabilities(
+            [tmp / stage["file"] for stage in stages], normalize_batch(test.images).numpy(), config.eval_batch_size
+        )
         diff = parity(model, adjustments, test.subset(np.arange(min(parity_images, len(test)))), probs)
         probs = torch.from_numpy(np.stack(probs))
         metrics = early_exit_metrics(probs, test.labels, threshold, costs)
         # The same model's curve: the report's threshold, and each threshold of a sweep (1.0 = full depth).
         at_report = early_exit_metrics(probs, test.labels, variant.infer_threshold, costs)
         sweep = [early_exit_metrics(probs, test.labels, float(t), costs) for t in SWEEP]
-        manifest = Manifest.model_validate({
-            "name": name, "variant": variant.name, "variant_config": variant.to_dict(),
-            "training_config": config.to_dict(), "imbalance": config.imbalance,
-            "class_names": list(CLASS_NAMES), "splits": {k: list(v) for k, v in SPLITS.items()},
-            "input": {"mean": list(MEAN), "std": list(STD)},
-            "thresholds": {"train": variant.train_threshold, "inference": threshold,
-                           "report": variant.infer_threshold},
-            "logit_adjustment": None if not any(taus) else {
-                "tau": taus[-1], "class_counts": list(counts), "subtracted": adjustments[-1].tolist(),
-                "stage_taus": taus},
-            "stages": stages, "full_macs": costs[-1]["cumulative_macs"],
-            "metrics": TestMetrics(
-                **metrics.operating_point().model_dump(), images=metrics.images, mean_macs=metrics.mean_macs,
-                per_exit=metrics.per_exit, at_report_threshold=at_report.operating_point(),
-                sweep=[m.operating_point() for m in sweep]),
-            "provenance": provenance(config, state, diff),
-            "calibration": None if calibration is None else {k: calibration[k] for k in CALIBRATION_RECORD},
-        })
+        manifest = Manifest.model_validate(
+            {
+                "name": name,
+                "variant": variant.name,
+                "variant_config": variant.to_dict(),
+                "training_config": config.to_dict(),
+                "imbalance": config.imbalance,
+                "class_names": list(CLASS_NAMES),
+                "splits": {k: list(v) for k, v in SPLITS.items()},
+                "input": {"mean": list(MEAN), "std": list(STD)},
+                "thresholds": {
+                    "train": variant.train_threshold,
+                    "inference": threshold,
+                    "report": variant.infer_threshold,
+                },
+                "logit_adjustment": None
+                if not any(taus)
+                else {
+                    "tau": taus[-1],
+                    "class_counts": list(counts),
+                    "subtracted": adjustments[-1].tolist(),
+                    "stage_taus": taus,
+                },
+                "stages": stages,
+                "full_macs": costs[-1]["cumulative_macs"],
+                "metrics": TestMetrics(
+                    **metrics.operating_point().model_dump(),
+                    images=metrics.images,
+                    mean_macs=metrics.mean_macs,
+                    per_exit=metrics.per_exit,
+                    at_report_threshold=at_report.operating_point(),
+                    sweep=[m.operating_point() for m in sweep],
+                ),
+                "provenance": provenance(config, state, diff),
+                "calibration": None if calibration is None else {k: calibration[k] for k in CALIBRATION_RECORD},
+            }
+        )
         write_json(manifest.model_dump(mode="json"), tmp / MANIFEST)
         model_card.write(tmp, manifest)
         tmp.chmod(0o755)  # mkdtemp makes it private
@@ -169,15 +211,19 @@ def write_stages(model, adjustments: torch.Tensor, costs: list[dict], folder: Pa
     for k, stage in enumerate(stage_modules(model, adjustments), start=1):
         path = folder / f"stage_{k}.onnx"
         features = export_stage(stage, x, path)
-        stages.append({
-            "index": k, "file": path.name, "sha256": sha256_file(path),
-            "input": _tensor("input", list(x.shape[1:])),
-            "features": None if features is None else _tensor("features", list(features.shape[1:])),
-            "probabilities": _tensor("probabilities", [len(CLASS_NAMES)]),
-            "confidence": _tensor("confidence", []),
-            "class_id": _tensor("class_id", [], "int64"),
-            **costs[k - 1],
-        })
+        stages.append(
+            {
+                "index": k,
+                "file": path.name,
+                "sha256": sha256_file(path),
+                "input": _tensor("input", list(x.shape[1:])),
+                "features": None if features is None else _tensor("features", list(features.shape[1:])),
+                "probabilities": _tensor("probabilities", [len(CLASS_NAMES)]),
+                "confidence": _tensor("confidence", []),
+                "class_id": _tensor("class_id", [], "int64"),
+                **costs[k - 1],
+            }
+        )
         x = features
     return stages
 
@@ -186,34 +232,57 @@ def parity(model, adjustments: torch.Tensor, split: Split, onnx_probs: list[np.n
     """The largest difference between PyTorch's and ONNX Runtime's probabilities on `split` (the
     first images of those `onnx_probs` holds); ExportError beyond PARITY_TOLERANCE."""
     torch_probs = exit_probabilities(model, split, adjustment=adjustments).numpy()
-    diff = max(float(np.abs(o[:len(split)] - t).max()) for o, t in zip(onnx_probs, torch_probs))
+    diff = max(float(np.abs(o[: len(split)] - t).max()) for o, t in zip(onnx_probs, torch_probs))
     if not diff <= PARITY_TOLERANCE:
-        raise ExportError(f"ONNX Runtime and PyTorch disagree on {len(split)} test images: max abs "
-                          f"probability difference {diff:.2e} > {PARITY_TOLERANCE:.0e}; nothing written")
+        raise ExportError(
+            f"ONNX Runtime and PyTorch disagree on {len(split)} test images: max abs "
+            f"probability difference {diff:.2e} > {PARITY_TOLERANCE:.0e}; nothing written"
+        )
     return diff
 
 
-CALIBRATION_RECORD = ("max_drop", "drop_confidence", "threshold_mode", "tau", "tau_mode", "heldout_images",
-                      "heldout_classes", "heldout_accuracy", "final_exit_accuracy",
-                      "final_exit_accuracy_unadjusted", "mean_macs_share")
+CALIBRATION_RECORD = (
+    "max_drop",
+    "drop_confidence",
+    "threshold_mode",
+    "tau",
+    "tau_mode",
+    "heldout_images",
+    "heldout_classes",
+    "heldout_accuracy",
+    "final_exit_accuracy",
+    "final_exit_accuracy_unadjusted",
+    "mean_macs_share",
+)
 
 
 def provenance(config, state: dict, parity_diff: float) -> dict:
     """Where the exported weights come from: the run, its second stages, the code and tools."""
     return {
-        "seed": config.seed, "epochs": config.epochs, "trained_epochs": int(state.get("epoch", 0)),
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "trained_epochs": int(state.get("epoch", 0)),
         "trained_on": state.get("provenance", {}).get("device", "unknown"),
         "training_date": state.get("provenance", {}).get("date"),
         "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "code_version": runinfo.git_revision(), "torch": torch.__version__,
-        "onnx_opset": OPSET, "parity_max_abs_diff": parity_diff,
+        "code_version": runinfo.git_revision(),
+        "torch": torch.__version__,
+        "onnx_opset": OPSET,
+        "parity_max_abs_diff": parity_diff,
         "loss_rule": loss_rule(state.get("variant", {})),
-        "fit": None if "fit" not in state else {
-            "mode": state["fit"]["config"]["mode"], "epochs": state["fit"]["epoch"],
-            "parent_sha256": state["fit"]["parent"]["sha256"]},
-        "rebalance": None if "rebalance" not in state else {
+        "fit": None
+        if "fit" not in state
+        else {
+            "mode": state["fit"]["config"]["mode"],
+            "epochs": state["fit"]["epoch"],
+            "parent_sha256": state["fit"]["parent"]["sha256"],
+        },
+        "rebalance": None
+        if "rebalance" not in state
+        else {
             "epochs": state["rebalance"]["epoch"],
             "smooth_head": state["rebalance"]["config"]["smooth_head"],
             "smooth_tail": state["rebalance"]["config"]["smooth_tail"],
-            "parent_sha256": state["rebalance"]["parent"]["sha256"]},
+            "parent_sha256": state["rebalance"]["parent"]["sha256"],
+        },
     }

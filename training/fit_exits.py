@@ -16,6 +16,7 @@ mode the final exit adds (1 - beta) * its variant loss + beta * T^2 * KL to the 
 Logits stay unadjusted here (they keep the final exit's prior), so one post-hoc logit adjustment
 (logit_adjust.py) fits every exit.
 """
+
 from __future__ import annotations
 
 import copy
@@ -81,8 +82,9 @@ class ExitFitter(SecondStage):
 
     kind, label = "fit-exits", "Fit"
 
-    def __init__(self, parent: Path, config: FitConfig, out: Path, data_dir: Path,
-                 device: torch.device = torch.device("cpu")):
+    def __init__(
+        self, parent: Path, config: FitConfig, out: Path, data_dir: Path, device: torch.device = torch.device("cpu")
+    ):
         self.config, self.out, self.device = config, Path(out), device
         self.model = self.load_parent(parent)
         if self.variant.num_exits < 2:
@@ -90,7 +92,8 @@ class ExitFitter(SecondStage):
         if config.early_heads is not None:
             self.replace_early_heads(config.early_heads, config.early_exit_blocks)
         self.train_set, self.test_set = build_datasets(
-            data_dir, self.train_config.imbalance, config.max_train_samples, config.max_test_samples)
+            data_dir, self.train_config.imbalance, config.max_train_samples, config.max_test_samples
+        )
         self.class_counts = np.bincount(self.train_set.labels, minlength=10).tolist()
         self.batches = DeviceBatches(self.train_set, device, config.batch_size, self.variant.augmentation)
         base = make_base_loss(self.variant.loss, self.class_counts)
@@ -109,8 +112,9 @@ class ExitFitter(SecondStage):
             for p in head_params:
                 p.requires_grad_(True)
         self.base_lrs = [g["lr"] for g in groups]
-        self.optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
         self.costs = exit_costs(self.model)
         self.history: list[dict] = []
         self.start_epoch = 0
@@ -124,13 +128,15 @@ class ExitFitter(SecondStage):
             check_exit_blocks((*blocks, self.model.exit_blocks[-1]), len(blocks) + 1)
         except ValueError as exc:
             raise TrainingError(f"early exits after blocks {[b + 1 for b in blocks]} (1-based): {exc}") from None
-        self.variant = self.variant.with_early_heads((kind,) * len(blocks),
-                                                     (*blocks, self.model.exit_blocks[-1]) if moved else None)
+        self.variant = self.variant.with_early_heads(
+            (kind,) * len(blocks), (*blocks, self.model.exit_blocks[-1]) if moved else None
+        )
         parent, final = self.model.state_dict(), f"exits.{self.model.num_exits - 1}."
         self.model = build_model(self.variant).to(self.device)
         kept = {k: v for k, v in parent.items() if not k.startswith("exits.")}
-        kept |= {f"exits.{self.variant.num_exits - 1}.{k[len(final):]}": v for k, v in parent.items()
-                 if k.startswith(final)}
+        kept |= {
+            f"exits.{self.variant.num_exits - 1}.{k[len(final) :]}": v for k, v in parent.items() if k.startswith(final)
+        }
         missing, unexpected = self.model.load_state_dict(kept, strict=False)
         fresh = tuple(f"exits.{k}." for k in range(self.variant.num_exits - 1))
         assert not unexpected and all(k.startswith(fresh) for k in missing), (missing, unexpected)
@@ -174,11 +180,17 @@ class ExitFitter(SecondStage):
         sample_weight = sum(w * self.weights[y] for y, w in targets.terms())
         total = 0.0
         for out in outputs[:-1]:
-            total = total + (1 - beta) * self.early_loss(out, targets) \
+            total = (
+                total
+                + (1 - beta) * self.early_loss(out, targets)
                 + beta * sample_weight * distillation(out.logits, teacher, t)
+            )
         if self.config.mode == "mixed":
-            total = total + (1 - beta) * self.final_loss(outputs[-1], targets) \
+            total = (
+                total
+                + (1 - beta) * self.final_loss(outputs[-1], targets)
                 + beta * distillation(outputs[-1].logits, teacher, t)
+            )
         return total.mean()
 
     def batch_loss(self, x: torch.Tensor, y: torch.Tensor, rng) -> torch.Tensor:
@@ -197,8 +209,13 @@ class ExitFitter(SecondStage):
         training config and record, the fitted weights, and the fit's own record."""
         # The layout, where the exits are not at the variant's own places (a parent's fit may have moved them).
         blocks = {} if self.variant.exit_blocks is None else {"exit_blocks": list(self.variant.exit_blocks)}
-        return self.stage_state(epoch, self.model.state_dict(), exit_heads=list(self.variant.exit_heads), **blocks,
-                                optimizer=self.optimizer.state_dict())
+        return self.stage_state(
+            epoch,
+            self.model.state_dict(),
+            exit_heads=list(self.variant.exit_heads),
+            **blocks,
+            optimizer=self.optimizer.state_dict(),
+        )
 
     def restore(self, state: dict) -> None:
         fit = self.restore_record(state)

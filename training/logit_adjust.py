@@ -8,6 +8,7 @@ every exit or one per exit (an exit whose classifier was re-balanced, rebalance.
 than the final one); tau = 0 leaves the model unchanged. The export bakes each stage's adjustment
 into its graph.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -9,6 +9,7 @@ SIGTERM (`kill`, a container's stop) ends a run at the end of the epoch under wa
 of that epoch (a second SIGTERM ends it at once), so that a stopped run loses no finished epoch.
 Ctrl-C keeps stopping at once: it reaches DataLoader workers too, which then die mid-epoch.
 """
+
 from __future__ import annotations
 
 import signal
@@ -84,16 +85,20 @@ def prepare(job: Job, resume: bool) -> None:
     ckpt = out / rundir.CHECKPOINT
     if ckpt.exists():
         if not resume:
-            raise TrainingError(f"{out} already holds a checkpoint; pass --resume to continue it "
-                                "or choose another --out")
+            raise TrainingError(
+                f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out"
+            )
         state = load_checkpoint(ckpt)
         if state.get(WEIGHTS_ONLY):
-            raise TrainingError(f"{out} holds a finished run's weights only (`slim`): nothing to resume; "
-                                "evaluate, fit or export it, or start a new run in another --out")
+            raise TrainingError(
+                f"{out} holds a finished run's weights only (`slim`): nothing to resume; "
+                "evaluate, fit or export it, or start a new run in another --out"
+            )
         job.restore(state)
         # Epochs after the checkpoint will run again: keep the log to what the checkpoint holds.
-        (out / rundir.LOG).write_text("".join(job.epoch_line(r) + "\n" for r in job.history)
-                                      + f"# resumed from epoch {job.start_epoch}\n")
+        (out / rundir.LOG).write_text(
+            "".join(job.epoch_line(r) + "\n" for r in job.history) + f"# resumed from epoch {job.start_epoch}\n"
+        )
         return
     out.mkdir(parents=True, exist_ok=True)
     (out / rundir.LOG).unlink(missing_ok=True)
@@ -101,8 +106,14 @@ def prepare(job: Job, resume: bool) -> None:
 
 
 def metrics_document(job: Job, status: str, final: EarlyExitMetrics | None = None, **extra) -> dict:
-    return {"kind": job.kind, **job.metrics_header(), "status": status, "epochs": job.history,
-            "final": None if final is None else final.to_dict(), **extra}
+    return {
+        "kind": job.kind,
+        **job.metrics_header(),
+        "status": status,
+        "epochs": job.history,
+        "final": None if final is None else final.to_dict(),
+        **extra,
+    }
 
 
 @contextmanager
@@ -122,8 +133,11 @@ def stop_requests():
             signal.raise_signal(signum)
             return
         requested.append(signum)
-        print("SIGTERM: stopping after this epoch, with a checkpoint (send it again to stop now)",
-              file=sys.stderr, flush=True)
+        print(
+            "SIGTERM: stopping after this epoch, with a checkpoint (send it again to stop now)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
@@ -139,6 +153,7 @@ def run(job: Job, emit=print) -> EarlyExitMetrics:
     out = job.out
     final = None
     with (out / rundir.LOG).open("a") as log_file, stop_requests() as stop:
+
         def say(line: str) -> None:
             emit(line)
             log_file.write(line + "\n")
@@ -156,11 +171,18 @@ def run(job: Job, emit=print) -> EarlyExitMetrics:
                     job.check(epoch, test)
             except Diverged as exc:
                 say(f"DIVERGED at epoch {exc.epoch}: {exc.reason}")
-                write_json(metrics_document(job, rundir.DIVERGED, diverged_at=exc.epoch, reason=exc.reason),
-                           out / rundir.METRICS, compact=True)
+                write_json(
+                    metrics_document(job, rundir.DIVERGED, diverged_at=exc.epoch, reason=exc.reason),
+                    out / rundir.METRICS,
+                    compact=True,
+                )
                 raise
-            record = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0, **stats,
-                      **(test.summary() if test is not None else {})}
+            record = {
+                "epoch": epoch + 1,
+                "seconds": time.perf_counter() - t0,
+                **stats,
+                **(test.summary() if test is not None else {}),
+            }
             job.history.append(record)
             for note in job.notes():
                 say(note)
@@ -170,8 +192,11 @@ def run(job: Job, emit=print) -> EarlyExitMetrics:
             stopping = bool(stop) and not last
             if last or (epoch + 1) % every == 0 or stopping:
                 save_checkpoint(job.state(epoch + 1), out / rundir.CHECKPOINT)
-            write_json(metrics_document(job, rundir.COMPLETED if last else rundir.RUNNING,
-                                        final=test if last else None), out / rundir.METRICS, compact=True)
+            write_json(
+                metrics_document(job, rundir.COMPLETED if last else rundir.RUNNING, final=test if last else None),
+                out / rundir.METRICS,
+                compact=True,
+            )
             final = test if last else None
             if stopping:
                 raise Stopped(epoch + 1, stop[0])

@@ -3,6 +3,7 @@
 accumulative and routed assignment (routing.py) can pick which exits count for which sample.
 Each registers itself by the name variants use (BASE_LOSSES, EXIT_LOSSES).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -125,22 +126,26 @@ def split_weights(num_classes: int = NUM_CLASSES) -> torch.Tensor:
 def branch_masks(num_classes: int = NUM_CLASSES) -> torch.Tensor:
     """3 x C: H sees every class, M medium + few, T few only."""
     allowed = {"many": (1, 0, 0), "medium": (1, 1, 0), "few": (1, 1, 1)}
-    return torch.tensor([allowed[SPLIT_OF_CLASS[c]] for c in range(num_classes)],
-                        dtype=torch.float32).T
+    return torch.tensor([allowed[SPLIT_OF_CLASS[c]] for c in range(num_classes)], dtype=torch.float32).T
 
 
 def official_branch_masks(num_classes: int = NUM_CLASSES) -> torch.Tensor:
     """3 x C as the official ResLT code masks CIFAR-10-LT: H every class, M classes 2-9, T 4-9."""
     c = torch.arange(num_classes)
-    return torch.stack([torch.ones(num_classes), (c >= OFFICIAL_RESLT_FIRST_CLASS["medium"]).float(),
-                        (c >= OFFICIAL_RESLT_FIRST_CLASS["tail"]).float()])
+    return torch.stack(
+        [
+            torch.ones(num_classes),
+            (c >= OFFICIAL_RESLT_FIRST_CLASS["medium"]).float(),
+            (c >= OFFICIAL_RESLT_FIRST_CLASS["tail"]).float(),
+        ]
+    )
 
 
 def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-sample T^2 * KL(softmax(teacher / T) || softmax(student / T))."""
     log_p = F.log_softmax(teacher.float() / temperature, dim=1)
     log_q = F.log_softmax(student.float() / temperature, dim=1)
-    return temperature ** 2 * (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    return temperature**2 * (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 
 @EXIT_LOSSES.register("plain")
@@ -173,8 +178,9 @@ class DistilledExitLoss:
     `weighted=False` drops the simulated loss's split weights w_y (the "distilled_plain" loss), for
     a base loss that is balanced already (logit-adjusted): the two together favour the tail twice."""
 
-    def __init__(self, base, temperature: float = DISTILL_TEMPERATURE, beta: float = DISTILL_WEIGHT,
-                 weighted: bool = True):
+    def __init__(
+        self, base, temperature: float = DISTILL_TEMPERATURE, beta: float = DISTILL_WEIGHT, weighted: bool = True
+    ):
         self.label_loss = SimulatedExitLoss(base) if weighted else PlainExitLoss(base)
         self.weights = split_weights() if weighted else torch.ones(NUM_CLASSES)
         self.temperature, self.beta = temperature, beta
@@ -184,8 +190,9 @@ class DistilledExitLoss:
             raise ValueError("the distilled exit loss needs the final exit's output")
         weights = self.weights.to(out.logits.device)
         sample_weight = sum(w * weights[y] for y, w in t.terms())
-        return ((1 - self.beta) * self.label_loss(out, t)
-                + self.beta * sample_weight * distillation(out.logits, teacher.logits.detach(), self.temperature))
+        return (1 - self.beta) * self.label_loss(out, t) + self.beta * sample_weight * distillation(
+            out.logits, teacher.logits.detach(), self.temperature
+        )
 
 
 EXIT_LOSSES.register("distilled_plain")(lambda base: DistilledExitLoss(base, weighted=False))

@@ -1,4 +1,5 @@
 """Multiply-accumulate counts per exit, measured with forward hooks on one 32x32 image."""
+
 from __future__ import annotations
 
 import torch
@@ -21,8 +22,9 @@ def count_macs(module: nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
         elif isinstance(m, NormedLinear):
             total += m.weight.numel()
 
-    handles = [m.register_forward_hook(hook) for m in module.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear, NormedLinear))]
+    handles = [
+        m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear, NormedLinear))
+    ]
     try:
         with torch.no_grad():
             out = module(x)

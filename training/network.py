@@ -11,6 +11,7 @@ Stage k = (stem +) 5 basic blocks, then exit k. Exits are:
 Classifier: Linear for CE, NormedLinear (cosine, scaled by s) for LDAM. The model outputs the
 scaled logits, so softmax, the exit rule and the exported probabilities all see what the loss sees.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ class BasicBlock(nn.Module):
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride != 1:
-            x = x[:, :, ::self.stride, ::self.stride]
+            x = x[:, :, :: self.stride, :: self.stride]
         if self.pad != (0, 0):
             x = F.pad(x, (0, 0, 0, 0, *self.pad))
         return x
@@ -99,8 +100,13 @@ class DeepLightHead(nn.Module):
     def __init__(self, channels: int, classifier: str, num_classes: int):
         super().__init__()
         self.convs = nn.Sequential(
-            nn.Conv2d(channels, 2 * channels, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * channels), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * channels, 4 * channels, 3, 2, 1, bias=False), nn.BatchNorm2d(4 * channels), nn.ReLU(inplace=True))
+            nn.Conv2d(channels, 2 * channels, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(2 * channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * channels, 4 * channels, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(4 * channels),
+            nn.ReLU(inplace=True),
+        )
         self.fc = make_classifier(4 * channels, classifier, num_classes)
 
     def forward(self, x: torch.Tensor) -> ExitOutput:
@@ -125,8 +131,7 @@ class ResLTHead(nn.Module):
             raise ValueError(f"a ResLT head needs channels divisible by 3, got {channels}")
         self.conv = nn.Conv2d(channels, channels, 1, groups=3, bias=False)
         self.bn = nn.BatchNorm2d(channels)
-        self.fcs = nn.ModuleList(
-            make_classifier(channels // 3, classifier, num_classes) for _ in range(3))
+        self.fcs = nn.ModuleList(make_classifier(channels // 3, classifier, num_classes) for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> ExitOutput:
         x = F.relu(self.bn(self.conv(x)))
@@ -150,15 +155,22 @@ class EarlyExitResNet(nn.Module):
     stages (one head = the final exit only); `exit_blocks` may place one inside a stage, e.g.
     (4, 7, 9, 14) adds an exit after stage 2's third block."""
 
-    def __init__(self, widths=(16, 32, 48), exit_heads=("light", "light", "reslt"),
-                 classifier: str = "linear", num_classes: int = NUM_CLASSES, exit_blocks=None):
+    def __init__(
+        self,
+        widths=(16, 32, 48),
+        exit_heads=("light", "light", "reslt"),
+        classifier: str = "linear",
+        num_classes: int = NUM_CLASSES,
+        exit_blocks=None,
+    ):
         super().__init__()
         if len(widths) != 3:
             raise ValueError(f"ResNet-32 has 3 stages; got widths {widths}")
         self.exit_blocks = tuple(exit_blocks) if exit_blocks is not None else stage_end_blocks(len(exit_heads))
         check_exit_blocks(self.exit_blocks, len(exit_heads))
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+        )
         stages, in_planes = [], widths[0]
         for i, planes in enumerate(widths):
             blocks = []
@@ -169,8 +181,8 @@ class EarlyExitResNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.exit_channels = tuple(widths[b // BLOCKS_PER_STAGE] for b in self.exit_blocks)
         self.exits = nn.ModuleList(
-            make_head(kind, channels, classifier, num_classes)
-            for kind, channels in zip(exit_heads, self.exit_channels))
+            make_head(kind, channels, classifier, num_classes) for kind, channels in zip(exit_heads, self.exit_channels)
+        )
         for m in self.modules():
             init_weights(m)
 
@@ -219,6 +231,9 @@ def init_weights(module: nn.Module) -> None:
 
 
 def build_model(variant) -> EarlyExitResNet:
-    return EarlyExitResNet(widths=variant.widths, exit_heads=variant.exit_heads,
-                           classifier="normed" if variant.loss == "ldam" else "linear",
-                           exit_blocks=variant.exit_blocks)
+    return EarlyExitResNet(
+        widths=variant.widths,
+        exit_heads=variant.exit_heads,
+        classifier="normed" if variant.loss == "ldam" else "linear",
+        exit_blocks=variant.exit_blocks,
+    )

@@ -8,6 +8,7 @@ with rho 0.5, LDAM-DRW + SAM 81.9 with rho 0.8). Each step costs two forward-bac
 The implementation is pytorch-optimizer's; its state is the SGD's own (momentum
 buffers), so checkpoints and resume work as for plain SGD.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -16,12 +17,14 @@ from contextlib import contextmanager
 import torch
 
 
-def build_optimizer(params, lr: float, momentum: float, weight_decay: float,
-                    sam_rho: float = 0.0) -> torch.optim.Optimizer:
+def build_optimizer(
+    params, lr: float, momentum: float, weight_decay: float, sam_rho: float = 0.0
+) -> torch.optim.Optimizer:
     sgd = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
     if sam_rho > 0:
         # Imported here: only SAM recipes need it (the GPU machines' image has torch, not this).
         from pytorch_optimizer import SAM  # noqa: PLC0415
+
         return SAM(params, torch.optim.SGD, rho=sam_rho, **sgd)
     return torch.optim.SGD(params, **sgd)
 

@@ -19,6 +19,7 @@ the classifier weights in the saved checkpoint (s * (W x + b) = (s W) x + s b; a
 branch classifiers each take the scale, since their logits are summed), so `evaluate`,
 `calibrate` and `export` read the same network they always do.
 """
+
 from __future__ import annotations
 
 import copy
@@ -76,9 +77,11 @@ def exit_classifiers(head: nn.Module) -> list[nn.Linear]:
     """The layers of an exit head that map pooled features to logits (summed when several)."""
     found = [m for name, m in head.named_modules() if name.split(".")[0] in ("fc", "fcs") and name != "fcs"]
     if not found or not all(isinstance(m, nn.Linear) for m in found):
-        raise TrainingError(f"rebalancing needs linear classifiers; {type(head).__name__} has "
-                            f"{[type(m).__name__ for m in found] or 'none'} (LDAM's cosine classifier has "
-                            "no logit scale to learn)")
+        raise TrainingError(
+            f"rebalancing needs linear classifiers; {type(head).__name__} has "
+            f"{[type(m).__name__ for m in found] or 'none'} (LDAM's cosine classifier has "
+            "no logit scale to learn)"
+        )
     return found
 
 
@@ -91,8 +94,10 @@ class ScaledExits(nn.Module):
         self.scales = nn.Parameter(torch.ones(model.num_exits, num_classes))
 
     def forward(self, x: torch.Tensor) -> list[ExitOutput]:
-        return [ExitOutput(out.logits * s, None if out.branches is None else out.branches * s)
-                for out, s in zip(self.model(x), self.scales)]
+        return [
+            ExitOutput(out.logits * s, None if out.branches is None else out.branches * s)
+            for out, s in zip(self.model(x), self.scales)
+        ]
 
     def folded(self) -> nn.Module:
         """A copy of the network with the scales multiplied into its classifier layers."""
@@ -112,12 +117,19 @@ class ClassifierRebalancer(SecondStage):
 
     kind, label = "rebalance", "Rebalance"
 
-    def __init__(self, parent: Path, config: RebalanceConfig, out: Path, data_dir: Path,
-                 device: torch.device = torch.device("cpu")):
+    def __init__(
+        self,
+        parent: Path,
+        config: RebalanceConfig,
+        out: Path,
+        data_dir: Path,
+        device: torch.device = torch.device("cpu"),
+    ):
         self.config, self.out, self.device = config, Path(out), device
         model = self.load_parent(parent)
         self.train_set, self.test_set = build_datasets(
-            data_dir, self.train_config.imbalance, config.max_train_samples, config.max_test_samples)
+            data_dir, self.train_config.imbalance, config.max_train_samples, config.max_test_samples
+        )
         self.class_counts = np.bincount(self.train_set.labels, minlength=10).tolist()
         self.batches = DeviceBatches(self.train_set, device, config.batch_size, "basic", balanced=True)
         self.smoothing = label_aware_smoothing(self.class_counts, config.smooth_head, config.smooth_tail).to(device)
@@ -128,8 +140,14 @@ class ClassifierRebalancer(SecondStage):
             p.requires_grad_(True)
         self.base_lrs = [config.lr * config.classifier_lr_factor, config.lr]
         self.optimizer = torch.optim.SGD(
-            [{"params": classifier_params, "lr": self.base_lrs[0]}, {"params": [self.net.scales], "lr": self.base_lrs[1]}],
-            lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+            [
+                {"params": classifier_params, "lr": self.base_lrs[0]},
+                {"params": [self.net.scales], "lr": self.base_lrs[1]},
+            ],
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
         self.costs = exit_costs(model)
         self.history: list[dict] = []
         self.start_epoch = 0
@@ -150,8 +168,13 @@ class ClassifierRebalancer(SecondStage):
     def state(self, epoch: int) -> dict:
         """The folded network as `model`; the stage's record keeps what a resume needs (the unfolded
         network and its scales)."""
-        return self.stage_state(epoch, self.net.folded().state_dict(), network=self.net.state_dict(),
-                                scales=self.net.scales.detach().tolist(), optimizer=self.optimizer.state_dict())
+        return self.stage_state(
+            epoch,
+            self.net.folded().state_dict(),
+            network=self.net.state_dict(),
+            scales=self.net.scales.detach().tolist(),
+            optimizer=self.optimizer.state_dict(),
+        )
 
     def restore(self, state: dict) -> None:
         record = self.restore_record(state)

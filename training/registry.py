@@ -1,6 +1,7 @@
 """Named registries (timm-style): each loss, head, routing and augmentation part registers itself
 where it is implemented, variants register in training/variants.py and are validated against the
 others, so adding one is one entry."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,11 +21,13 @@ class Registry:
 
     def register(self, name: str):
         """Decorator: register the function or class under `name`."""
+
         def add(entry):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = entry
             return entry
+
         return add
 
     def get(self, name: str):

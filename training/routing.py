@@ -1,4 +1,5 @@
 """Exit assignment in training and loss routing (SPEC §4)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ ROUTINGS = Registry("routing")
 
 
 @torch.no_grad()
-def first_confident_exit(probs: list[torch.Tensor] | torch.Tensor, threshold,
-                         labels: torch.Tensor | None = None) -> torch.Tensor:
+def first_confident_exit(
+    probs: list[torch.Tensor] | torch.Tensor, threshold, labels: torch.Tensor | None = None
+) -> torch.Tensor:
     """The exit rule (modelrepo.exit_rule) on tensors, for training batches where they are: index
     of the first exit whose max softmax reaches its threshold (and, when labels are given, whose
     prediction is correct: the training criterion); the last exit when none qualifies.

@@ -4,6 +4,7 @@
 of the same shape; `grid`, `report`, `evaluate`, `calibrate` and `export` read them. This module
 is the one place that knows the layout.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -59,6 +60,7 @@ def machines(config: dict, metrics: dict) -> list[tuple[int, str]]:
 @dataclass(frozen=True)
 class RunState:
     """Where a `train`, `fit-exits` or `rebalance` run directory stands, from one read of its files."""
+
     status: str
     done: int  # epochs done
     planned: int | None  # None before config.json exists
@@ -86,8 +88,13 @@ def state(run_dir: Path) -> RunState:
     status = metrics.get("status", RUNNING) if started else NEW
     if status == RUNNING and not held(run_dir):
         status = STOPPED
-    return RunState(status=status, done=len(metrics.get("epochs", [])),
-                    planned=planned_epochs(config), config=config, metrics=metrics)
+    return RunState(
+        status=status,
+        done=len(metrics.get("epochs", [])),
+        planned=planned_epochs(config),
+        config=config,
+        metrics=metrics,
+    )
 
 
 def status(run_dir: Path) -> str:
@@ -109,8 +116,10 @@ def claim(run_dir: Path, wait_s: float = 1.0):
         deadline = time.monotonic() + wait_s
         while not _try_lock(fd, fcntl.LOCK_EX):
             if time.monotonic() >= deadline:
-                raise TrainingError(f"{run_dir} is being trained by another process (see `python -m training "
-                                    "status`); wait for it, or stop it (SIGTERM checkpoints it) and --resume")
+                raise TrainingError(
+                    f"{run_dir} is being trained by another process (see `python -m training "
+                    "status`); wait for it, or stop it (SIGTERM checkpoints it) and --resume"
+                )
             time.sleep(0.05)
         yield
     finally:

@@ -2,6 +2,7 @@
 checkpoint, write a checkpoint that reads like a training one (the parent's records, the new
 weights as `model`, the stage's own record under its kind's key), and resume only from a run of
 the same parent (sha256) and the same config."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,9 +73,14 @@ class SecondStage:
         rng = seed_epoch(cfg.seed, epoch)
         self.set_train_mode()
         total = len(self.batches) if cfg.max_batches is None else min(cfg.max_batches, len(self.batches))
-        totals = run_batches(self.batches.epoch(epoch_seed(cfg.seed, epoch)), total,
-                             partial(self.train_step, rng), epoch=epoch,
-                             desc=f"{self.record_key} {epoch + 1}/{cfg.epochs}", device=self.device)
+        totals = run_batches(
+            self.batches.epoch(epoch_seed(cfg.seed, epoch)),
+            total,
+            partial(self.train_step, rng),
+            epoch=epoch,
+            desc=f"{self.record_key} {epoch + 1}/{cfg.epochs}",
+            device=self.device,
+        )
         # The last group's: the backbone's in a mixed fit, the logit scales' in a rebalance.
         return {"lr": self.optimizer.param_groups[-1]["lr"], "loss": totals["loss"]}
 
@@ -86,8 +92,9 @@ class SecondStage:
         return loss, None
 
     def evaluate_network(self, network) -> EarlyExitMetrics:
-        _, metrics = evaluate_model(network, self.test_set, self.variant.infer_threshold,
-                                    self.config.eval_batch_size, self.device, self.costs)
+        _, metrics = evaluate_model(
+            network, self.test_set, self.variant.infer_threshold, self.config.eval_batch_size, self.device, self.costs
+        )
         return metrics
 
     def check(self, epoch: int, test: EarlyExitMetrics) -> None:
@@ -99,28 +106,42 @@ class SecondStage:
     def epoch_line(self, record: dict) -> str:
         alone = "/".join(f"{row['overall']:.2f}" for row in record["per_exit"])
         exits = "/".join(f"{100 * d:.1f}" for d in record["exit_distribution"])
-        return (f"{self.label} {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
-                f"Loss: {record['loss']:.4f}\tEach exit alone: {alone}%\tTest Acc: {record['overall']:.2f}% "
-                f"at threshold {record['threshold']:g}\tExits: {exits}%")
+        return (
+            f"{self.label} {record['epoch']}\tTime: {record['seconds']:.1f}s\tLR: {record['lr']:.5f}\t"
+            f"Loss: {record['loss']:.4f}\tEach exit alone: {alone}%\tTest Acc: {record['overall']:.2f}% "
+            f"at threshold {record['threshold']:g}\tExits: {exits}%"
+        )
 
     def config_record(self) -> dict:
-        return {"kind": self.kind, f"{self.record_key}_config": self.config.to_dict(),
-                "parent": self.parent_record, "config": self.train_config.to_dict(),
-                "variant": self.parent_state.get("variant"), "provenance": runinfo.provenance(self.device)}
+        return {
+            "kind": self.kind,
+            f"{self.record_key}_config": self.config.to_dict(),
+            "parent": self.parent_record,
+            "config": self.train_config.to_dict(),
+            "variant": self.parent_state.get("variant"),
+            "provenance": runinfo.provenance(self.device),
+        }
 
     def metrics_header(self) -> dict:
-        return {"variant": self.variant.name, "imbalance": self.train_config.imbalance,
-                "seed": self.config.seed, "parent": self.parent_record, "exit_costs": self.costs}
+        run = {"variant": self.variant.name, "imbalance": self.train_config.imbalance, "seed": self.config.seed}
+        return {**run, "parent": self.parent_record, "exit_costs": self.costs}
 
     def stage_state(self, epoch: int, model_state: dict, **record) -> dict:
         """The checkpoint: the parent's records but its weights (and whether they were slimmed),
         `model_state`, and the stage's record."""
         parent = self.parent_state
-        return {**{k: parent[k] for k in parent if k not in ("model", "optimizer", WEIGHTS_ONLY)},
-                "model": model_state,
-                self.record_key: {"config": self.config.to_dict(), "epoch": epoch, "history": self.history,
-                                  **record, "parent": self.parent_record,
-                                  "provenance": runinfo.provenance(self.device)}}
+        return {
+            **{k: parent[k] for k in parent if k not in ("model", "optimizer", WEIGHTS_ONLY)},
+            "model": model_state,
+            self.record_key: {
+                "config": self.config.to_dict(),
+                "epoch": epoch,
+                "history": self.history,
+                **record,
+                "parent": self.parent_record,
+                "provenance": runinfo.provenance(self.device),
+            },
+        }
 
     @property
     def record_key(self) -> str:
@@ -130,8 +151,10 @@ class SecondStage:
         """The stage's record of a checkpoint being resumed, after checking it is this run's."""
         record = state[self.record_key]
         if record["parent"]["sha256"] != self.parent_sha256:
-            raise TrainingError(f"--resume: {self.out} was made from a parent with sha256 "
-                                f"{record['parent']['sha256'][:12]}…, but {self.parent} has {self.parent_sha256[:12]}…")
+            raise TrainingError(
+                f"--resume: {self.out} was made from a parent with sha256 "
+                f"{record['parent']['sha256'][:12]}…, but {self.parent} has {self.parent_sha256[:12]}…"
+            )
         require_same_config(record["config"], self.config.to_dict(), self.out)
         self.history = list(record["history"])
         self.start_epoch = int(record["epoch"])

@@ -11,7 +11,7 @@ import litserve as ls
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from staged_onnx import StagedOnnx, decode  # noqa: E402
+from staged_onnx import StagedOnnx, decode
 
 
 class StagedApi(ls.LitAPI):

@@ -5,6 +5,7 @@ its results file). Completed runs are skipped; runs with a checkpoint are resume
 and speed options they were started with (a run's config must not change midway). On one GPU,
 several concurrent runs raise throughput, since one ResNet-32 run leaves it mostly idle.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,28 +22,55 @@ from training.config import TrainConfig
 from training.errors import EXIT_DIVERGED, EXIT_OK
 from training.variants import get_variant
 
-from ..runs import control_runs, study_runs
+from ..runs import control_runs, study_runs, train_argv
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--variants", nargs="+", default=None, help="variant names (default: the whole study; name erm for the controls)")
-    parser.add_argument("--imbalance", nargs="+", type=int, choices=(100, 50, 10, 1), default=None,
-                        help="imbalance factors (default: each study run's own)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help="variant names (default: the whole study; name erm for the controls)",
+    )
+    parser.add_argument(
+        "--imbalance",
+        nargs="+",
+        type=int,
+        choices=(100, 50, 10, 1),
+        default=None,
+        help="imbalance factors (default: each study run's own)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--parallel", type=positive_int, default=4, help="runs at a time")
     parser.add_argument("--out", type=Path, default=Path("results/runs"), help="folder of run directories")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--shard", type=shard, default=None, metavar="INDEX/COUNT",
-                        help="only the runs of shard INDEX (0-based) of COUNT: run i of the plan belongs to "
-                             "shard i mod COUNT (a Kubernetes Indexed Job passes $(JOB_COMPLETION_INDEX))")
+    parser.add_argument(
+        "--shard",
+        type=shard,
+        default=None,
+        metavar="INDEX/COUNT",
+        help="only the runs of shard INDEX (0-based) of COUNT: run i of the plan belongs to "
+        "shard i mod COUNT (a Kubernetes Indexed Job passes $(JOB_COMPLETION_INDEX))",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("train_args", nargs="*", metavar="-- TRAIN-FLAG",
-                        help="flags passed on to every `train` (after --), e.g. -- --data-path device --amp")
+    parser.add_argument(
+        "train_args",
+        nargs="*",
+        metavar="-- TRAIN-FLAG",
+        help="flags passed on to every `train` (after --), e.g. -- --data-path device --amp",
+    )
+
 
 # `train` flags that choose the data path and speed options, with how many values each takes.
-PATH_FLAGS = {"--data-path": 1, "--amp": 0, "--no-amp": 0, "--channels-last": 0, "--no-channels-last": 0,
-              "--compile": 1}
+PATH_FLAGS = {
+    "--data-path": 1,
+    "--amp": 0,
+    "--no-amp": 0,
+    "--channels-last": 0,
+    "--no-channels-last": 0,
+    "--compile": 1,
+}
 
 
 def shard(text: str) -> tuple[int, int]:
@@ -62,7 +90,7 @@ def planned_runs(args) -> list[tuple[str, int, int]]:
     for name, imbalance in study_runs() + (control_runs() if variants else []):
         if variants is not None and name not in variants:
             continue
-        for f in (args.imbalance or [imbalance]):
+        for f in args.imbalance or [imbalance]:
             runs += [(name, f, seed) for seed in args.seeds]
     runs = list(dict.fromkeys(runs))
     if args.shard is not None:
@@ -95,9 +123,7 @@ def run(args) -> int:
         run_dir = args.out / rundir.run_name(name, imbalance, seed)
         if rundir.status(run_dir) in rundir.FINISHED:
             continue
-        cmd = [sys.executable, "-m", "training", "train", "--variant", name, "--imbalance", str(imbalance),
-               "--seed", str(seed), "--device", args.device, "--data-dir", str(args.data_dir),
-               "--out", str(run_dir)]
+        cmd = train_argv(name, imbalance, seed, run_dir, args.device, args.data_dir)
         resuming = rundir.has_checkpoint(run_dir)
         cmd += resume_flags(run_dir, args.train_args) if resuming else args.train_args
         jobs.append((run_dir, cmd))

@@ -7,6 +7,7 @@ alone. A head whose predictions pile onto some classes shows it here (hybrid-lt:
 
     python -m study.scripts.branch_bias results/runs/hybrid-lt-if100-seed0/checkpoint.pt results/runs/model8-if100-seed0/checkpoint.pt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,10 @@ from training.evaluation import normalize_batch
 def row(name: str, logits: torch.Tensor, labels: np.ndarray) -> str:
     pred = logits.argmax(1).numpy()
     share = np.bincount(pred, minlength=logits.shape[1]) / len(pred)
-    return (f"  {name:8s} {100 * (pred == labels).mean():5.1f}%  predictions {' '.join(f'{s:.2f}' for s in share)}"
-            f"  mean logit {' '.join(f'{v:+.1f}' for v in logits.mean(0).tolist())}")
+    return (
+        f"  {name:8s} {100 * (pred == labels).mean():5.1f}%  predictions {' '.join(f'{s:.2f}' for s in share)}"
+        f"  mean logit {' '.join(f'{v:+.1f}' for v in logits.mean(0).tolist())}"
+    )
 
 
 def main() -> int:

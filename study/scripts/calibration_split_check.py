@@ -9,6 +9,7 @@ confidence above 0.5 (the point estimate) asks for a margin. The test set is nev
     python -m study.scripts.calibration_split_check results/fits/RUN-rebalance [...] [--splits 4]
         [--confidence 0.5 0.95] [--max-drop 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,18 +46,30 @@ def main() -> None:
             half = stratified_half(heldout.labels, 100 + split)
             a, b = np.flatnonzero(half), np.flatnonzero(~half)
             for confidence in args.confidence:
-                chosen = calibrate(model, heldout.subset(a), args.max_drop, state["class_counts"], "auto",
-                                   confidence=confidence, logits=logits[:, a])
+                chosen = calibrate(
+                    model,
+                    heldout.subset(a),
+                    args.max_drop,
+                    state["class_counts"],
+                    "auto",
+                    confidence=confidence,
+                    logits=logits[:, a],
+                )
                 probs = (logits[:, b] - torch.tensor(chosen["taus"])[:, None, None] * prior).softmax(dim=2)
                 m = early_exit_metrics(probs, heldout.labels[b], chosen["threshold"], costs)
                 drop_b, _ = DropBound(heldout.labels[b], probs[-1].argmax(1).numpy(), 0.5)(m.predictions)
                 summary[confidence].append(drop_b)
-                print(f"{fit.name} | {split} | {confidence:g} | {chosen['threshold']} | "
-                      f"{chosen['final_exit_accuracy'] - chosen['heldout_accuracy']:.2f} | "
-                      f"{chosen['drop_upper_bound']:.2f} | {drop_b:.2f} | {m.mean_macs_share:.3f}", flush=True)
+                print(
+                    f"{fit.name} | {split} | {confidence:g} | {chosen['threshold']} | "
+                    f"{chosen['final_exit_accuracy'] - chosen['heldout_accuracy']:.2f} | "
+                    f"{chosen['drop_upper_bound']:.2f} | {drop_b:.2f} | {m.mean_macs_share:.3f}",
+                    flush=True,
+                )
     for confidence, drops in summary.items():
-        print(f"confidence {confidence:g}: drop on B mean {np.mean(drops):.2f}, above {args.max_drop:g} in "
-              f"{sum(d > args.max_drop for d in drops)} of {len(drops)}")
+        print(
+            f"confidence {confidence:g}: drop on B mean {np.mean(drops):.2f}, above {args.max_drop:g} in "
+            f"{sum(d > args.max_drop for d in drops)} of {len(drops)}"
+        )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Try the plumbing on a CPU first:
     OUT=/tmp/out python3 -m study.scripts.device_study --device cpu --budget 60 --parallel 2 \
         --smoke "--epochs 2 --max-batches 2 --max-test-samples 200"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,8 @@ from training import rundir
 from training.config import TrainConfig, default_path
 from training.variants import get_variant
 
+from .. import runs as study_runs
+
 # What a device call brings back: 8 files of at most 16 MiB (one is the log archive).
 ARCHIVE_BYTES, ARCHIVES = 15 * 2**20, 7
 
@@ -48,31 +51,53 @@ def plan_entry(text: str) -> tuple[str, int]:
 
 
 # (variant, IF), most wanted first (the default of --plan: this project's open runs on 2026-12-04, 23:00 UTC).
-PLAN = [plan_entry(entry) for entry in ("model13:10", "hybrid-lt-sam:100",
-        "model7:100", "model14:100", "model15:50", "model16:10",
-        "model1:100", "model2:100", "model3:100", "model4:100", "model5:100", "model6:100",
-        "reslt:50", "reslt:10", "elf:50", "elf:10", "erm:1")]
+PLAN = [
+    plan_entry(entry)
+    for entry in (
+        "model13:10",
+        "hybrid-lt-sam:100",
+        "model7:100",
+        "model14:100",
+        "model15:50",
+        "model16:10",
+        "model1:100",
+        "model2:100",
+        "model3:100",
+        "model4:100",
+        "model5:100",
+        "model6:100",
+        "reslt:50",
+        "reslt:10",
+        "elf:50",
+        "elf:10",
+        "erm:1",
+    )
+]
 
 
 def train_command(args, variant: str, imbalance: int, run_dir: Path, reference: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "training", "train", "--variant", variant, "--imbalance", str(imbalance),
-           "--seed", "0", "--device", args.device, "--data-dir", str(args.data), "--out", str(run_dir),
-           "--checkpoint-every", "5", *shlex.split(args.smoke)]
+    cmd = study_runs.train_argv(variant, imbalance, 0, run_dir, args.device, args.data)
+    cmd += ["--checkpoint-every", "5", *shlex.split(args.smoke)]
     if rundir.has_checkpoint(run_dir):  # `--resume` keeps the run's own path and evaluation interval
         return cmd + ["--resume"]
     path = default_path("cpu", get_variant(variant).widths, bf16=True)
     if reference:
         path["data_path"] = "reference"
         cmd += ["--workers", "2"]
-    return cmd + ["--eval-every", str(get_variant(variant).study_eval_every),
-                  *TrainConfig(variant, imbalance, **path).path_flags()]
+    return cmd + [
+        "--eval-every",
+        str(get_variant(variant).study_eval_every),
+        *TrainConfig(variant, imbalance, **path).path_flags(),
+    ]
 
 
 def gpu_sampler(out: Path):
     if not subprocess.run(["which", "nvidia-smi"], capture_output=True).returncode == 0:
         return None
-    return subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,utilization.gpu,memory.used",
-                             "--format=csv", "-l", "10"], stdout=(out / "gpu-samples.csv").open("w"))
+    return subprocess.Popen(
+        ["nvidia-smi", "--query-gpu=timestamp,utilization.gpu,memory.used", "--format=csv", "-l", "10"],
+        stdout=(out / "gpu-samples.csv").open("w"),
+    )
 
 
 def start_mps(out: Path) -> bool:
@@ -82,8 +107,13 @@ def start_mps(out: Path) -> bool:
         os.makedirs(d, exist_ok=True)
     try:
         subprocess.run(["nvidia-cuda-mps-control", "-d"], env=env, check=True, timeout=20)
-        subprocess.run([sys.executable, "-c", "import torch; print(torch.ones(8, device='cuda').sum().item())"],
-                       env=env, check=True, timeout=45, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.ones(8, device='cuda').sum().item())"],
+            env=env,
+            check=True,
+            timeout=45,
+            capture_output=True,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         (out / "mps.txt").write_text(f"MPS not used: {exc}\n")
         subprocess.run(["nvidia-cuda-mps-control"], input=b"quit\n", env=env, timeout=20)
@@ -107,8 +137,13 @@ def run_all(args) -> dict:
         log = (args.runs / f"{run_dir.name}.stdout").open("a")
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        active[run_dir] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log,
-                           variant, imbalance, time.monotonic())
+        active[run_dir] = (
+            subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
+            log,
+            variant,
+            imbalance,
+            time.monotonic(),
+        )
 
     while (pending or active) and time.monotonic() < deadline:
         while pending and len(active) < args.parallel:
@@ -120,8 +155,15 @@ def run_all(args) -> dict:
                 continue
             log.close()
             del active[run_dir]
-            events.append({"run": run_dir.name, "exit": proc.returncode, "seconds": round(time.monotonic() - started),
-                           "at": round(time.monotonic() - t0), "status": rundir.status(run_dir)})
+            events.append(
+                {
+                    "run": run_dir.name,
+                    "exit": proc.returncode,
+                    "seconds": round(time.monotonic() - started),
+                    "at": round(time.monotonic() - t0),
+                    "status": rundir.status(run_dir),
+                }
+            )
             print(json.dumps(events[-1]), flush=True)
             if proc.returncode not in (0, 3) and not rundir.has_checkpoint(run_dir) and run_dir not in retried:
                 retried.add(run_dir)
@@ -153,8 +195,9 @@ def pack(runs: Path, meta: Path, out: Path, plan: list[tuple[str, int]]) -> list
     checkpoints, most wanted first, in up to ARCHIVES archives of ARCHIVE_BYTES (a checkpoint that
     does not fit is said, not sent)."""
     order = [rundir.run_name(variant, imbalance, 0) for variant, imbalance in plan]
-    dirs = sorted((d for d in runs.iterdir() if d.is_dir()),
-                  key=lambda d: order.index(d.name) if d.name in order else len(order))
+    dirs = sorted(
+        (d for d in runs.iterdir() if d.is_dir()), key=lambda d: order.index(d.name) if d.name in order else len(order)
+    )
     with tarfile.open(out / "runs-metrics.tar.gz", "w:gz") as tar:
         for p in sorted(runs.rglob("*")):
             if p.is_file() and p.name != rundir.CHECKPOINT:
@@ -185,7 +228,9 @@ def pack(runs: Path, meta: Path, out: Path, plan: list[tuple[str, int]]) -> list
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, required=True, help="seconds of training before the cut")
-    parser.add_argument("--plan", nargs="+", type=plan_entry, default=PLAN, metavar="VARIANT:IF", help="runs, most wanted first")
+    parser.add_argument(
+        "--plan", nargs="+", type=plan_entry, default=PLAN, metavar="VARIANT:IF", help="runs, most wanted first"
+    )
     parser.add_argument("--parallel", type=int, default=12)
     parser.add_argument("--grace", type=float, default=40, help="seconds for cut runs to checkpoint")
     parser.add_argument("--device", default="cuda")
@@ -199,16 +244,21 @@ def main() -> int:
     meta = args.runs.parent / "device-meta"  # $OUT takes 8 files: notes travel in the metrics archive
     meta.mkdir(parents=True, exist_ok=True)
     if not (args.data / "cifar-10-batches-py").is_dir():
-        subprocess.run([sys.executable, ".carry/build_cifar10_batches.py", str(args.data)], check=True,
-                       stdout=(meta / "build.log").open("w"), stderr=subprocess.STDOUT)
+        subprocess.run(
+            [sys.executable, ".carry/build_cifar10_batches.py", str(args.data)],
+            check=True,
+            stdout=(meta / "build.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
     args.runs.mkdir(parents=True, exist_ok=True)
     sampler = gpu_sampler(meta)
     mps = args.device == "cuda" and args.mps and start_mps(meta)
     summary = {"mps": mps, **run_all(args)}
     if sampler:
         sampler.terminate()
-    summary["runs"] = {d.name: {"status": rundir.status(d), "epochs": last_epoch(d)}
-                       for d in sorted(args.runs.iterdir()) if d.is_dir()}
+    summary["runs"] = {
+        d.name: {"status": rundir.status(d), "epochs": last_epoch(d)} for d in sorted(args.runs.iterdir()) if d.is_dir()
+    }
     (meta / "summary.json").write_text(json.dumps(summary, indent=1))
     print("checkpoints left out:", pack(args.runs, meta, out, args.plan))
     print(json.dumps(summary, indent=1))

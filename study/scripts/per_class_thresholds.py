@@ -11,6 +11,7 @@ Never the test set. results/DEFAULT_MODEL.md ("An earlier default") quotes its o
 
     python -m study.scripts.per_class_thresholds --checkpoint results/fits/model8-if100-seed0-fit-light2-mixed30-rebalance/checkpoint.pt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,7 +96,9 @@ def main() -> None:
     for budget in (1.0, 0.9, 0.8):
         t = greedy(*fit, share, np.ones_like(start), fit_final - budget)
         acc, macs = outcome(*check, share, t)
-        print(f"  fitted within {budget:.1f}: on the other half drop {check_final - acc:.2f} points, MACs share {macs:.3f}")
+        print(
+            f"  fitted within {budget:.1f}: on the other half drop {check_final - acc:.2f} points, MACs share {macs:.3f}"
+        )
 
 
 if __name__ == "__main__":

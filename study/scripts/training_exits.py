@@ -11,6 +11,7 @@ class learns only that class (model4: README, Results).
 
     python -m study.scripts.training_exits model4 model7 results/runs/model4-if100-seed0/checkpoint.pt
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ def model_of(source: str, seed: int):
 def probabilities(model, images: np.ndarray, batch_size: int = 128) -> torch.Tensor:
     """K x N x C softmax of every exit, BatchNorm on each batch's own statistics."""
     model.train()
-    parts = [torch.stack([o.logits.float().softmax(1) for o in model(normalize_batch(images[i:i + batch_size]))])
-             for i in range(0, len(images), batch_size)]
+    parts = [
+        torch.stack([o.logits.float().softmax(1) for o in model(normalize_batch(images[i : i + batch_size]))])
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(parts, dim=1)
 
 
@@ -58,9 +61,11 @@ def report(probs: torch.Tensor, labels: np.ndarray, threshold: float) -> list[st
         share = np.bincount(pred[k].numpy(), minlength=probs.size(2)) / probs.size(1)
         mine = labels[exits == k]
         classes = ", ".join(f"{c}: {n}" for c, n in enumerate(np.bincount(mine, minlength=probs.size(2))) if n)
-        lines.append(f"  {k + 1:4d}  {100 * (conf[k] >= threshold).float().mean():16.1f}%"
-                     f"  {int(share.argmax()):>9d}  {100 * share.max():8.1f}%"
-                     f"  {100 * len(mine) / len(labels):15.1f}%  {classes or '-'}")
+        lines.append(
+            f"  {k + 1:4d}  {100 * (conf[k] >= threshold).float().mean():16.1f}%"
+            f"  {int(share.argmax()):>9d}  {100 * share.max():8.1f}%"
+            f"  {100 * len(mine) / len(labels):15.1f}%  {classes or '-'}"
+        )
     return lines
 
 
@@ -77,8 +82,10 @@ def main() -> int:
             train = build_datasets(args.data_dir, imbalance)[0]  # over one class are not a training batch's
             sets[imbalance] = train.subset(np.random.default_rng(args.seed).permutation(len(train)))
         train = sets[imbalance]
-        print(f"{what}: {len(train)} training images (IF {imbalance}), training threshold "
-              f"{variant.train_threshold:g}, {variant.routing} loss")
+        print(
+            f"{what}: {len(train)} training images (IF {imbalance}), training threshold "
+            f"{variant.train_threshold:g}, {variant.routing} loss"
+        )
         print("\n".join(report(probabilities(model, train.images), train.labels, variant.train_threshold)))
     return 0
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ..conftest import REPO
+from ..conftest import REPO, cli_args
 
 MODELS = REPO / "models"
 # The checkpoint models/default was exported from (scripts/ship_default.sh).
@@ -38,7 +38,7 @@ def read_response(f) -> tuple[int, dict, bytes]:
     """One HTTP/1.1 response from a socket's file (status, lower-case headers, body)."""
     status = int(f.readline().split()[1])
     headers = {}
-    while (line := f.readline().decode().strip()):
+    while line := f.readline().decode().strip():
         name, _, value = line.partition(":")
         headers[name.lower()] = value.strip()
     return status, headers, f.read(int(headers["content-length"]))
@@ -63,19 +63,32 @@ class RunningServer:
         self.health_url = f"http://127.0.0.1:{self.health_port}"  # the supervisor's /healthz and /readyz
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"server-{self.port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(self.port), "--health-port", str(self.health_port),
-             "--grpc-port", str(self.grpc_port),
-             "--log-level", "warning", *args],
-            stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "server",
+                *cli_args(
+                    *args, port=self.port, health_port=self.health_port, grpc_port=self.grpc_port, log_level="warning"
+                ),
+            ],
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
             # no drain period unless a test asks for one: stopping takes no 5 s then
-            env={**(os.environ if base_env is None else base_env), "ELF_DRAIN_SECONDS": "0", **(env or {})})
+            env={**(os.environ if base_env is None else base_env), "ELF_DRAIN_SECONDS": "0", **(env or {})},
+        )
         self.started = time.monotonic()
         self._wait_until(lambda: httpx.get(self.url + "/healthz", timeout=1).status_code == 200, "answer")
         self.first_answer_s = time.monotonic() - self.started
         # Every worker listening: connections opened before would all stay on worker 1.
-        self._wait_until(lambda: not any("is starting" in p for p in
-                                         httpx.get(self.health_url + "/readyz", timeout=1).json()["problems"]),
-                         "start every worker")
+        self._wait_until(
+            lambda: (
+                not any(
+                    "is starting" in p for p in httpx.get(self.health_url + "/readyz", timeout=1).json()["problems"]
+                )
+            ),
+            "start every worker",
+        )
 
     def _wait_until(self, started, what: str) -> None:
         deadline = self.started + 60

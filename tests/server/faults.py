@@ -1,5 +1,6 @@
 """Fault scenarios on a real `python -m server` (2 workers, default settings) that return what they
 measured: the tests (test_faults.py) assert the goals on them, benchmarks/faults.py prints them."""
+
 import json
 import selectors
 import socket
@@ -16,10 +17,18 @@ from .test_supervisor import health, wait_for, workers_of
 
 def upload(port: int, image: bytes, boundary: str = "b0undary") -> tuple[bytes, bytes]:
     """A /classify request for `image`: (headers, multipart body)."""
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
-    head = (f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /classify HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode(), body
 
 
@@ -90,8 +99,14 @@ def watch_until_closed(conns: list[socket.socket], seconds: float) -> list[tuple
     return [(received[s], closed.get(s)) for s in conns]
 
 
-def slow_uploads(image: bytes, slow: int = 100, headers_only: int = 10, clients: int = 8,
-                 seconds: float = 15, close_within: float = 40) -> dict:
+def slow_uploads(
+    image: bytes,
+    slow: int = 100,
+    headers_only: int = 10,
+    clients: int = 8,
+    seconds: float = 15,
+    close_within: float = 40,
+) -> dict:
     """`slow` connections sending a real upload's body at 1 byte/s and `headers_only` sending none,
     beside `clients` keep-alive clients for `seconds`: the clients' statuses, and what each slow
     connection received and when (seconds from its start) the server closed it."""
@@ -110,7 +125,7 @@ def slow_uploads(image: bytes, slow: int = 100, headers_only: int = 10, clients:
                     return
                 for s in conns[:slow]:
                     try:
-                        s.send(body[k:k + 1])
+                        s.send(body[k : k + 1])
                     except OSError:
                         pass
 
@@ -125,9 +140,13 @@ def slow_uploads(image: bytes, slow: int = 100, headers_only: int = 10, clients:
         for s in conns:
             s.close()
         server.stop()
-    return {"statuses": statuses, "ok_share": statuses.count(200) / max(1, len(statuses)),
-            "responses": [r for r, _ in outcomes],
-            "closed_after": [None if t is None else t - started for _, t in outcomes], "metrics": metrics}
+    return {
+        "statuses": statuses,
+        "ok_share": statuses.count(200) / max(1, len(statuses)),
+        "responses": [r for r, _ in outcomes],
+        "closed_after": [None if t is None else t - started for _, t in outcomes],
+        "metrics": metrics,
+    }
 
 
 def stopped_worker(image: bytes, requests: int = 20) -> dict:
@@ -139,8 +158,11 @@ def stopped_worker(image: bytes, requests: int = 20) -> dict:
     try:
         victim.suspend()
         stopped = time.monotonic()
-        unready = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(health(server, "/readyz")), 20,
-                           "readyz 503 after the stop")
+        unready = wait_for(
+            lambda: (lambda r: r if r.status_code == 503 else None)(health(server, "/readyz")),
+            20,
+            "readyz 503 after the stop",
+        )
         unready_after = time.monotonic() - stopped
         wait_for(lambda: not victim.is_running() or victim.status() == psutil.STATUS_ZOMBIE, 30, "the kill")
         killed_after = time.monotonic() - stopped
@@ -160,8 +182,16 @@ def stopped_worker(image: bytes, requests: int = 20) -> dict:
         if victim.is_running():
             victim.resume()
         server.stop()
-    return {"unready_after": unready_after, "problems": unready.json()["problems"], "killed_after": killed_after,
-            "replaced_after": replaced_after, "victim": victim.pid, "workers": workers, "answers": answers, "log": log}
+    return {
+        "unready_after": unready_after,
+        "problems": unready.json()["problems"],
+        "killed_after": killed_after,
+        "replaced_after": replaced_after,
+        "victim": victim.pid,
+        "workers": workers,
+        "answers": answers,
+        "log": log,
+    }
 
 
 def replacement_share(image: bytes, clients: int = 12, after: float = 15, window: float = 10) -> dict:
@@ -182,5 +212,8 @@ def replacement_share(image: bytes, clients: int = 12, after: float = 15, window
         load.join()
     finally:
         server.stop()
-    return {"survivor": busy[survivor], "replacement": busy[replacement],
-            "share": busy[replacement] / (busy[survivor] + busy[replacement])}
+    return {
+        "survivor": busy[survivor],
+        "replacement": busy[replacement],
+        "share": busy[replacement] / (busy[survivor] + busy[replacement]),
+    }

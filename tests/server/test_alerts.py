@@ -1,5 +1,6 @@
 """deploy/prometheus: the alert rules are valid and fire as intended (promtool's own unit tests),
 and they read only metrics the server exports."""
+
 import re
 import shutil
 import subprocess

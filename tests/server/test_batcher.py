@@ -17,6 +17,7 @@ def test_collect_batch_fills_up_to_size():
         for i in range(10):
             q.put_nowait(i)
         return await collect_batch(q, 4, 0.01), q.qsize()
+
     assert run(go()) == ([0, 1, 2, 3], 6)
 
 
@@ -29,6 +30,7 @@ def test_collect_batch_stops_at_deadline():
         t0 = loop.time()
         batch = await collect_batch(q, 8, 0.02)
         return batch, loop.time() - t0
+
     batch, took = run(go())
     assert batch == ["a"] and took < 0.15
 
@@ -52,6 +54,7 @@ def test_batches_across_requests_and_survives_a_failed_batch():
         after = await b.submit([img(9)], 0.5)
         await b.stop()
         return ok, after
+
     ok, after = run(go())
     assert [r[0] for r in ok] == [0, 1, 2, 3, 4]
     assert calls[0] == 5  # five requests, one batch
@@ -68,4 +71,5 @@ def test_full_queue_refuses():
             await b.submit([np.zeros((3, 32, 32), np.float32)], 0.5)
         task.cancel()
         b.executor.shutdown()
+
     run(go())

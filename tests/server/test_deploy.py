@@ -1,4 +1,5 @@
 """deploy/: the Grafana dashboard queries metrics the server really exports."""
+
 import json
 import re
 

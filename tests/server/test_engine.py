@@ -1,5 +1,6 @@
 """Staged ONNX Runtime inference: which stages run for which images, each exit against the PyTorch
 model of the checkpoint it was exported from, thresholds per image and per exit, IO binding."""
+
 import numpy as np
 import pytest
 
@@ -51,8 +52,11 @@ def test_every_exit_matches_the_pytorch_model_of_its_checkpoint(model, x, cifar)
 
     net, *_ = checkpoint_model(DEFAULT_CHECKPOINT)
     shift = model.manifest.logit_adjustment
-    probs = exit_probabilities(net, Split(cifar[1].images[:len(x)], cifar[1].labels[:len(x)]),
-                               adjustment=stage_adjustments(shift.class_counts, shift.taus(model.manifest.num_exits)))
+    probs = exit_probabilities(
+        net,
+        Split(cifar[1].images[: len(x)], cifar[1].labels[: len(x)]),
+        adjustment=stage_adjustments(shift.class_counts, shift.taus(model.manifest.num_exits)),
+    )
     top2 = probs.topk(2, dim=2).values.numpy()
     k_exits = probs.size(0)
     for k in range(k_exits):
@@ -87,6 +91,7 @@ def test_staged_answers_equal_full_run(model, x):
 
 def test_cpu_machine_asks_for_cpu_only():
     import onnxruntime as ort
+
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert choose_providers("auto") == ["CPUExecutionProvider"]
         assert choose_providers("cuda") == ["CPUExecutionProvider"]
@@ -108,8 +113,7 @@ def test_committed_models_score_what_their_manifests_say(repository, cifar):
     assert names, f"{repository}: no model"
     for name, model in load_repository(repository, names[0], "cpu").items():
         default = model.manifest.thresholds.inference  # one, or one per early exit
-        runs = [model.run(model.preprocess(images), default)
-                for images in np.array_split(test.images, 10)]
+        runs = [model.run(model.preprocess(images), default) for images in np.array_split(test.images, 10)]
         classes, exits = (np.concatenate([getattr(r, f) for r in runs]) for f in ("class_id", "exit"))
         claimed = model.manifest.metrics
         assert 100 * np.mean(classes == test.labels) == pytest.approx(claimed.overall, abs=0.05), name

@@ -1,5 +1,6 @@
 """The inference routes' fast path: which /classify forms it answers itself, that the others reach
 FastAPI's route and get the same answers, and its own limits (a real server on loopback)."""
+
 import socket
 import time
 
@@ -16,8 +17,9 @@ MULTIPART = b"multipart/form-data; boundary=" + BOUNDARY
 
 def form(*parts: tuple[bytes, bytes]) -> bytes:
     """A multipart body of (Content-Disposition parameters, data) parts."""
-    body = b"".join(b"--%s\r\nContent-Disposition: form-data; %s\r\n\r\n%s\r\n" % (BOUNDARY, params, data)
-                    for params, data in parts)
+    body = b"".join(
+        b"--%s\r\nContent-Disposition: form-data; %s\r\n\r\n%s\r\n" % (BOUNDARY, params, data) for params, data in parts
+    )
     return body + b"--%s--\r\n" % BOUNDARY
 
 
@@ -31,28 +33,31 @@ def test_a_plain_upload_is_read_by_the_fast_path():
     assert plain_form(b'multipart/form-data; boundary="b0undary"', form(FILE, (b'name="threshold"', b"1")))
 
 
-@pytest.mark.parametrize("content_type,body", [
-    (None, form(FILE)),
-    (b"application/x-www-form-urlencoded", b"file=abc"),
-    (b"multipart/form-data", form(FILE)),  # no boundary
-    (b"multipart/form-data; boundary=other", form(FILE)),
-    (MULTIPART, form((b'name="picture"; filename="x.png"', b"x"))),  # no file part
-    (MULTIPART, form((b'name="file"', b"x"))),  # a field, not a file
-    (MULTIPART, form(FILE, FILE)),
-    (MULTIPART, form(FILE, (b'name="note"', b"hi"))),
-    (MULTIPART, form(FILE, (b'name="model"; filename="m"', b"default"))),
-    (MULTIPART, form(FILE, (b'name="model"', b""))),
-    (MULTIPART, form(FILE, (b'name="model"', b"\xff"))),
-    *[(MULTIPART, form(FILE, (b'name="threshold"', t))) for t in (b"", b"1e-1", b"nan", b"-0.1", b"1.01", b" 0.5")],
-    (MULTIPART, form(FILE)[:-10]),  # cut short
-], ids=lambda v: "" if v is None else repr(v)[:40])
+@pytest.mark.parametrize(
+    "content_type,body",
+    [
+        (None, form(FILE)),
+        (b"application/x-www-form-urlencoded", b"file=abc"),
+        (b"multipart/form-data", form(FILE)),  # no boundary
+        (b"multipart/form-data; boundary=other", form(FILE)),
+        (MULTIPART, form((b'name="picture"; filename="x.png"', b"x"))),  # no file part
+        (MULTIPART, form((b'name="file"', b"x"))),  # a field, not a file
+        (MULTIPART, form(FILE, FILE)),
+        (MULTIPART, form(FILE, (b'name="note"', b"hi"))),
+        (MULTIPART, form(FILE, (b'name="model"; filename="m"', b"default"))),
+        (MULTIPART, form(FILE, (b'name="model"', b""))),
+        (MULTIPART, form(FILE, (b'name="model"', b"\xff"))),
+        *[(MULTIPART, form(FILE, (b'name="threshold"', t))) for t in (b"", b"1e-1", b"nan", b"-0.1", b"1.01", b" 0.5")],
+        (MULTIPART, form(FILE)[:-10]),  # cut short
+    ],
+    ids=lambda v: "" if v is None else repr(v)[:40],
+)
 def test_every_other_form_is_left_to_fastapi(content_type, body):
     assert plain_form(content_type, body) is None
 
 
 def multipart(image: bytes, *fields: tuple[bytes, bytes]) -> dict:
-    return {"content": form((FILE[0], image), *fields),
-            "headers": {"content-type": MULTIPART.decode()}}
+    return {"content": form((FILE[0], image), *fields), "headers": {"content-type": MULTIPART.decode()}}
 
 
 def test_forms_fastapi_answers_get_the_fast_paths_answers(client, cifar):
@@ -63,8 +68,9 @@ def test_forms_fastapi_answers_get_the_fast_paths_answers(client, cifar):
     for extra in ((b'name="note"', b"hi"), (b'name="model"', b"")):
         slow = client.post("/classify", **multipart(image, extra))
         assert slow.status_code == 200, slow.text
-        assert {k: v for k, v in slow.json().items() if k != "latency_ms"} == \
-               {k: v for k, v in fast.items() if k != "latency_ms"}
+        assert {k: v for k, v in slow.json().items() if k != "latency_ms"} == {
+            k: v for k, v in fast.items() if k != "latency_ms"
+        }
         assert slow.json().keys() == fast.keys()
     for plain, written_otherwise in ((b"0", b"0e0"), (b"1", b"1e0")):
         a = client.post("/classify", **multipart(image, (b'name="threshold"', plain))).json()
@@ -75,6 +81,7 @@ def test_forms_fastapi_answers_get_the_fast_paths_answers(client, cifar):
 
 def test_an_upload_larger_than_memory_holds_is_streamed_by_fastapi_and_classified(client):
     import numpy as np
+
     noise = png(np.random.default_rng(1).integers(0, 255, (800, 800, 3), dtype=np.uint8))
     assert len(noise) > 1024 * 1024
     r = client.post("/classify", files={"file": ("big.png", noise)})
@@ -98,8 +105,10 @@ def test_a_chunked_infer_body_past_the_limit_is_413_and_the_connection_closed(ci
     try:
         limit = 4096 + 1024 * 1024
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-            s.sendall(b"POST /v2/models/default/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                      b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+            s.sendall(
+                b"POST /v2/models/default/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
             # Just past the limit, then nothing: bytes the server has not read when it closes would
             # make its kernel reset the connection, and the answer could be lost. Small chunks, paced,
             # each read whole (one segment; the server is not pausing its reads).

@@ -3,6 +3,7 @@ uploads beside normal clients, a stopped (hung) worker, a killed worker's replac
 share, a second server on the same port or metrics directory, a bad metrics directory, uploads
 unfinished at the end of a drain, aborted uploads, stalled health-port connections, and a
 supervisor killed with SIGKILL. Each test asserts the outcome, not only that nothing crashed."""
+
 import os
 import signal
 import socket
@@ -27,13 +28,25 @@ from .test_supervisor import health, wait_for, workers_of
 pytestmark = pytest.mark.slow
 
 
+def run_server_to_exit(port: int, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A server started on `port` (its other ports free), run until it exits by itself."""
+    command = [sys.executable, "-m", "server", "--port", str(port), "--health-port", str(free_port())]
+    command += ["--grpc-port", str(free_port()), "--model-repository", str(MODELS)]
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
 def test_slow_uploads_hold_nothing_the_normal_clients_need(cifar):
     """100 connections sending their body at 1 byte/s (and 10 sending headers only) beside 8
     keep-alive clients: the clients are answered, the slow ones get 408 and are closed."""
     r = faults.slow_uploads(png(cifar[1].images[0]))
     statuses = r["statuses"]
-    assert r["ok_share"] >= 0.9 and len(statuses) > 200, (r["ok_share"], len(statuses),
-                                                          {s: statuses.count(s) for s in set(statuses)})
+    assert r["ok_share"] >= 0.9 and len(statuses) > 200, (
+        r["ok_share"],
+        len(statuses),
+        {s: statuses.count(s) for s in set(statuses)},
+    )
     assert all(t is not None and t < 40 for t in r["closed_after"]), r["closed_after"]
     for response in r["responses"]:
         assert response.startswith(b"HTTP/1.1 408") and b"connection: close" in response.lower(), response[:300]
@@ -51,7 +64,9 @@ def test_slow_headers_get_408_from_the_protocol():
             response, closed = faults.read_until_closed(s, 10)
         assert closed is not None and 0.9 < closed - t0 < 3, closed and closed - t0
         assert response.startswith(b"HTTP/1.1 408") and faults.json_body(response) == {
-            "error": "request headers not received within 1 s", "status": 408}
+            "error": "request headers not received within 1 s",
+            "status": 408,
+        }
     finally:
         server.stop()
 
@@ -63,8 +78,11 @@ def test_an_aborted_upload_is_counted_as_499_not_as_bad_input(cifar):
         with socket.create_connection(("127.0.0.1", server.port)) as s:
             s.sendall(head + body[:100])
             time.sleep(0.3)
-        metrics = wait_for(lambda: (lambda t: t if 'status="499"' in t else None)(
-            httpx.get(server.url + "/metrics").text), 5, "the abort to be counted")
+        metrics = wait_for(
+            lambda: (lambda t: t if 'status="499"' in t else None)(httpx.get(server.url + "/metrics").text),
+            5,
+            "the abort to be counted",
+        )
         assert 'elf_http_requests_total{endpoint="/classify",status="499"} 1.0' in metrics
         assert 'endpoint="/classify",status="400"' not in metrics
     finally:
@@ -84,8 +102,9 @@ def test_a_paused_machine_kills_no_worker(cifar):
     """The whole server stopped past the worker timeout (as a paused VM is) and continued, the
     supervisor first: every worker's silence includes the supervisor's own pause, so none is
     killed, and the server answers at once."""
-    server = RunningServer("--workers", "2", env={"ELF_HEARTBEAT_TIMEOUT_SECONDS": "1",
-                                                  "ELF_WORKER_TIMEOUT_SECONDS": "2"})
+    server = RunningServer(
+        "--workers", "2", env={"ELF_HEARTBEAT_TIMEOUT_SECONDS": "1", "ELF_WORKER_TIMEOUT_SECONDS": "2"}
+    )
     try:
         workers = workers_of(server)
         for p in (server.proc, *workers):
@@ -97,7 +116,9 @@ def test_a_paused_machine_kills_no_worker(cifar):
             os.kill(p.pid, signal.SIGCONT)
         time.sleep(2.5)
         assert sorted(p.pid for p in workers_of(server)) == sorted(p.pid for p in workers)
-        assert httpx.post(server.url + "/classify", files={"file": ("x.png", png(cifar[1].images[0]))}).status_code == 200
+        assert (
+            httpx.post(server.url + "/classify", files={"file": ("x.png", png(cifar[1].images[0]))}).status_code == 200
+        )
         assert httpx.get(server.health_url + "/readyz").status_code == 200
         assert "not scheduled for" in server.log.read_text() and "killing it" not in server.log.read_text()
     finally:
@@ -140,18 +161,20 @@ def test_a_second_server_on_the_port_is_refused_and_the_first_keeps_its_metrics(
     first = RunningServer("--model-repository", str(MODELS), env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     try:
         for _ in range(3):
-            assert httpx.post(first.url + "/classify", files={"file": ("x.png", png(cifar[1].images[0]))}).status_code == 200
+            assert (
+                httpx.post(first.url + "/classify", files={"file": ("x.png", png(cifar[1].images[0]))}).status_code
+                == 200
+            )
         for env in ({}, {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}):  # its own metrics directory, or the first's
             t0 = time.monotonic()
-            second = subprocess.run([sys.executable, "-m", "server", "--port", str(first.port), "--health-port",
-                                     str(free_port()), "--grpc-port", str(free_port()), "--model-repository",
-                                     str(MODELS)],
-                                    capture_output=True, text=True, cwd=REPO, timeout=15,
-                                    env={**os.environ, **env})
+            second = run_server_to_exit(first.port, timeout=15, env=env)
             assert second.returncode == 2 and time.monotonic() - t0 < 15
             assert second.stderr.count("\n") == 1 and second.stderr.startswith("error: "), second.stderr
-            assert (f"port {first.port} is already served" in second.stderr or
-                    "metrics directory" in second.stderr and "in use by another server" in second.stderr)
+            assert (
+                f"port {first.port} is already served" in second.stderr
+                or "metrics directory" in second.stderr
+                and "in use by another server" in second.stderr
+            )
         metrics = httpx.get(first.url + "/metrics").text
         assert 'elf_http_requests_total{endpoint="/classify",status="200"} 3.0' in metrics
     finally:
@@ -167,9 +190,7 @@ def test_hot_restart_starts_beside_and_takes_over(cifar):
         assert first.stop() == 0
         assert httpx.post(second.url + "/classify", files={"file": ("x.png", data)}).status_code == 200
         # The claim passed to the second: a third is refused.
-        third = subprocess.run([sys.executable, "-m", "server", "--port", str(first.port), "--health-port",
-                                str(free_port()), "--grpc-port", str(free_port()), "--model-repository", str(MODELS)],
-                               capture_output=True, text=True, cwd=REPO, timeout=30)
+        third = run_server_to_exit(first.port, timeout=30)
         assert third.returncode == 2 and f"pid {second.proc.pid}" in third.stderr, third.stderr
     finally:
         first.stop()
@@ -177,19 +198,22 @@ def test_hot_restart_starts_beside_and_takes_over(cifar):
             second.stop()
 
 
-@pytest.mark.parametrize("folder, reason", [("/dev/null/metrics", "Not a directory"),
-                                            ("/proc/elf-metrics", "No such file or directory")])
+@pytest.mark.parametrize(
+    "folder, reason", [("/dev/null/metrics", "Not a directory"), ("/proc/elf-metrics", "No such file or directory")]
+)
 def test_an_unusable_metrics_directory_is_one_line_and_exit_2(folder, reason):
-    r = subprocess.run([sys.executable, "-m", "server", "--port", str(free_port()), "--health-port",
-                        str(free_port()), "--grpc-port", str(free_port()), "--model-repository", str(MODELS)],
-                       capture_output=True, text=True,
-                       cwd=REPO, timeout=60, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": folder})
+    r = run_server_to_exit(free_port(), timeout=60, env={"PROMETHEUS_MULTIPROC_DIR": folder})
     assert r.returncode == 2 and r.stderr == f"error: metrics directory {folder}: {reason}\n", r.stderr
 
 
 def test_uploads_unfinished_at_the_end_of_a_drain_get_a_json_503(cifar):
-    server = RunningServer("--model-repository", str(MODELS), "--read-timeout", "30",
-                           env={"ELF_DRAIN_SECONDS": "0.5", "ELF_SHUTDOWN_TIMEOUT_SECONDS": "1"})
+    server = RunningServer(
+        "--model-repository",
+        str(MODELS),
+        "--read-timeout",
+        "30",
+        env={"ELF_DRAIN_SECONDS": "0.5", "ELF_SHUTDOWN_TIMEOUT_SECONDS": "1"},
+    )
     head, body = faults.upload(server.port, png(cifar[1].images[0]))
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(head + body[:100])
@@ -215,8 +239,11 @@ def test_the_health_port_bounds_its_threads_and_drops_stalled_connections():
         assert supervisor.num_threads() <= threads_before + 32 + 1
         wait_for(lambda: health(server, "/healthz").status_code == 200, 10, "a probe answered among the stalled")
         closed = [faults.read_until_closed(s, 0.1)[1] for s in stalled]
-        wait_for(lambda: all(faults.read_until_closed(s, 0.05)[1] or c for s, c in zip(stalled, closed)), 10,
-                 "every stalled connection closed")
+        wait_for(
+            lambda: all(faults.read_until_closed(s, 0.05)[1] or c for s, c in zip(stalled, closed)),
+            10,
+            "every stalled connection closed",
+        )
     finally:
         for s in stalled:
             s.close()

@@ -1,4 +1,5 @@
 """The server as operators run it: a real uvicorn process on loopback."""
+
 import io
 import json
 import re
@@ -16,7 +17,7 @@ from PIL import Image
 from modelrepo.manifest import FORMAT_VERSION
 from training.cli import main as training_main
 
-from ..conftest import REPO
+from ..conftest import REPO, cli_args
 from .conftest import DEFAULT_CHECKPOINT, DEFAULT_EXITS, MODELS, RunningServer, exit_mix, png
 
 # The checkpoint models/default was exported from (its manifest's provenance.fit.parent_sha256 names
@@ -54,7 +55,10 @@ def test_models_and_openapi(client):
 def test_threshold_zero_and_one_bound_the_exit(client, cifar):
     data = png(cifar[1].images[1])
     assert client.post("/classify", files={"file": ("x.png", data)}, data={"threshold": "0"}).json()["exit"] == 1
-    assert client.post("/classify", files={"file": ("x.png", data)}, data={"threshold": "1"}).json()["exit"] == DEFAULT_EXITS
+    assert (
+        client.post("/classify", files={"file": ("x.png", data)}, data={"threshold": "1"}).json()["exit"]
+        == DEFAULT_EXITS
+    )
 
 
 BAD_INPUTS = [
@@ -67,9 +71,21 @@ BAD_INPUTS = [
     ({"files": {"file": ("x.png", "BOMB")}}, 413, "decompression bomb"),
     ({"files": {"file": ("x.png", b"\x00" * (8 * 1024 * 1024 + 1))}}, 413, "file too large"),
     ({"files": {"file": ("x.png", "GOOD")}, "data": {"model": "nope"}}, 404, "unknown model 'nope'"),
-    ({"files": {"file": ("x.png", "GOOD")}, "data": {"threshold": "1.5"}}, 422, "field 'threshold': Input should be less than or equal to 1"),
-    ({"files": {"file": ("x.png", "GOOD")}, "data": {"threshold": "-0.1"}}, 422, "field 'threshold': Input should be greater than or equal to 0"),
-    ({"files": {"file": ("x.png", "GOOD")}, "data": {"threshold": "abc"}}, 422, "field 'threshold': Input should be a valid number"),
+    (
+        {"files": {"file": ("x.png", "GOOD")}, "data": {"threshold": "1.5"}},
+        422,
+        "field 'threshold': Input should be less than or equal to 1",
+    ),
+    (
+        {"files": {"file": ("x.png", "GOOD")}, "data": {"threshold": "-0.1"}},
+        422,
+        "field 'threshold': Input should be greater than or equal to 0",
+    ),
+    (
+        {"files": {"file": ("x.png", "GOOD")}, "data": {"threshold": "abc"}},
+        422,
+        "field 'threshold': Input should be a valid number",
+    ),
     ({"files": {"file": ("x.png", "GOOD")}, "data": {"threshold": "nan"}}, 422, "field 'threshold'"),
 ]
 
@@ -83,8 +99,10 @@ def materialise(kwargs, cifar):
     buf = io.BytesIO()
     Image.new("1", (30000, 30000)).save(buf, "PNG")
     samples["BOMB"] = buf.getvalue()
-    files = {k: (name, samples.get(data, data) if isinstance(data, str) else data)
-             for k, (name, data) in kwargs.get("files", {}).items()}
+    files = {
+        k: (name, samples.get(data, data) if isinstance(data, str) else data)
+        for k, (name, data) in kwargs.get("files", {}).items()
+    }
     return {"files": files or None, "data": kwargs.get("data")}
 
 
@@ -148,6 +166,7 @@ def mixing_threshold(images) -> float:
     """A threshold at which about half the images leave at exit 1, at least 1e-4 away from every
     image's exit-1 confidence (so float noise between PyTorch and ONNX Runtime cannot flip one)."""
     from server.engine import StagedModel
+
     model = StagedModel(MODELS / "default", "cpu")
     conf = np.sort(model.run(model.preprocess(images), 0.0).confidence)
     gaps = np.diff(conf)
@@ -166,8 +185,19 @@ def test_parity_with_training_evaluate(server, client, cifar, tmp_path, data_dir
     shift = manifest["logit_adjustment"] or {"tau": 0.0}
     tau = ",".join(map(str, shift.get("stage_taus") or [shift["tau"]]))
     spelled = ",".join(map(str, threshold)) if isinstance(threshold, list) else str(threshold)
-    assert training_main(["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data-dir", str(data_dir),
-                          "--threshold", spelled, "--tau", tau, "--json", str(tmp_path / "eval.json")]) == 0
+    assert (
+        training_main(
+            cli_args(
+                "evaluate",
+                checkpoint=DEFAULT_CHECKPOINT,
+                data_dir=data_dir,
+                threshold=spelled,
+                tau=tau,
+                json=tmp_path / "eval.json",
+            )
+        )
+        == 0
+    )
     expected = json.loads((tmp_path / "eval.json").read_text())
     if which == "manifest default":
         assert expected["overall"] == pytest.approx(manifest["metrics"]["overall"])
@@ -227,9 +257,13 @@ def test_32_concurrent_clients_for_20_seconds(server, cifar):
 
 
 def start_and_fail(*args):
-    return subprocess.run([sys.executable, "-m", "server", "--port", "0", "--health-port", "0", "--grpc-port", "0",
-                           *map(str, args)],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "server", "--port", "0", "--health-port", "0", "--grpc-port", "0", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
 
 
 def test_missing_model_directory_at_start(tmp_path):
@@ -243,6 +277,7 @@ def test_missing_model_directory_at_start(tmp_path):
 
 def test_corrupt_model_directory_at_start(tmp_path):
     import shutil
+
     shutil.copytree(MODELS / "default", tmp_path / "default")
     (tmp_path / "default" / "stage_3.onnx").write_bytes(b"broken")
     r = start_and_fail("--model-repository", tmp_path)
@@ -254,6 +289,7 @@ def test_corrupt_model_directory_at_start(tmp_path):
 
 def test_a_manifest_asking_for_another_input_size_is_refused_at_start(tmp_path):
     import shutil
+
     shutil.copytree(MODELS / "default", tmp_path / "default")
     manifest = json.loads((tmp_path / "default" / "manifest.json").read_text())
     manifest["input"]["height"] = manifest["input"]["width"] = 64
@@ -265,6 +301,7 @@ def test_a_manifest_asking_for_another_input_size_is_refused_at_start(tmp_path):
 
 def test_readyz_fails_when_gpu_required_but_absent():
     import onnxruntime as ort
+
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has a CUDA provider")
     server = RunningServer("--model-repository", str(MODELS), "--provider", "cuda")
@@ -279,13 +316,18 @@ def test_readyz_fails_when_gpu_required_but_absent():
 
 
 def test_overload_is_503_with_retry_after(cifar):
-    server = RunningServer("--model-repository", str(MODELS),
-                           env={"ELF_MAX_QUEUE": "2", "ELF_BATCH_WAIT_MS": "300", "ELF_BATCH_SIZE": "64"})
+    server = RunningServer(
+        "--model-repository",
+        str(MODELS),
+        env={"ELF_MAX_QUEUE": "2", "ELF_BATCH_WAIT_MS": "300", "ELF_BATCH_SIZE": "64"},
+    )
     data = png(cifar[1].images[0])
     try:
+
         def send(_):
             with httpx.Client(base_url=server.url, timeout=30) as c:
                 return c.post("/classify/batch", files=[("files", ("a.png", data)), ("files", ("b.png", data))])
+
         with ThreadPoolExecutor(16) as pool:
             responses = list(pool.map(send, range(16)))
         statuses = [r.status_code for r in responses]

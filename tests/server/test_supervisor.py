@@ -1,6 +1,7 @@
 """The process layout of `python -m server` (server/supervisor.py), on real processes: worker
 processes behind one socket with one coherent /metrics, the supervisor's health port, a killed
 worker replaced without losing the server, and readiness through the drain."""
+
 import signal
 import socket
 import time
@@ -16,8 +17,11 @@ from .conftest import MODELS, RunningServer, png
 
 
 def classify_count(metrics_text: str) -> float:
-    line = next(x for x in metrics_text.splitlines()
-                if x.startswith('elf_http_requests_total{endpoint="/classify",status="200"}'))
+    line = next(
+        x
+        for x in metrics_text.splitlines()
+        if x.startswith('elf_http_requests_total{endpoint="/classify",status="200"}')
+    )
     return float(line.split()[-1])
 
 
@@ -37,14 +41,14 @@ def health(server, path: str) -> httpx.Response:
 
 def workers_of(server) -> list[psutil.Process]:
     """The server's worker processes (the spawned children; not multiprocessing's resource tracker)."""
-    return [p for p in psutil.Process(server.proc.pid).children()
-            if "spawn_main" in " ".join(p.cmdline())]
+    return [p for p in psutil.Process(server.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
 
 
 @pytest.fixture
 def two_workers(tmp_path):
-    s = RunningServer("--model-repository", str(MODELS), "--workers", "2",
-                      env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")})
+    s = RunningServer(
+        "--model-repository", str(MODELS), "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    )
     assert health(s, "/readyz").status_code == 200  # RunningServer waited for every worker
     yield s
     s.stop()
@@ -80,10 +84,14 @@ def test_connections_opened_together_spread_over_the_workers(two_workers):
     server = two_workers
     socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(16)]
     try:
+
         def per_worker():
-            counts = [sum(c.status == "ESTABLISHED" and c.laddr.port == server.port for c in w.net_connections("tcp"))
-                      for w in workers_of(server)]
+            counts = [
+                sum(c.status == "ESTABLISHED" and c.laddr.port == server.port for c in w.net_connections("tcp"))
+                for w in workers_of(server)
+            ]
             return counts if sum(counts) == 16 else None
+
         counts = wait_for(per_worker, 5, "16 accepted connections")
         assert min(counts) >= 2, counts
     finally:
@@ -125,8 +133,11 @@ def test_readyz_on_the_health_port_turns_503_at_sigterm(cifar):
     server = RunningServer("--model-repository", str(MODELS), "--workers", "2", "--drain-seconds", "1")
     assert health(server, "/readyz").status_code == 200
     server.proc.send_signal(signal.SIGINT)  # Ctrl-C drains like SIGTERM
-    r = wait_for(lambda: (lambda r: r if r.status_code == 503 else None)(health(server, "/readyz")), 2,
-                 "readyz 503 after the signal")
+    r = wait_for(
+        lambda: (lambda r: r if r.status_code == 503 else None)(health(server, "/readyz")),
+        2,
+        "readyz 503 after the signal",
+    )
     assert r.json()["draining"] and "draining" in r.json()["problems"][0]
     assert httpx.post(server.url + "/classify", files={"file": ("x.png", png(cifar[1].images[0]))}).status_code == 200
     assert server.proc.wait(30) == 0

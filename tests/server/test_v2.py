@@ -4,6 +4,7 @@ CIFAR-10 test images give the class and exit `/classify` gives, as PNG bytes and
 tensors; JSON without the binary extension; the request's threshold; errors in the protocol's
 form with `/classify`'s statuses (gRPC codes mapped); metrics per protocol; and the shipped
 descriptor set is the .proto's."""
+
 import subprocess
 import sys
 
@@ -54,10 +55,10 @@ def test_tritonclient_gets_what_classify_answers(served, reference, client_modul
     for start in range(0, IMAGES, BATCH):
         if form == "pixels":
             tensor = client_module.InferInput("pixels", [BATCH, 32, 32, 3], "UINT8")
-            tensor.set_data_from_numpy(images[start:start + BATCH])
+            tensor.set_data_from_numpy(images[start : start + BATCH])
         else:
             tensor = client_module.InferInput("image", [BATCH], "BYTES")
-            tensor.set_data_from_numpy(np.array(pngs[start:start + BATCH], dtype=object))
+            tensor.set_data_from_numpy(np.array(pngs[start : start + BATCH], dtype=object))
         got += pairs(client.infer("default", [tensor]))
     assert got == expected
     assert {e for _, e in got} == set(range(1, DEFAULT_EXITS + 1))  # the early exits are exercised
@@ -69,7 +70,9 @@ def test_metadata_and_the_model_configuration(served):
     meta = http.get_model_metadata("default")
     assert meta["name"] == "default" and len(meta["versions"]) == 1
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [
-        ("image", "BYTES", [-1]), ("pixels", "UINT8", [-1, 32, 32, 3])]
+        ("image", "BYTES", [-1]),
+        ("pixels", "UINT8", [-1, 32, 32, 3]),
+    ]
     assert [t["name"] for t in meta["outputs"]] == ["class_id", "confidence", "exit"]
     grpc_meta = grpc.get_model_metadata("default", as_json=True)
     assert grpc_meta["versions"] == meta["versions"] and len(grpc_meta["inputs"]) == 2
@@ -85,9 +88,11 @@ def test_metadata_and_the_model_configuration(served):
 
 def test_json_without_the_binary_extension(served, reference):
     images, _, expected = reference
-    body = {"id": "r1", "inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [4, 32, 32, 3],
-                                    "data": images[:4].tolist()}],
-            "outputs": [{"name": "exit"}, {"name": "class_id"}]}
+    body = {
+        "id": "r1",
+        "inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [4, 32, 32, 3], "data": images[:4].tolist()}],
+        "outputs": [{"name": "exit"}, {"name": "class_id"}],
+    }
     r = httpx.post(f"{served.url}/v2/models/default/infer", json=body)
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     answer = r.json()
@@ -110,19 +115,42 @@ def test_errors_in_the_protocols_form(served, reference):
     png_bytes = reference[1][0]
     cases = [  # (model, input name, datatype, data, HTTP status, gRPC code, words)
         ("nope", "image", "BYTES", np.array([png_bytes], dtype=object), 404, "NOT_FOUND", "unknown model 'nope'"),
-        ("default", "foo", "BYTES", np.array([png_bytes], dtype=object), 400, "INVALID_ARGUMENT", "unknown input 'foo'"),
-        ("default", "image", "BYTES", np.array([b"not an image"], dtype=object), 415, "INVALID_ARGUMENT",
-         "element 0"),
-        ("default", "pixels", "UINT8", np.zeros((1, 16, 16, 3), np.uint8), 400, "INVALID_ARGUMENT",
-         "UINT8 [N, 32, 32, 3]"),
+        (
+            "default",
+            "foo",
+            "BYTES",
+            np.array([png_bytes], dtype=object),
+            400,
+            "INVALID_ARGUMENT",
+            "unknown input 'foo'",
+        ),
+        ("default", "image", "BYTES", np.array([b"not an image"], dtype=object), 415, "INVALID_ARGUMENT", "element 0"),
+        (
+            "default",
+            "pixels",
+            "UINT8",
+            np.zeros((1, 16, 16, 3), np.uint8),
+            400,
+            "INVALID_ARGUMENT",
+            "UINT8 [N, 32, 32, 3]",
+        ),
     ]
     for model, name, datatype, data, status, code, words in cases:
         tensor = triton_http.InferInput(name, list(data.shape), datatype)
         tensor.set_data_from_numpy(data)
-        raw = httpx.post(f"{served.url}/v2/models/{model}/infer",
-                         json={"inputs": [{"name": name, "datatype": datatype, "shape": list(data.shape),
-                                           "data": [d.decode("latin-1") for d in data.tolist()]
-                                           if datatype == "BYTES" else data.tolist()}]})
+        raw = httpx.post(
+            f"{served.url}/v2/models/{model}/infer",
+            json={
+                "inputs": [
+                    {
+                        "name": name,
+                        "datatype": datatype,
+                        "shape": list(data.shape),
+                        "data": [d.decode("latin-1") for d in data.tolist()] if datatype == "BYTES" else data.tolist(),
+                    }
+                ]
+            },
+        )
         assert raw.status_code == status and words in raw.json()["error"], raw.text
         gtensor = triton_grpc.InferInput(name, list(data.shape), datatype)
         gtensor.set_data_from_numpy(data)
@@ -131,10 +159,13 @@ def test_errors_in_the_protocols_form(served, reference):
         assert info.value.status() == f"StatusCode.{code}" and words in info.value.message()
     bad = httpx.post(f"{served.url}/v2/models/default/infer", json={"inputs": [{"name": "image"}]})
     assert bad.status_code == 400 and "'name', a 'datatype' and a 'shape'" in bad.json()["error"]
-    threshold = httpx.post(f"{served.url}/v2/models/default/infer",
-                           json={"parameters": {"threshold": 2}, "inputs": [
-                               {"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3],
-                                "data": [0] * 3072}]})
+    threshold = httpx.post(
+        f"{served.url}/v2/models/default/infer",
+        json={
+            "parameters": {"threshold": 2},
+            "inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0] * 3072}],
+        },
+    )
     assert threshold.status_code == 400 and "'threshold' must be a number in [0, 1]" in threshold.json()["error"]
 
 
@@ -146,20 +177,29 @@ def test_metrics_per_protocol(served, reference):
     http_tensor.set_data_from_numpy(reference[0][:1])
     triton_http.InferenceServerClient(f"127.0.0.1:{served.port}").infer("default", [http_tensor])
     text = httpx.get(served.url + "/metrics").text
-    http_ok = next(x for x in text.splitlines()
-                   if x.startswith('elf_http_requests_total{endpoint="/v2/models/{model}/infer",status="200"}'))
-    grpc_ok = next(x for x in text.splitlines() if x.startswith('elf_grpc_requests_total{code="OK",method="ModelInfer"}'))
+    http_ok = next(
+        x
+        for x in text.splitlines()
+        if x.startswith('elf_http_requests_total{endpoint="/v2/models/{model}/infer",status="200"}')
+    )
+    grpc_ok = next(
+        x for x in text.splitlines() if x.startswith('elf_grpc_requests_total{code="OK",method="ModelInfer"}')
+    )
     assert float(http_ok.split()[-1]) >= 1 and float(grpc_ok.split()[-1]) >= 1
     assert 'elf_grpc_request_duration_seconds_count{method="ModelInfer"}' in text
 
 
 def test_the_shipped_descriptor_set_is_the_protos(tmp_path):
     out = tmp_path / "inference.binpb"
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO.parent}", f"--descriptor_set_out={out}",
-                    PROTO.name], check=True)
-    assert out.read_bytes() == DESCRIPTORS.read_bytes(), ("server/grpc_v2/inference.binpb is stale: run "
-                                                          "python -m grpc_tools.protoc -Iserver/grpc_v2 "
-                                                          "--descriptor_set_out=server/grpc_v2/inference.binpb inference.proto")
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO.parent}", f"--descriptor_set_out={out}", PROTO.name],
+        check=True,
+    )
+    assert out.read_bytes() == DESCRIPTORS.read_bytes(), (
+        "server/grpc_v2/inference.binpb is stale: run "
+        "python -m grpc_tools.protoc -Iserver/grpc_v2 "
+        "--descriptor_set_out=server/grpc_v2/inference.binpb inference.proto"
+    )
 
 
 def test_grpc_calls_finish_through_the_drain(cifar, tmp_path):
@@ -175,8 +215,15 @@ def test_grpc_calls_finish_through_the_drain(cifar, tmp_path):
     from prometheus_client.multiprocess import MultiProcessCollector
 
     metrics_dir = tmp_path / "metrics"
-    server = RunningServer("--model-repository", str(MODELS), "--drain-seconds", "1.5", "--max-wait-ms", "5000",
-                           env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    server = RunningServer(
+        "--model-repository",
+        str(MODELS),
+        "--drain-seconds",
+        "1.5",
+        "--max-wait-ms",
+        "5000",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
+    )
     images = cifar[1].images[:16]
     outcomes = {"ok": 0, "refused": 0, "cancelled": 0, "lost": []}
     ready, lock, done = [], threading.Lock(), threading.Event()
@@ -215,8 +262,12 @@ def test_grpc_calls_finish_through_the_drain(cifar, tmp_path):
     assert outcomes["refused"] > 0  # after the listeners closed
     registry = CollectorRegistry()
     MultiProcessCollector(registry, str(metrics_dir))
-    answered = {s.labels["code"]: s.value for m in registry.collect() for s in m.samples
-                if s.name == "elf_grpc_requests_total" and s.labels["method"] == "ModelInfer"}
+    answered = {
+        s.labels["code"]: s.value
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == "elf_grpc_requests_total" and s.labels["method"] == "ModelInfer"
+    }
     assert answered == {"OK": outcomes["ok"]}, (answered, outcomes)  # nothing the server started was lost
     seen = [r for r in ready if r is not None]
     assert seen[0] is True and False in seen  # ready, then not while still answering

@@ -5,12 +5,13 @@ import torch
 from study.cli import main as study
 from training.cli import main
 
+from ..conftest import cli_args
 from ..training.smoke import SMOKE, smoke_flags
 
 
 def test_grid_runs_concurrently_then_skips_what_is_done(data_dir, tmp_path, capsys):
-    args = ["grid", "--variants", "model7", "elf", "--imbalance", "100", "--device", "cpu", "--parallel", "2",
-            "--out", str(tmp_path), "--data-dir", str(data_dir), "--", *SMOKE]
+    grid = cli_args("grid", variants=["model7", "elf"], imbalance=100, device="cpu", parallel=2, out=tmp_path)
+    args = [*grid, "--data-dir", str(data_dir), "--", *SMOKE]
     assert study(args) == 0
     for name in ("model7-if100-seed0", "elf-if100-seed0"):
         assert json.loads((tmp_path / name / "metrics.json").read_text())["status"] == "completed"
@@ -28,23 +29,36 @@ def test_grid_plans_the_whole_study(capsys):
 def test_grid_resumes_a_run_on_the_path_it_started_with(data_dir, tmp_path, capsys):
     # A reference-path run cut off after epoch 1 of 2; the grid now asks for another path.
     run_dir = tmp_path / "elf-if100-seed0"
-    assert main(["train", "--variant", "elf", "--out", str(run_dir), "--data-dir", str(data_dir),
-                 *smoke_flags(epochs=2), "--checkpoint-every", "1", "--data-path", "reference"]) == 0
+    assert (
+        main(
+            cli_args(
+                "train",
+                *smoke_flags(epochs=2),
+                variant="elf",
+                out=run_dir,
+                data_dir=data_dir,
+                checkpoint_every="1",
+                data_path="reference",
+            )
+        )
+        == 0
+    )
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     state["epoch"], state["history"] = 1, state["history"][:1]
     torch.save(state, run_dir / "checkpoint.pt")
     doc = json.loads((run_dir / "metrics.json").read_text())
     (run_dir / "metrics.json").write_text(json.dumps({**doc, "status": "running", "epochs": doc["epochs"][:1]}))
 
-    args = ["grid", "--variants", "elf", "--imbalance", "100", "--device", "cpu", "--out", str(tmp_path),
-            "--data-dir", str(data_dir), "--", *smoke_flags(epochs=2), "--checkpoint-every", "1",
-            "--data-path", "device", "--compile=default"]
+    grid = cli_args("grid", variants="elf", imbalance=100, device="cpu", out=tmp_path, data_dir=data_dir)
+    own = cli_args(checkpoint_every=1, data_path="device")
+    args = [*grid, "--", *smoke_flags(epochs=2), *own, "--compile=default"]
     capsys.readouterr()
     assert study([*args[:1], "--dry-run", *args[1:]]) == 0
     planned = capsys.readouterr().out
     # Resumed on its own path, spelled out: the CPU default (amp where the CPU has bf16, channels-last)
     # and the other flags dropped.
     from training.config import cpu_has_bf16
+
     amp = "--amp" if cpu_has_bf16() else "--no-amp"
     assert "--resume" in planned and f"--data-path reference {amp} --channels-last --compile off" in planned
     assert "--data-path device" not in planned and "--compile=default" not in planned
@@ -62,8 +76,10 @@ def test_shards_cover_the_study_exactly_once():
     parser = get_args_parser("python -m study", "", COMMANDS)
     whole = planned_runs(parser.parse_args(["grid", "--seeds", "0", "1"]))
     for count in (1, 4, 19, 38, 50):
-        shards = [planned_runs(parser.parse_args(["grid", "--seeds", "0", "1", "--shard", f"{i}/{count}"]))
-                  for i in range(count)]
+        shards = [
+            planned_runs(parser.parse_args(["grid", "--seeds", "0", "1", "--shard", f"{i}/{count}"]))
+            for i in range(count)
+        ]
         assert sorted(r for s in shards for r in s) == sorted(whole)
         assert sum(len(s) for s in shards) == len(whole) == 38
 

@@ -1,5 +1,6 @@
 """study/scripts/training_exits.py: where the exit criterion in training sends images (the README's
 explanation of model4's collapse rests on it)."""
+
 import subprocess
 import sys
 
@@ -23,8 +24,13 @@ def test_an_exit_is_the_training_exit_only_of_images_it_gets_right_with_confiden
 
 
 def test_ldam_cosine_exits_are_confident_at_initialisation_and_linear_ones_are_not(data_dir):
-    out = subprocess.run([sys.executable, "-m", "study.scripts.training_exits", "model4", "model7", "--data-dir", str(data_dir)],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-m", "study.scripts.training_exits", "model4", "model7", "--data-dir", str(data_dir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     model4, model7 = out[2].split(), out[7].split()  # each variant's exit 1
     assert model4[0] == "1" and float(model4[1].rstrip("%")) > 90  # LDAM, scale 30: confident from the start
     assert float(model4[4].rstrip("%")) < 5  # ... so exit 1 trains on a few percent of the images

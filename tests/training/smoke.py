@@ -1,9 +1,17 @@
 """Flags for a few-batch training run on real CIFAR-10, shared by the CLI-level tests."""
 
+from ..conftest import cli_args
 
-def smoke_flags(train: int = 200, test: int = 100, batches: int = 2, epochs: int = 1) -> list[str]:
-    return ["--epochs", str(epochs), "--batch-size", "32", "--max-train-samples", str(train),
-            "--max-batches", str(batches), "--max-test-samples", str(test), "--workers", "0"]
+
+def smoke_flags(train: int = 200, test: int = 100, batches: int = 2, epochs: int = 1, workers: int = 0) -> list[str]:
+    return cli_args(
+        epochs=epochs,
+        batch_size=32,
+        max_train_samples=train,
+        max_batches=batches,
+        max_test_samples=test,
+        workers=workers,
+    )
 
 
 SMOKE = smoke_flags()

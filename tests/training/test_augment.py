@@ -57,6 +57,7 @@ def test_mixup_is_a_reproducible_convex_combination():
 
 def test_every_augmentation_part_has_both_data_paths_and_applies_in_registry_order():
     from training.augment import AUGMENTATIONS, AugmentationPart, augmentation_steps
+
     for name in AUGMENTATIONS:
         part = AUGMENTATIONS.get(name)
         assert part.stage in ("pixels", "tensor", "batch"), name

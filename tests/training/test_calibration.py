@@ -8,6 +8,7 @@ from training.calibration import balanced_accuracy, heldout_split
 from training.cli import main
 from training.data import load_cifar10, longtail_indices
 
+from ..conftest import cli_args
 from .smoke import smoke_flags
 
 SMOKE = smoke_flags(train=300, batches=3)
@@ -40,15 +41,40 @@ def test_calibrate_then_export_writes_threshold_and_provenance(data_dir, tmp_pat
     run = tmp_path / "run"
     assert main(["train", "--variant", "model1", "--out", str(run), "--data-dir", str(data_dir), *SMOKE]) == 0
     capsys.readouterr()
-    assert main(["calibrate", "--checkpoint", str(run / "checkpoint.pt"), "--max-drop", "2",
-                 "--json", str(tmp_path / "cal.json"), "--data-dir", str(data_dir)]) == 0
+    assert (
+        main(
+            cli_args(
+                "calibrate",
+                checkpoint=run / "checkpoint.pt",
+                max_drop="2",
+                json=tmp_path / "cal.json",
+                data_dir=data_dir,
+            )
+        )
+        == 0
+    )
     cal = json.loads((tmp_path / "cal.json").read_text())
     assert cal["drop_confidence"] == 0.95  # the default
-    assert cal["heldout_accuracy"] >= cal["final_exit_accuracy"] - cal["drop_upper_bound"] >= cal["final_exit_accuracy"] - 2
+    assert (
+        cal["heldout_accuracy"]
+        >= cal["final_exit_accuracy"] - cal["drop_upper_bound"]
+        >= cal["final_exit_accuracy"] - 2
+    )
     cheaper = [r for r in cal["sweep"] if r["mean_macs"] < cal["mean_macs"]]
     assert all(r["drop_upper_bound"] > 2 for r in cheaper)
-    assert main(["export", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(tmp_path / "m"),
-                 "--calibrate-drop", "2", "--parity-images", "100", "--data-dir", str(data_dir)]) == 0
+    assert (
+        main(
+            cli_args(
+                "export",
+                checkpoint=run / "checkpoint.pt",
+                out=tmp_path / "m",
+                calibrate_drop="2",
+                parity_images="100",
+                data_dir=data_dir,
+            )
+        )
+        == 0
+    )
     manifest = load_manifest(tmp_path / "m")
     assert manifest.thresholds.inference == cal["threshold"] == manifest.metrics.threshold
     assert manifest.calibration.max_drop == 2 and manifest.calibration.heldout_images == 4500
@@ -94,8 +120,10 @@ def test_a_higher_confidence_never_picks_a_cheaper_threshold():
     logits[:, np.arange(n), labels] += torch.tensor([[1.5], [2.0], [3.0]])
     probs = logits.softmax(dim=2)
     final = probs[-1].argmax(1).numpy()
-    choices = [_per_exit_search(probs, np.array([1.0, 2.0, 3.0]), DropBound(labels, final, c), 1.0)
-               for c in (0.5, 0.8, 0.95, 0.99)]
+    choices = [
+        _per_exit_search(probs, np.array([1.0, 2.0, 3.0]), DropBound(labels, final, c), 1.0)
+        for c in (0.5, 0.8, 0.95, 0.99)
+    ]
     macs = [c["mean_macs"] for c in choices]
     assert macs == sorted(macs) and macs[0] < macs[-1]
     assert all(c["drop_upper_bound"] <= 1.0 + 1e-9 for c in choices)

@@ -1,9 +1,8 @@
 """torch.compile of the network: same training as eager, and eager when compilation fails."""
+
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from training.config import TrainConfig
 from training.engine import Run
 from training.losses import Targets
 
+from ..conftest import cli_args, run_training
 from .smoke import smoke_flags
 
 
@@ -20,13 +20,13 @@ def gradient(run, x, targets) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, all parameter gradients as one float64 vector) of one training step's backward."""
     run.model.train()
     loss, _ = run.forward_backward(x, targets)
-    return loss.detach(), torch.cat([p.grad.flatten().double() for p in run.model.parameters()
-                                     if p.grad is not None])
+    return loss.detach(), torch.cat([p.grad.flatten().double() for p in run.model.parameters() if p.grad is not None])
 
 
 # Inductor builds its CPU kernels with the C++ compiler (CXX, else g++).
-needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
-                               reason="no C++ compiler for torch.compile's CPU kernels")
+needs_cxx = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler for torch.compile's CPU kernels"
+)
 
 
 @needs_cxx
@@ -50,6 +50,7 @@ def test_compiled_network_computes_the_eager_loss_and_gradients(data_dir, tmp_pa
 
     def error(g):
         return ((g - truth_grad).norm() / truth_grad.norm()).item()
+
     assert error(compiled_grad) < max(3 * error(eager_grad), 1e-4), (error(compiled_grad), error(eager_grad))
 
 
@@ -63,13 +64,14 @@ def test_off_is_the_module_itself_and_unknown_modes_are_refused():
 def test_failed_compilation_falls_back_to_eager_and_says_so(data_dir, tmp_path):
     # A machine without a C++ compiler: Inductor cannot build its CPU kernels (a fresh cache, so
     # nothing compiled earlier is reused).
-    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"),
-           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache")}
+    env = {
+        **os.environ,
+        "CXX": str(tmp_path / "no-such-compiler"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache"),
+    }
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "training", "train", "--variant", "model8", *smoke_flags(),
-         "--compile", "default", "--out", str(out), "--data-dir", str(data_dir)],
-        capture_output=True, text=True, timeout=600, env=env)
+    train = cli_args("train", *smoke_flags(), variant="model8", compile="default", out=out, data_dir=data_dir)
+    result = run_training(train, timeout=600, env=env)
     assert result.returncode == 0, result.stderr
     assert "torch.compile failed" in result.stderr and "continuing with the eager network" in result.stderr
     metrics = json.loads((out / "metrics.json").read_text())

@@ -44,8 +44,9 @@ def test_longtail_counts_match_spec(cifar, imbalance, total):
 @pytest.mark.parametrize("imbalance", [100, 50, 10])
 def test_same_indices_as_ldam_drw(cifar, imbalance):
     labels = cifar[0].labels
-    np.testing.assert_array_equal(longtail_indices(labels, imbalance),
-                                  ldam_drw_reference(labels.tolist(), 1.0 / imbalance))
+    np.testing.assert_array_equal(
+        longtail_indices(labels, imbalance), ldam_drw_reference(labels.tolist(), 1.0 / imbalance)
+    )
 
 
 def test_longtail_sets_are_nested(cifar):

@@ -1,4 +1,5 @@
 """The fast (device-resident, batched) data path against the reference per-image transforms."""
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +9,9 @@ from training.augment import Cutout, normalize_batch, normalize_uint8
 from training.batch_ops import autoaugment, cutout, random_crop_flip
 from training.data import Split
 from training.device_data import DeviceBatches
+
+from ..conftest import cli_args
+from .smoke import SMOKE
 
 N = 2000
 
@@ -23,7 +27,7 @@ def test_crop_flip_outputs_are_crops_of_the_padded_image(cifar):
     candidates = {}
     for i in range(9):
         for j in range(9):
-            crop = padded[:, i:i + 32, j:j + 32]
+            crop = padded[:, i : i + 32, j : j + 32]
             candidates[crop.numpy().tobytes()] = (i, j, False)
             candidates[crop.flip(2).numpy().tobytes()] = (i, j, True)
     found = [candidates.get(o.numpy().tobytes()) for o in out]
@@ -39,8 +43,10 @@ def test_crop_flip_matches_reference_in_distribution(cifar):
     reference = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
     ref = torch.stack([reference(repeated(image, 1)[0]) for _ in range(N)])
     fast = random_crop_flip(repeated(image), torch.Generator().manual_seed(1))
-    for stat in (lambda t: (t == 0).all(1).float().mean((1, 2)),       # zero-padded share
-                 lambda t: t.float().mean((1, 2, 3))):                  # brightness
+    for stat in (
+        lambda t: (t == 0).all(1).float().mean((1, 2)),  # zero-padded share
+        lambda t: t.float().mean((1, 2, 3)),
+    ):  # brightness
         a, b = stat(ref), stat(fast)
         assert abs(float(a.mean() - b.mean())) < 4 * float(a.std()) / np.sqrt(N) + 1e-3
 
@@ -89,8 +95,7 @@ def test_an_epoch_with_cutout_cuts_every_image(cifar):
 
 def test_uint8_normalisation_matches_the_evaluation_input(cifar):
     images = cifar[1].images[:8]
-    torch.testing.assert_close(normalize_uint8(torch.from_numpy(images).permute(0, 3, 1, 2)),
-                               normalize_batch(images))
+    torch.testing.assert_close(normalize_uint8(torch.from_numpy(images).permute(0, 3, 1, 2)), normalize_batch(images))
 
 
 def test_epoch_covers_every_image_once_and_is_seeded(cifar):
@@ -106,26 +111,44 @@ def test_epoch_covers_every_image_once_and_is_seeded(cifar):
     assert sorted(labels.tolist()) == sorted(split.labels.tolist())
 
 
-@pytest.mark.parametrize("variant, flags, path", [
-    ("model7", [], {"data_path": "device", "amp": True, "channels_last": True, "compile": "off"}),  # CPU default
-    # 15/30/63 widths: bf16 in NCHW (channels-last made their BatchNorm several times slower)
-    ("reslt", [], {"data_path": "device", "amp": True, "channels_last": False, "compile": "off"}),
-    ("model7", ["--no-amp", "--data-path", "reference"],  # each flag replaces its part
-     {"data_path": "reference", "amp": False, "channels_last": True, "compile": "off"}),
-])
+@pytest.mark.parametrize(
+    "variant, flags, path",
+    [
+        ("model7", [], {"data_path": "device", "amp": True, "channels_last": True, "compile": "off"}),  # CPU default
+        # 15/30/63 widths: bf16 in NCHW (channels-last made their BatchNorm several times slower)
+        ("reslt", [], {"data_path": "device", "amp": True, "channels_last": False, "compile": "off"}),
+        (
+            "model7",
+            ["--no-amp", "--data-path", "reference"],  # each flag replaces its part
+            {"data_path": "reference", "amp": False, "channels_last": True, "compile": "off"},
+        ),
+    ],
+)
 def test_the_cpu_fast_path_is_trains_default_on_a_cpu(data_dir, tmp_path, capsys, variant, flags, path):
     """bf16 is part of the default only on a CPU with bf16 instructions (this test runs on both kinds)."""
     import json
 
     from training.cli import main
     from training.config import cpu_has_bf16
+
     bf16 = cpu_has_bf16()
     if not flags:
         path = {**path, "amp": bf16}
     out = tmp_path / "run"
-    assert main(["train", "--variant", variant, "--epochs", "1", "--batch-size", "32", "--max-train-samples", "200",
-                 "--max-batches", "2", "--max-test-samples", "100", "--workers", "0", "--device", "cpu",
-                 "--out", str(out), "--data-dir", str(data_dir), *flags]) == 0
+    assert (
+        main(
+            cli_args(
+                "train",
+                *flags,
+                *SMOKE,
+                variant=variant,
+                device="cpu",
+                out=out,
+                data_dir=data_dir,
+            )
+        )
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())["config"]
     assert {k: config[k] for k in path} == path
     said = capsys.readouterr().out
@@ -138,6 +161,7 @@ def test_batched_equalize_is_torchvisions(cifar):
     from torchvision.transforms import functional as TF
 
     from training.batch_ops import equalize
+
     images = torch.from_numpy(cifar[0].images[:64]).permute(0, 3, 1, 2).contiguous()
     flat = torch.full((2, 3, 32, 32), 77, dtype=torch.uint8)  # one grey level: left as is
     flat[1, :, :16] = 200  # two grey levels
@@ -147,6 +171,7 @@ def test_batched_equalize_is_torchvisions(cifar):
 
 def test_bf16_is_the_cpu_default_only_where_the_cpu_has_it():
     from training.config import TrainConfig, default_path
+
     for bf16, name in ((True, "cpu-fast"), (False, "cpu-fast (fp32)")):
         path = default_path("cpu", (16, 32, 48), bf16=bf16)
         assert path["amp"] is bf16 and path["channels_last"]

@@ -1,4 +1,5 @@
 """--download against a small CIFAR-10-layout archive served on loopback (no internet here)."""
+
 import hashlib
 import http.server
 import io
@@ -13,6 +14,8 @@ from training.cli import main
 from training.data import DatasetError, load_cifar10
 from training.download import ensure_cifar10
 
+from ..conftest import cli_args
+
 
 def small_archive(per_batch: int = 60) -> bytes:
     """A real tar.gz in the CIFAR-10 python layout, with few images per batch."""
@@ -23,8 +26,10 @@ def small_archive(per_batch: int = 60) -> bytes:
             if name == "batches.meta":
                 doc = {"label_names": [f"c{i}" for i in range(10)]}
             else:
-                doc = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                       "labels": [i % 10 for i in range(per_batch)]}
+                doc = {
+                    "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                    "labels": [i % 10 for i in range(per_batch)],
+                }
             payload = pickle.dumps(doc)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(payload)
@@ -71,8 +76,9 @@ def test_download_refuses_a_wrong_checksum_and_leaves_nothing(served, tmp_path):
 
 def test_offline_is_a_clear_cli_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CIFAR10_URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--data-dir", str(tmp_path / "d"),
-                 "--download"]) == 2
+    assert (
+        main(["evaluate", "--checkpoint", str(tmp_path / "x.pt"), "--data-dir", str(tmp_path / "d"), "--download"]) == 2
+    )
     err = capsys.readouterr().err
     assert "cannot download CIFAR-10" in err and "offline?" in err
 
@@ -90,6 +96,19 @@ def test_cli_trains_on_a_downloaded_copy(served, tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR10_URL", url)
     monkeypatch.setenv("CIFAR10_MD5", md5)
     out = tmp_path / "run"
-    assert main(["train", "--variant", "erm", "--epochs", "1", "--batch-size", "32", "--workers", "0",
-                 "--out", str(out), "--data-dir", str(tmp_path / "d"), "--download"]) == 0
+    assert (
+        main(
+            cli_args(
+                "train",
+                variant="erm",
+                epochs="1",
+                batch_size="32",
+                workers="0",
+                out=out,
+                data_dir=tmp_path / "d",
+                download=True,
+            )
+        )
+        == 0
+    )
     assert (out / "checkpoint.pt").is_file() and (tmp_path / "d" / "cifar-10-batches-py" / "test_batch").is_file()

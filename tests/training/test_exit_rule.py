@@ -1,5 +1,6 @@
 """The exit rule: modelrepo's numpy implementation (server, calibration, scripts) and training's
 tensor form agree, and threshold 1 means full depth even at confidence exactly 1.0."""
+
 import numpy as np
 import pytest
 import torch
@@ -22,9 +23,13 @@ def test_thresholds_compare_in_the_confidences_precision():
 
 
 def test_first_confident_exit_forms_of_threshold():
-    conf = np.array([[0.6, 0.5, 0.3, 1.0],    # exit 1
-                     [0.9, 0.8, 0.9, 0.6],    # exit 2
-                     [0.5, 0.5, 0.5, 0.5]])   # exit 3
+    conf = np.array(
+        [
+            [0.6, 0.5, 0.3, 1.0],  # exit 1
+            [0.9, 0.8, 0.9, 0.6],  # exit 2
+            [0.5, 0.5, 0.5, 0.5],
+        ]
+    )  # exit 3
     assert first_confident_exit(conf, 0.6).tolist() == [0, 1, 1, 0]
     assert first_confident_exit(conf, 1.0).tolist() == [2, 2, 2, 2]
     assert first_confident_exit(conf, [1.0, 0.0]).tolist() == [1, 1, 1, 1]

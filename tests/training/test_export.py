@@ -1,4 +1,5 @@
 """Staged ONNX export: files, manifest contract, parity refusal."""
+
 import json
 
 import jsonschema
@@ -14,7 +15,7 @@ from training.data import load_cifar10
 from training.export import ExportError, export_model
 from training.rundir import checkpoint_model
 
-from ..conftest import REPO
+from ..conftest import REPO, cli_args
 from .smoke import smoke_flags
 
 SMOKE = smoke_flags(test=200)
@@ -30,8 +31,7 @@ def checkpoint(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def exported(checkpoint, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "m14"
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--data-dir", str(data_dir),
-                 "--parity-images", "300"]) == 0
+    assert main(cli_args("export", checkpoint=checkpoint, out=out, data_dir=data_dir, parity_images="300")) == 0
     return out
 
 
@@ -84,21 +84,23 @@ def test_export_refuses_on_parity_failure(checkpoint, data_dir, tmp_path, monkey
     model, variant, config, state = checkpoint_model(checkpoint)
     _, test = load_cifar10(data_dir)
     with pytest.raises(ExportError, match="disagree"):
-        export_model(model, variant, config, state, test.subset(np.arange(200)), tmp_path / "m", "m",
-                     parity_images=200)
+        export_model(model, variant, config, state, test.subset(np.arange(200)), tmp_path / "m", "m", parity_images=200)
     assert not (tmp_path / "m").exists() and not list(tmp_path.iterdir())
 
 
 def test_export_refuses_non_empty_target(checkpoint, data_dir, tmp_path, capsys):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "keep.txt").write_text("x")
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m"),
-                 "--data-dir", str(data_dir)]) == 2
+    assert (
+        main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m"), "--data-dir", str(data_dir)])
+        == 2
+    )
     assert "not empty" in capsys.readouterr().err
 
 
 def test_manifest_errors_name_the_file(exported, tmp_path):
     import shutil
+
     bad = tmp_path / "bad"
     shutil.copytree(exported, bad)
     (bad / "stage_2.onnx").write_bytes(b"corrupt")
@@ -129,13 +131,26 @@ def test_each_stages_logit_adjustment_is_baked_into_its_graph(checkpoint, data_d
     test = cifar[1].subset(np.arange(300))
     counts = state["class_counts"]
     taus = [0.5, 0.0, 1.0]
-    calibration = {"threshold": [0.6, 0.7], "threshold_mode": "per-exit", "tau": 1.0, "taus": taus,
-                   "tau_mode": "per-exit", "class_counts": counts,
-                   "max_drop": 1.0, "drop_confidence": 0.95, "heldout_images": 0, "heldout_classes": [], "heldout_accuracy": 0.0,
-                   "final_exit_accuracy": 0.0, "final_exit_accuracy_unadjusted": 0.0, "mean_macs_share": 1.0}
+    calibration = {
+        "threshold": [0.6, 0.7],
+        "threshold_mode": "per-exit",
+        "tau": 1.0,
+        "taus": taus,
+        "tau_mode": "per-exit",
+        "class_counts": counts,
+        "max_drop": 1.0,
+        "drop_confidence": 0.95,
+        "heldout_images": 0,
+        "heldout_classes": [],
+        "heldout_accuracy": 0.0,
+        "final_exit_accuracy": 0.0,
+        "final_exit_accuracy_unadjusted": 0.0,
+        "mean_macs_share": 1.0,
+    }
     before = exit_logits(model, test)
-    manifest = export_model(model, variant, config, state, test, tmp_path / "m", "m", parity_images=300,
-                            calibration=calibration)
+    manifest = export_model(
+        model, variant, config, state, test, tmp_path / "m", "m", parity_images=300, calibration=calibration
+    )
     assert manifest.logit_adjustment.tau == 1.0 and manifest.thresholds.inference == [0.6, 0.7]
     assert manifest.logit_adjustment.stage_taus == taus and manifest.calibration.tau_mode == "per-exit"
     assert manifest.thresholds.report == variant.infer_threshold
@@ -144,8 +159,9 @@ def test_each_stages_logit_adjustment_is_baked_into_its_graph(checkpoint, data_d
     assert torch.equal(logits, before), "export changed the model it exported"
     expected = (logits - torch.tensor(taus)[:, None, None] * log_prior(counts)).softmax(dim=2).numpy()
     unadjusted = logits.softmax(dim=2).numpy()
-    got = export_mod.onnx_exit_probabilities([tmp_path / "m" / s.file for s in manifest.stages],
-                                             export_mod.normalize_batch(test.images).numpy())
+    got = export_mod.onnx_exit_probabilities(
+        [tmp_path / "m" / s.file for s in manifest.stages], export_mod.normalize_batch(test.images).numpy()
+    )
     for k, probs in enumerate(got):
         np.testing.assert_allclose(probs, expected[k], atol=1e-4)
         changed = np.abs(probs - unadjusted[k]).max() > 1e-3
@@ -161,8 +177,9 @@ def test_a_four_exit_network_exports_and_serves_every_exit(data_dir, tmp_path, c
     run = tmp_path / "run"
     assert main(["train", "--variant", "hybrid-lt-mid", "--out", str(run), "--data-dir", str(data_dir), *SMOKE]) == 0
     out = tmp_path / "mid"
-    assert main(["export", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(out), "--data-dir",
-                 str(data_dir), "--parity-images", "100"]) == 0
+    assert (
+        main(cli_args("export", checkpoint=run / "checkpoint.pt", out=out, data_dir=data_dir, parity_images="100")) == 0
+    )
     manifest = load_manifest(out)
     assert manifest.num_exits == 4 and [s.file for s in manifest.stages] == [f"stage_{k}.onnx" for k in (1, 2, 3, 4)]
     shares = [s.share_of_full for s in manifest.stages]
@@ -177,5 +194,6 @@ def test_a_four_exit_network_exports_and_serves_every_exit(data_dir, tmp_path, c
         thresholds[k - 1] = 0.0
         assert (staged.run(x, thresholds).exit == k).all()
     from training.commands.curve import table
+
     header = table(manifest).splitlines()[0]  # `curve` names the exits the manifest has
     assert "exits (1/2/3/4 %)" in header and "(exits 1/2/3 %)" in header

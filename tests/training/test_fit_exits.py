@@ -1,6 +1,6 @@
 """fit-exits on the committed model8 checkpoint (real CIFAR-10 images)."""
+
 import json
-import subprocess
 import sys
 
 import pytest
@@ -9,7 +9,7 @@ import torch
 from training.cli import main
 from training.rundir import checkpoint_model
 
-from ..conftest import REPO
+from ..conftest import REPO, cli_args, run_training
 from .smoke import check_second_stage_resumes_bit_for_bit
 
 # The first model8 run (old loss rule): its early exits were never trained.
@@ -24,8 +24,21 @@ def early_head_keys(state: dict) -> set[str]:
 @pytest.fixture(scope="module")
 def frozen_fit(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("fit") / "frozen"
-    assert main(["fit-exits", "--checkpoint", str(PARENT), "--out", str(out), "--epochs", "2", "--early-heads",
-                 "light2", "--max-batches", "50", "--max-test-samples", "1000", "--data-dir", str(data_dir)]) == 0
+    assert (
+        main(
+            cli_args(
+                "fit-exits",
+                checkpoint=PARENT,
+                out=out,
+                epochs="2",
+                early_heads="light2",
+                max_batches="50",
+                max_test_samples="1000",
+                data_dir=data_dir,
+            )
+        )
+        == 0
+    )
     return out
 
 
@@ -59,8 +72,12 @@ def test_fitted_checkpoint_reads_like_a_training_one(frozen_fit):
 
 
 def fit_cmd(out, data_dir, *extra):
-    return [sys.executable, "-m", "training", "fit-exits", "--checkpoint", str(PARENT), "--mode", "mixed",
-            "--epochs", "3", "--out", str(out), "--data-dir", str(data_dir), *TINY, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "training",
+        *cli_args("fit-exits", *TINY, *extra, checkpoint=PARENT, mode="mixed", epochs="3", out=out, data_dir=data_dir),
+    ]
 
 
 def test_fit_resumes_after_kill_bit_for_bit(data_dir, tmp_path):
@@ -69,16 +86,14 @@ def test_fit_resumes_after_kill_bit_for_bit(data_dir, tmp_path):
 
 def test_fit_refuses_an_existing_run_and_a_changed_config(data_dir, tmp_path, capsys):
     out = tmp_path / "fit"
-    assert main(["fit-exits", "--checkpoint", str(PARENT), "--epochs", "1", "--out", str(out),
-                 "--data-dir", str(data_dir), *TINY]) == 0
+    assert main(cli_args("fit-exits", *TINY, checkpoint=PARENT, epochs="1", out=out, data_dir=data_dir)) == 0
     capsys.readouterr()
     again = ["fit-exits", "--checkpoint", str(PARENT), "--out", str(out), "--data-dir", str(data_dir), *TINY]
     assert main([*again, "--epochs", "1"]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main([*again, "--epochs", "2", "--resume"]) == 2
     assert "different config" in capsys.readouterr().err
-    assert main(["fit-exits", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x"),
-                 "--data-dir", str(data_dir)]) == 2
+    assert main(cli_args("fit-exits", checkpoint=tmp_path / "none.pt", out=tmp_path / "x", data_dir=data_dir)) == 2
     assert "no checkpoint at" in capsys.readouterr().err
 
 
@@ -87,10 +102,18 @@ def test_fit_with_deeper_early_heads_reads_back_with_them(data_dir, tmp_path):
     from training.network import DeepLightHead
 
     out = tmp_path / "light2"
-    assert main(["fit-exits", "--checkpoint", str(PARENT), "--epochs", "1", "--early-heads", "light2",
-                 "--out", str(out), "--data-dir", str(data_dir), *TINY]) == 0
+    assert (
+        main(
+            cli_args(
+                "fit-exits", *TINY, checkpoint=PARENT, epochs="1", early_heads="light2", out=out, data_dir=data_dir
+            )
+        )
+        == 0
+    )
     model, variant, _, state = checkpoint_model(out / "checkpoint.pt")
-    assert variant.exit_heads == ("light2", "light2", "reslt") and state["fit"]["exit_heads"] == list(variant.exit_heads)
+    assert variant.exit_heads == ("light2", "light2", "reslt") and state["fit"]["exit_heads"] == list(
+        variant.exit_heads
+    )
     assert all(isinstance(h, DeepLightHead) for h in model.exits[:2])
     parent_model, *_ = checkpoint_model(PARENT)
     deeper, light = exit_costs(model), exit_costs(parent_model)
@@ -101,10 +124,8 @@ def test_fit_with_deeper_early_heads_reads_back_with_them(data_dir, tmp_path):
 def test_a_fit_whose_loss_is_not_finite_ends_as_diverged(data_dir, tmp_path):
     # A temperature of 1e-40 sends logits / T to infinity: the distillation term is NaN at once.
     out = tmp_path / "fit"
-    result = subprocess.run(
-        [sys.executable, "-m", "training", "fit-exits", "--checkpoint", str(PARENT), "--out", str(out),
-         "--epochs", "2", "--temperature", "1e-40", *TINY, "--data-dir", str(data_dir)],
-        capture_output=True, text=True, timeout=300)
+    fit = cli_args("fit-exits", *TINY, checkpoint=PARENT, out=out, epochs=2, temperature="1e-40", data_dir=data_dir)
+    result = run_training(fit)
     assert result.returncode == 3, result.stderr
     assert "training diverged at epoch 1: loss is nan at batch 1" in result.stderr
     assert "Traceback" not in result.stderr
@@ -122,8 +143,21 @@ def test_early_exits_moved_inside_a_stage_keep_the_parents_backbone_and_final_ex
     from modelrepo.manifest import load_manifest
 
     out = tmp_path / "moved"
-    assert main(["fit-exits", "--checkpoint", str(PARENT), "--epochs", "1", "--early-heads", "light2",
-                 "--early-exits-after", "5", "8", "10", "--out", str(out), "--data-dir", str(data_dir), *TINY]) == 0
+    assert (
+        main(
+            cli_args(
+                "fit-exits",
+                *TINY,
+                checkpoint=PARENT,
+                epochs="1",
+                early_heads="light2",
+                early_exits_after=["5", "8", "10"],
+                out=out,
+                data_dir=data_dir,
+            )
+        )
+        == 0
+    )
     model, variant, _, state = checkpoint_model(out / "checkpoint.pt")
     assert model.exit_blocks == variant.exit_blocks == (4, 7, 9, 14) and state["fit"]["exit_blocks"] == [4, 7, 9, 14]
     assert variant.exit_heads == ("light2",) * 3 + ("reslt",)
@@ -135,24 +169,63 @@ def test_early_exits_moved_inside_a_stage_keep_the_parents_backbone_and_final_ex
     assert final and all(torch.equal(parent[k], fitted[k.replace("exits.2.", "exits.3.", 1)]) for k in final)
 
     mixed = tmp_path / "mixed"  # a fit of the moved exits' own heads keeps their layout
-    assert main(["fit-exits", "--checkpoint", str(out / "checkpoint.pt"), "--mode", "mixed", "--epochs", "1",
-                 "--out", str(mixed), "--data-dir", str(data_dir), *TINY]) == 0
+    assert (
+        main(
+            cli_args(
+                "fit-exits",
+                *TINY,
+                checkpoint=out / "checkpoint.pt",
+                mode="mixed",
+                epochs="1",
+                out=mixed,
+                data_dir=data_dir,
+            )
+        )
+        == 0
+    )
     assert checkpoint_model(mixed / "checkpoint.pt")[0].exit_blocks == (4, 7, 9, 14)
 
     repo = tmp_path / "repo"
-    assert main(["export", "--checkpoint", str(mixed / "checkpoint.pt"), "--out", str(repo), "--data-dir",
-                 str(data_dir), "--parity-images", "200"]) == 0
+    assert (
+        main(cli_args("export", checkpoint=mixed / "checkpoint.pt", out=repo, data_dir=data_dir, parity_images="200"))
+        == 0
+    )
     manifest = load_manifest(repo)
     assert len(manifest.stages) == 4 and manifest.variant_config["exit_blocks"] == [4, 7, 9, 14]
-    inputs = [ort.InferenceSession(str(repo / stage.file), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
-              for stage in manifest.stages]
+    inputs = [
+        ort.InferenceSession(str(repo / stage.file), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+        for stage in manifest.stages
+    ]
     assert [shape[1:] for shape in inputs] == [[3, 32, 32], [16, 32, 32], [32, 16, 16], [32, 16, 16]]
 
 
 def test_moving_early_exits_is_refused_without_fresh_heads_or_past_the_last_block(data_dir, tmp_path, capsys):
-    assert main(["fit-exits", "--checkpoint", str(PARENT), "--early-exits-after", "5", "8",
-                 "--out", str(tmp_path / "a"), "--data-dir", str(data_dir), *TINY]) == 2
+    assert (
+        main(
+            cli_args(
+                "fit-exits",
+                *TINY,
+                checkpoint=PARENT,
+                early_exits_after=["5", "8"],
+                out=tmp_path / "a",
+                data_dir=data_dir,
+            )
+        )
+        == 2
+    )
     assert "--early-heads" in capsys.readouterr().err
-    assert main(["fit-exits", "--checkpoint", str(PARENT), "--early-heads", "light2", "--early-exits-after", "8", "5",
-                 "--out", str(tmp_path / "b"), "--data-dir", str(data_dir), *TINY]) == 2
+    assert (
+        main(
+            cli_args(
+                "fit-exits",
+                *TINY,
+                checkpoint=PARENT,
+                early_heads="light2",
+                early_exits_after=["8", "5"],
+                out=tmp_path / "b",
+                data_dir=data_dir,
+            )
+        )
+        == 2
+    )
     assert "early exits after blocks [8, 5]" in capsys.readouterr().err

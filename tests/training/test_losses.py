@@ -34,12 +34,12 @@ def test_ce_label_smoothing_by_hand():
 def test_ldam_margins_by_hand():
     counts = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     loss = LDAMLoss(counts)
-    raw = [n ** -0.25 for n in counts]
+    raw = [n**-0.25 for n in counts]
     expected = [0.5 * r / max(raw) for r in raw]
     assert loss.margins.tolist() == pytest.approx(expected, rel=1e-6)
     assert loss.margins[-1].item() == pytest.approx(0.5)
     # 50 ** -0.25 / 5000 ** -0.25 = 100 ** 0.25 = 3.1623: the head margin is 0.5 / 3.1623
-    assert loss.margins[0].item() == pytest.approx(0.5 / 100 ** 0.25, rel=1e-6)
+    assert loss.margins[0].item() == pytest.approx(0.5 / 100**0.25, rel=1e-6)
 
 
 def test_ldam_subtracts_scaled_margin_from_true_logit():
@@ -60,9 +60,9 @@ def test_simulated_weights_one_two_three_by_split():
 
 def test_reslt_branch_masks():
     masks = branch_masks()
-    assert masks[0].tolist() == [1] * 10                       # H: every class
+    assert masks[0].tolist() == [1] * 10  # H: every class
     assert masks[1].tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1, 1]  # M: medium + few
-    assert masks[2].tolist() == [0] * 6 + [1] * 4              # T: few
+    assert masks[2].tolist() == [0] * 6 + [1] * 4  # T: few
 
 
 def test_full_reslt_loss_by_hand():
@@ -70,7 +70,10 @@ def test_full_reslt_loss_by_hand():
     torch.manual_seed(0)
     branches = torch.randn(3, 2, 10)
     y = torch.tensor([1, 7])  # a many sample (mask count 1), a few sample (mask count 3)
-    base = lambda z, t: F.cross_entropy(z, t, reduction="none")  # noqa: E731
+
+    def base(z, t):
+        return F.cross_entropy(z, t, reduction="none")
+
     per_sample = ResLTExitLoss(base, alpha=0.95)(ExitOutput(branches.sum(0), branches), Targets.plain(y))
     b = [[ce(branches[k, i].tolist(), y[i].item()) for k in range(3)] for i in range(2)]
     branch_term = (b[0][0] + b[1][0] + b[1][1] + b[1][2]) / 4
@@ -90,11 +93,13 @@ def test_mixup_targets_weight_each_label():
 
 
 def test_exit_rule_first_confident_exit():
-    probs = torch.tensor([
-        [[0.6, 0.4], [0.5, 0.5], [0.3, 0.7], [0.45, 0.55]],   # exit 1
-        [[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.4, 0.6]],     # exit 2
-        [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.52, 0.48]],   # exit 3
-    ])
+    probs = torch.tensor(
+        [
+            [[0.6, 0.4], [0.5, 0.5], [0.3, 0.7], [0.45, 0.55]],  # exit 1
+            [[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.4, 0.6]],  # exit 2
+            [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.52, 0.48]],  # exit 3
+        ]
+    )
     assert first_confident_exit(probs, 0.6).tolist() == [0, 1, 0, 1]
     assert first_confident_exit(probs, 0.95).tolist() == [2, 2, 2, 2]
     # exactly at the threshold exits (>=)
@@ -108,10 +113,10 @@ def crafted_batch():
     big = 10.0
     logits = torch.zeros(3, 4, 10)
     y = torch.tensor([0, 1, 2, 3])
-    logits[0, 0, 0] = big       # sample 0 confident and right at exit 1
-    logits[0, 1, 5] = big       # sample 1 confident but wrong at exit 1 ...
-    logits[1, 1, 1] = big       # ... right at exit 2
-    logits[1, 2, 2] = 1.0       # sample 2 right but not confident anywhere before the end
+    logits[0, 0, 0] = big  # sample 0 confident and right at exit 1
+    logits[0, 1, 5] = big  # sample 1 confident but wrong at exit 1 ...
+    logits[1, 1, 1] = big  # ... right at exit 2
+    logits[1, 2, 2] = 1.0  # sample 2 right but not confident anywhere before the end
     return [ExitOutput(logit) for logit in logits], Targets.plain(y)
 
 
@@ -135,8 +140,9 @@ def test_accumulative_vs_routed_sums():
 
 def test_plain_exit_loss_needs_no_split():
     logits, y = torch.randn(5, 10), torch.randint(0, 10, (5,))
-    torch.testing.assert_close(PlainExitLoss(CrossEntropyLS())(ExitOutput(logits), Targets.plain(y)),
-                               CrossEntropyLS()(logits, y))
+    torch.testing.assert_close(
+        PlainExitLoss(CrossEntropyLS())(ExitOutput(logits), Targets.plain(y)), CrossEntropyLS()(logits, y)
+    )
 
 
 def test_reslt_loss_refuses_single_head():
@@ -145,6 +151,7 @@ def test_reslt_loss_refuses_single_head():
 
 
 # -- the corrected rule (SPEC §4, 2026-11-28): which loss at which exit --------------------------
+
 
 def _ce_ls(z, y):
     return F.cross_entropy(z, y, reduction="none", label_smoothing=0.1)
@@ -158,8 +165,16 @@ def _simulated_by_hand(logits, y_a, y_b, lam):
 def _reslt_by_hand(branches, y_a, y_b, lam):
     """ResLT's batch formula: alpha * sum(mask * CE_b) / sum(mask) + (1 - alpha) * mean CE(fused),
     with each Mixup term weighting its own label's masks."""
-    masks = lambda y: torch.stack([torch.ones_like(y, dtype=torch.float32), (y >= 3).float(),  # noqa: E731
-                                   (y >= 6).float()])
+
+    def masks(y):
+        return torch.stack(
+            [
+                torch.ones_like(y, dtype=torch.float32),
+                (y >= 3).float(),
+                (y >= 6).float(),
+            ]
+        )
+
     branch_sum, mask_sum, fusion = 0.0, 0.0, 0.0
     for y, w in ((y_a, lam), (y_b, 1 - lam)):
         m = masks(y)
@@ -192,7 +207,8 @@ def test_simulated_family_losses_per_exit(variant_name, lam):
     for k in (0, 1):
         torch.testing.assert_close(per_exit[k], _simulated_by_hand(outputs[k].logits, y_a, y_b, lam))
     assert per_exit[2].mean().item() == pytest.approx(
-        _reslt_by_hand(outputs[2].branches, y_a, y_b, lam).item(), rel=1e-5)
+        _reslt_by_hand(outputs[2].branches, y_a, y_b, lam).item(), rel=1e-5
+    )
     # A fresh network is nowhere near the 0.9 criterion: every sample's exit is the final one.
     exits = training_exits(outputs, targets, variant.train_threshold)
     assert exits.tolist() == [2] * 12
@@ -231,8 +247,13 @@ def test_routing_picks_the_right_exit_loss(routing):
     if routing == "routed":
         expected = sim[0][0] + sim[1][1] + per_exit[2][2] + per_exit[2][3]
     else:
-        expected = sim[0][0] + (sim[0][1] + sim[1][1]) + sum(sim[k][i] for k in (0, 1) for i in (2, 3)) \
-            + per_exit[2][2] + per_exit[2][3]
+        expected = (
+            sim[0][0]
+            + (sim[0][1] + sim[1][1])
+            + sum(sim[k][i] for k in (0, 1) for i in (2, 3))
+            + per_exit[2][2]
+            + per_exit[2][3]
+        )
     assert got == pytest.approx(float(expected), rel=1e-5)
 
 
@@ -248,11 +269,13 @@ def test_every_variant_has_one_loss_per_exit_and_full_power_uses_reslt():
 
 
 def test_exit_rule_with_one_threshold_per_early_exit():
-    probs = torch.tensor([
-        [[0.6, 0.4], [0.8, 0.2], [0.3, 0.7]],   # exit 1
-        [[0.9, 0.1], [0.2, 0.8], [0.35, 0.65]],  # exit 2
-        [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]],   # exit 3
-    ])
+    probs = torch.tensor(
+        [
+            [[0.6, 0.4], [0.8, 0.2], [0.3, 0.7]],  # exit 1
+            [[0.9, 0.1], [0.2, 0.8], [0.35, 0.65]],  # exit 2
+            [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]],  # exit 3
+        ]
+    )
     assert first_confident_exit(probs, [0.75, 0.66]).tolist() == [1, 0, 2]
     assert first_confident_exit(probs, [0.5, 1.0]).tolist() == [0, 0, 0]
     assert first_confident_exit(probs, [1.0, 0.5]).tolist() == [1, 1, 1]  # threshold 1: nobody leaves there
@@ -260,6 +283,7 @@ def test_exit_rule_with_one_threshold_per_early_exit():
 
 def test_official_reslt_masks_are_by_class_index():
     from training.losses import EXIT_LOSSES, official_branch_masks
+
     masks = official_branch_masks()
     assert masks[0].tolist() == [1] * 10
     assert masks[1].tolist() == [0, 0] + [1] * 8  # classes 2-9
@@ -269,6 +293,7 @@ def test_official_reslt_masks_are_by_class_index():
 
 def test_logit_adjusted_loss_is_ce_on_logits_plus_log_prior():
     from training.losses import make_base_loss
+
     counts = [400, 100, 50, 25, 10, 5, 4, 3, 2, 1]
     logits, y = torch.randn(6, 10), torch.tensor([0, 1, 5, 9, 9, 3])
     prior = torch.tensor(counts, dtype=torch.float64) / sum(counts)
@@ -283,6 +308,7 @@ def test_joint_routing_counts_every_exit_for_every_sample():
 
 def test_distilled_exit_loss_learns_from_the_final_exit_without_moving_it():
     from training.losses import DistilledExitLoss, distillation
+
     logits = torch.randn(4, 10, requires_grad=True)
     final = torch.randn(4, 10, requires_grad=True)
     y = torch.tensor([0, 4, 7, 9])
@@ -299,6 +325,7 @@ def test_distilled_exit_loss_learns_from_the_final_exit_without_moving_it():
 
 def test_distilled_plain_exit_loss_drops_the_split_weights_under_a_balanced_loss():
     from training.losses import EXIT_LOSSES, LogitAdjustedLoss, distillation
+
     logits, final = torch.randn(6, 10), torch.randn(6, 10)
     y = torch.tensor([0, 1, 4, 6, 8, 9])
     base = LogitAdjustedLoss([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])

@@ -29,7 +29,7 @@ def test_shortcut_pads_exactly_the_missing_channels(widths):
     assert short.shape == (2, widths[1], 16, 16)
     # the input channels survive unchanged between the zero pads
     lo = (widths[1] - widths[0]) // 2
-    torch.testing.assert_close(short[:, lo:lo + widths[0]], x[:, :, ::2, ::2])
+    torch.testing.assert_close(short[:, lo : lo + widths[0]], x[:, :, ::2, ::2])
 
 
 @pytest.mark.parametrize("name", ["model14", "hybrid-lt-mid"])
@@ -49,7 +49,7 @@ def test_resnet32_macs_and_stage_shares():
     full = costs[-1]["cumulative_macs"]
     assert 68e6 < full < 70e6
     backbone = [c["backbone_macs"] for c in costs]
-    shares = [sum(backbone[:k + 1]) / sum(backbone) for k in range(3)]
+    shares = [sum(backbone[: k + 1]) / sum(backbone) for k in range(3)]
     assert shares == pytest.approx([0.35, 0.67, 1.0], abs=0.01)
 
 
@@ -72,14 +72,22 @@ def test_an_exit_inside_stage_2_sits_between_the_stage_exits():
     shares = [c["share_of_full"] for c in exit_costs(model)]
     assert shares[0] < 0.45 < shares[1] < 0.7 < shares[2] < 0.85 and shares[3] == 1.0
     plain = exit_costs(build_model(get_variant("hybrid-lt")))
-    assert all(build_model(v).exit_blocks == (4, 9, 14)[3 - v.num_exits:]
-               for v in all_variants() if v.exit_blocks is None)
+    assert all(
+        build_model(v).exit_blocks == (4, 9, 14)[3 - v.num_exits :] for v in all_variants() if v.exit_blocks is None
+    )
     # the backbone is the same network: only the extra head's MACs differ
     assert exit_costs(model)[-1]["cumulative_macs"] - plain[-1]["cumulative_macs"] == exit_costs(model)[1]["head_macs"]
 
 
-@pytest.mark.parametrize("blocks, problem", [((4, 9), "one block each"), ((9, 4, 14), "must increase"),
-                                             ((4, 9, 13), "end at block 14"), ((4, 4, 14), "must increase")])
+@pytest.mark.parametrize(
+    "blocks, problem",
+    [
+        ((4, 9), "one block each"),
+        ((9, 4, 14), "must increase"),
+        ((4, 9, 13), "end at block 14"),
+        ((4, 4, 14), "must increase"),
+    ],
+)
 def test_bad_exit_blocks_are_refused_naming_the_variant(blocks, problem):
     with pytest.raises(ValueError, match=f"variant 'bad'.*{problem}"):
         dataclasses.replace(get_variant("model8"), name="bad", exit_blocks=blocks)

@@ -1,4 +1,5 @@
 """rebalance (MiSLAS's stage 2 at every exit) on the committed model8 checkpoint, real CIFAR-10 images."""
+
 import json
 import sys
 
@@ -16,7 +17,7 @@ from training.network import make_head
 from training.rebalance import ScaledExits, exit_classifiers, label_aware_smoothing, smoothed_cross_entropy
 from training.rundir import checkpoint_model
 
-from ..conftest import REPO
+from ..conftest import REPO, cli_args
 from .smoke import check_second_stage_resumes_bit_for_bit
 
 PARENT = REPO / "results" / "runs" / "model8-if100-seed0" / "checkpoint.pt"
@@ -62,9 +63,15 @@ def test_folded_scales_give_the_scaled_networks_logits(cifar):
 
 def test_balanced_batches_draw_every_class_about_equally(data_dir):
     train, _ = build_datasets(data_dir, 100)
-    drawn = lambda balanced: np.bincount(np.concatenate([  # noqa: E731
-        y.numpy() for _, y in DeviceBatches(train, torch.device("cpu"), 512, "basic", balanced).epoch(0)]),
-        minlength=10)
+
+    def drawn(balanced):
+        return np.bincount(
+            np.concatenate(
+                [y.numpy() for _, y in DeviceBatches(train, torch.device("cpu"), 512, "basic", balanced).epoch(0)]
+            ),
+            minlength=10,
+        )
+
     balanced, plain = drawn(True), drawn(False)
     assert balanced.sum() == plain.sum() == len(train)
     assert np.all(np.abs(balanced / len(train) - 0.1) < 0.015), balanced
@@ -77,15 +84,31 @@ def test_a_cosine_classifier_is_refused_with_its_reason():
 
 
 def rebalance_cmd(out, data_dir, *extra):
-    return [sys.executable, "-m", "training", "rebalance", "--checkpoint", str(PARENT), "--epochs", "3",
-            "--out", str(out), "--data-dir", str(data_dir), *TINY, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "training",
+        *cli_args("rebalance", *TINY, *extra, checkpoint=PARENT, epochs="3", out=out, data_dir=data_dir),
+    ]
 
 
 @pytest.mark.parametrize("shift_bn", [False, True], ids=["frozen-bn", "shift-bn"])
 def test_only_the_classifiers_move_and_the_checkpoint_reads_like_a_training_one(data_dir, tmp_path, shift_bn):
     out = tmp_path / "rb"
-    assert main(["rebalance", "--checkpoint", str(PARENT), "--epochs", "1", "--out", str(out),
-                 "--data-dir", str(data_dir), *TINY, *(["--shift-bn"] if shift_bn else [])]) == 0
+    assert (
+        main(
+            cli_args(
+                "rebalance",
+                *TINY,
+                *(["--shift-bn"] if shift_bn else []),
+                checkpoint=PARENT,
+                epochs="1",
+                out=out,
+                data_dir=data_dir,
+            )
+        )
+        == 0
+    )
     parent = torch.load(PARENT, map_location="cpu", weights_only=False)["model"]
     _, variant, config, state = checkpoint_model(out / "checkpoint.pt")
     assert state["model"].keys() == parent.keys()
@@ -106,5 +129,6 @@ def test_only_the_classifiers_move_and_the_checkpoint_reads_like_a_training_one(
 
 
 def test_rebalance_resumes_after_kill_bit_for_bit(data_dir, tmp_path):
-    check_second_stage_resumes_bit_for_bit(lambda out, *extra: rebalance_cmd(out, data_dir, *extra), tmp_path,
-                                           "rebalance")
+    check_second_stage_resumes_bit_for_bit(
+        lambda out, *extra: rebalance_cmd(out, data_dir, *extra), tmp_path, "rebalance"
+    )

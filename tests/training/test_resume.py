@@ -1,4 +1,5 @@
 """Checkpoints, resume after a real kill, and divergence detection."""
+
 import json
 import signal
 import subprocess
@@ -15,15 +16,17 @@ from training.engine import check_collapse
 from training.errors import Diverged
 from training.evaluation import early_exit_metrics
 
+from ..conftest import cli_args, run_training
 from .smoke import kill_at_first_checkpoint, processes_of, smoke_flags
 
-RUN = ["--variant", "model8", "--epochs", "3", "--checkpoint-every", "1", "--batch-size", "32",
-       "--max-train-samples", "400", "--max-batches", "6", "--max-test-samples", "200", "--workers", "1"]
+RUN = [
+    *smoke_flags(train=400, test=200, batches=6, epochs=3, workers=1),
+    *cli_args(variant="model8", checkpoint_every=1),
+]
 
 
 def train_cmd(out, data_dir, *extra):
-    return [sys.executable, "-m", "training", "train", *RUN, "--out", str(out), "--data-dir", str(data_dir),
-            *extra]
+    return [sys.executable, "-m", "training", "train", *RUN, "--out", str(out), "--data-dir", str(data_dir), *extra]
 
 
 def load(path):
@@ -42,8 +45,7 @@ def test_resume_after_kill_matches_uninterrupted_run(data_dir, tmp_path, data_pa
     interrupted_at = load(killed / "checkpoint.pt")["epoch"]
     assert interrupted_at < 3, "the run finished before it could be killed"
 
-    done = subprocess.run(train_cmd(killed, data_dir, *flags, "--resume"), capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(train_cmd(killed, data_dir, *flags, "--resume"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert f"resuming {killed} from epoch {interrupted_at}" in done.stdout
 
@@ -64,8 +66,12 @@ def test_resume_after_kill_matches_uninterrupted_run(data_dir, tmp_path, data_pa
 def test_eval_every_skips_evaluations_without_changing_training(data_dir, tmp_path):
     every, sparse = tmp_path / "every", tmp_path / "sparse"
     subprocess.run(train_cmd(every, data_dir, "--data-path", "device"), check=True, capture_output=True, timeout=600)
-    subprocess.run(train_cmd(sparse, data_dir, "--data-path", "device", "--eval-every", "2"), check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        train_cmd(sparse, data_dir, "--data-path", "device", "--eval-every", "2"),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     a = json.loads((every / "metrics.json").read_text())
     b = json.loads((sparse / "metrics.json").read_text())
     assert [e["loss"] for e in a["epochs"]] == [e["loss"] for e in b["epochs"]]  # evaluation draws nothing
@@ -74,8 +80,10 @@ def test_eval_every_skips_evaluations_without_changing_training(data_dir, tmp_pa
     assert b["final"]["predictions"] == a["final"]["predictions"]
     log = (sparse / "train.log").read_text().splitlines()
     assert log[0].startswith("Epoch 1\t") and log[0].endswith("Test Acc: not evaluated")
-    assert "Test Acc: not evaluated" not in log[1] and json.loads((sparse / "config.json").read_text())[
-        "config"]["eval_every"] == 2
+    assert (
+        "Test Acc: not evaluated" not in log[1]
+        and json.loads((sparse / "config.json").read_text())["config"]["eval_every"] == 2
+    )
 
 
 def test_sigterm_stops_after_the_epoch_under_way_with_its_checkpoint(data_dir, tmp_path):
@@ -108,11 +116,8 @@ def test_sigterm_stops_after_the_epoch_under_way_with_its_checkpoint(data_dir, t
 
 def test_nan_loss_is_reported_as_divergence_with_epoch(data_dir, tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "training", "train", "--variant", "model7", "--epochs", "2", "--lr", "1e30",
-         "--batch-size", "32", "--max-train-samples", "300", "--max-batches", "4", "--max-test-samples", "100",
-         "--workers", "0", "--out", str(out), "--data-dir", str(data_dir)],
-        capture_output=True, text=True, timeout=300)
+    train = cli_args("train", *smoke_flags(train=300, batches=4, epochs=2), variant="model7", lr="1e30", out=out)
+    result = run_training([*train, "--data-dir", data_dir])
     assert result.returncode == 3
     assert "training diverged at epoch 1: loss is nan" in result.stderr
     assert "Traceback" not in result.stderr
@@ -143,15 +148,18 @@ def test_old_rule_run_is_not_resumed_under_the_corrected_rule(data_dir, tmp_path
     from training.cli import main
 
     old = tmp_path / "model8-if100-seed0"
-    assert main(["train", "--variant", "model8", "--out", str(old), "--data-dir", str(data_dir),
-                 *smoke_flags(epochs=2)]) == 0
+    assert (
+        main(["train", "--variant", "model8", "--out", str(old), "--data-dir", str(data_dir), *smoke_flags(epochs=2)])
+        == 0
+    )
     state = torch.load(old / "checkpoint.pt", map_location="cpu", weights_only=False)
     state["variant"].pop("exit_losses")
     state["variant"]["exit_loss"] = "simulated"
     torch.save(state, old / "checkpoint.pt")
     capsys.readouterr()
-    assert main(["train", "--variant", "model8", "--out", str(old), "--data-dir", str(data_dir),
-                 *smoke_flags(epochs=2), "--resume"]) == 2
+    assert (
+        main(cli_args("train", *smoke_flags(epochs=2), variant="model8", out=old, data_dir=data_dir, resume=True)) == 2
+    )
     assert "old loss rule" in capsys.readouterr().err
 
 
@@ -166,14 +174,17 @@ def test_resume_keeps_the_runs_own_path_unless_a_flag_says_otherwise(data_dir, t
     assert main(["train", *RUN, "--epochs", "1", "--out", str(out), "--data-dir", str(data_dir), *own]) == 0
     config = json.loads((out / "config.json").read_text())["config"]
     assert (config["data_path"], config["amp"], config["channels_last"], config["eval_every"]) == (
-        "reference", False, False, 2)
+        "reference",
+        False,
+        False,
+        2,
+    )
     # marked as cut after its last epoch (--epochs 2 would be another config): it resumes to its final evaluation
     doc = json.loads((out / "metrics.json").read_text())
     doc["status"] = "running"
     (out / "metrics.json").write_text(json.dumps(doc))
     assert main(["train", *RUN, "--epochs", "1", "--out", str(out), "--data-dir", str(data_dir), "--resume"]) == 0
     assert f"resuming {out} from epoch 1" in capsys.readouterr().out
-    assert main(["train", *RUN, "--epochs", "1", "--out", str(out), "--data-dir", str(data_dir), "--resume",
-                 "--data-path", "device"]) == 2
+    assert main(cli_args("train", *RUN, epochs="1", out=out, data_dir=data_dir, resume=True, data_path="device")) == 2
     err = capsys.readouterr().err
     assert "different config" in err and "data_path: run has 'reference', flags give 'device'" in err

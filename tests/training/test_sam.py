@@ -1,6 +1,7 @@
 """SAM (training/optim.py) inside a real training step on real CIFAR-10 images: the step is SGD's
 with the gradient at the perturbed weights, BatchNorm's running statistics move once per step, and
 a checkpointed SAM run goes on with its momentum."""
+
 import io
 from functools import partial
 
@@ -43,7 +44,7 @@ def test_sam_steps_with_the_gradient_at_the_perturbed_weights(data_dir, tmp_path
     by_hand.forward_backward(x, targets)
     once = bn_buffers(by_hand.model)  # one training forward's statistics
     grads = [p.grad.clone() if p.grad is not None else None for p in params]
-    norm = torch.sqrt(sum((g ** 2).sum() for g in grads if g is not None))
+    norm = torch.sqrt(sum((g**2).sum() for g in grads if g is not None))
     start = [p.detach().clone() for p in params]
     with torch.no_grad():
         for p, g in zip(params, grads):
@@ -54,14 +55,14 @@ def test_sam_steps_with_the_gradient_at_the_perturbed_weights(data_dir, tmp_path
     with torch.no_grad():
         for p, w in zip(params, start):
             p.copy_(w)
-    torch.optim.SGD(params, lr=run.config.lr, momentum=run.config.momentum,
-                    weight_decay=run.config.weight_decay).step()
+    torch.optim.SGD(params, lr=run.config.lr, momentum=run.config.momentum, weight_decay=run.config.weight_decay).step()
     # And plain SGD, the gradient at w: what a SAM that did nothing would give.
     assert type(sgd.optimizer) is torch.optim.SGD
     optimizer_step(sgd.optimizer, sgd.model, partial(sgd.forward_backward, x, targets))
 
     def distance(a, b):
         return max((p - q).abs().max().item() for p, q in zip(a.model.parameters(), b.model.parameters()))
+
     # float32 summation order alone (the norm, the gradients) moves a ResNet's step by ~1e-5 here;
     # the perturbation moves it by ~100x that.
     assert distance(run, by_hand) < 0.02 * distance(run, sgd)

@@ -3,21 +3,24 @@ import dataclasses
 import pytest
 
 from study.runs import ablation_runs, control_runs, study_runs
-from training.variants import get_variant, loss_rule
+from training.variants import all_variants, get_variant, loss_rule
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("routing", "sideways", "routing"),
-    ("augmentation", "cutmix", "augmentation"),
-    ("loss", "focal", "loss"),
-    ("exit_heads", ("light", "light", "conv"), "exit_heads"),
-    ("exit_losses", ("simulated", "reslt"), "one loss each"),
-    ("exit_losses", ("reslt", "simulated", "reslt"), "needs a ResLT head"),
-    ("infer_threshold", 1.5, "thresholds"),
-    ("sam_rho", -0.1, "sam_rho"),
-    ("weight_decay", 0.5, "weight_decay"),
-    ("augmentation", "mixup+mixup", "augmentation"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("routing", "sideways", "routing"),
+        ("augmentation", "cutmix", "augmentation"),
+        ("loss", "focal", "loss"),
+        ("exit_heads", ("light", "light", "conv"), "exit_heads"),
+        ("exit_losses", ("simulated", "reslt"), "one loss each"),
+        ("exit_losses", ("reslt", "simulated", "reslt"), "needs a ResLT head"),
+        ("infer_threshold", 1.5, "thresholds"),
+        ("sam_rho", -0.1, "sam_rho"),
+        ("weight_decay", 0.5, "weight_decay"),
+        ("augmentation", "mixup+mixup", "augmentation"),
+    ],
+)
 def test_variant_fields_are_validated_at_construction(field, value, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(get_variant("model8"), **{field: value})
@@ -41,15 +44,17 @@ def test_controls_stay_out_of_the_report_table():
 def test_ablations_and_product_recipes_stay_out_of_the_report_table():
     names = {name for name, _ in study_runs()}
     assert ablation_runs() == [("model8-linear", 100), ("model8-reslt-official", 100)]
-    assert not names & {"model8-linear", "model8-reslt-official", "hybrid-lt", "hybrid-la", "hybrid-lt-mid",
-                        "hybrid-lt-sam", "hybrid-ce", "hybrid-lt-mid-cutout", "hybrid-lt-mid-aa",
-                        "hybrid-lt-mid-wd"}
+    assert not names & {v.name for v in all_variants() if v.family in ("ablation", "product")}
     linear, official = get_variant("model8-linear"), get_variant("model8-reslt-official")
     model8 = get_variant("model8")
     assert linear.exit_heads[-1] == "linear" and official.exit_losses[-1] == "reslt_official"
     for v in (linear, official):  # the rest of model8's recipe unchanged
-        assert (v.loss, v.routing, v.augmentation, v.widths) == (model8.loss, model8.routing, model8.augmentation,
-                                                                  model8.widths)
+        assert (v.loss, v.routing, v.augmentation, v.widths) == (
+            model8.loss,
+            model8.routing,
+            model8.augmentation,
+            model8.widths,
+        )
 
 
 def test_hybrid_ce_is_model8_with_hybrid_lt_exits():
@@ -57,9 +62,18 @@ def test_hybrid_ce_is_model8_with_hybrid_lt_exits():
     data with hybrid-lt's jointly trained, distilled exits."""
     ce, lt, model8 = get_variant("hybrid-ce"), get_variant("hybrid-lt"), get_variant("model8")
     assert (ce.loss, ce.augmentation, ce.widths, ce.exit_heads[-1], ce.exit_losses[-1]) == (
-        model8.loss, model8.augmentation, model8.widths, model8.exit_heads[-1], model8.exit_losses[-1])
+        model8.loss,
+        model8.augmentation,
+        model8.widths,
+        model8.exit_heads[-1],
+        model8.exit_losses[-1],
+    )
     assert (ce.routing, ce.exit_heads, ce.exit_losses, ce.exit_blocks) == (
-        lt.routing, lt.exit_heads, lt.exit_losses, lt.exit_blocks)
+        lt.routing,
+        lt.exit_heads,
+        lt.exit_losses,
+        lt.exit_blocks,
+    )
     assert ce.loss != lt.loss and ce.family == "product" and ce.sam_rho == 0
 
 
@@ -80,13 +94,17 @@ def test_the_leaders_ingredients_change_only_what_they_name(data_dir, tmp_path):
     from .smoke import smoke_flags
 
     shipped = get_variant("hybrid-lt-mid").to_dict()
-    for name, changed in (("hybrid-lt-mid-cutout", {"augmentation": "mixup+cutout"}),
-                          ("hybrid-lt-mid-aa", {"augmentation": "autoaugment+cutout+mixup"}),
-                          ("hybrid-lt-mid-wd", {"weight_decay": 5e-4})):
+    for name, changed in (
+        ("hybrid-lt-mid-cutout", {"augmentation": "mixup+cutout"}),
+        ("hybrid-lt-mid-aa", {"augmentation": "autoaugment+cutout+mixup"}),
+        ("hybrid-lt-mid-wd", {"weight_decay": 5e-4}),
+    ):
         record = get_variant(name).to_dict()
         assert {k for k in record if record[k] != shipped[k]} == {"name", "description", *changed}, name
         assert {k: record[k] for k in changed} == changed
     out = tmp_path / "wd"
-    assert main(["train", "--variant", "hybrid-lt-mid-wd", "--out", str(out), "--data-dir", str(data_dir),
-                 *smoke_flags()]) == 0
+    assert (
+        main(["train", "--variant", "hybrid-lt-mid-wd", "--out", str(out), "--data-dir", str(data_dir), *smoke_flags()])
+        == 0
+    )
     assert json.loads((out / "config.json").read_text())["config"]["weight_decay"] == 5e-4

@@ -1,4 +1,5 @@
 """`evaluate`: early-exit inference of a checkpoint on the full CIFAR-10 test set."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,14 +26,23 @@ def taus(text: str) -> list[float]:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of a run")
-    parser.add_argument("--threshold", type=thresholds, default=None,
-                        help="inference threshold, or one per early exit comma-separated (default: the variant's)")
-    parser.add_argument("--tau", type=taus, default=[0.0],
-                        help="post-hoc logit adjustment: tau * log prior of the training set subtracted "
-                             "from every exit's logits, or one tau per exit comma-separated (a manifest's "
-                             "logit_adjustment.stage_taus)")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="also write the metrics (with per-image class and exit) to this file")
+    parser.add_argument(
+        "--threshold",
+        type=thresholds,
+        default=None,
+        help="inference threshold, or one per early exit comma-separated (default: the variant's)",
+    )
+    parser.add_argument(
+        "--tau",
+        type=taus,
+        default=[0.0],
+        help="post-hoc logit adjustment: tau * log prior of the training set subtracted "
+        "from every exit's logits, or one tau per exit comma-separated (a manifest's "
+        "logit_adjustment.stage_taus)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write the metrics (with per-image class and exit) to this file"
+    )
     add_data_args(parser)
 
 
@@ -42,18 +52,20 @@ def run(args) -> int:
     _, test = load_cifar10(args.data_dir)
     threshold = args.threshold if args.threshold is not None else variant.infer_threshold
     if isinstance(threshold, list) and len(threshold) != variant.num_exits - 1:
-        raise TrainingError(f"--threshold: {variant.name} has {variant.num_exits - 1} early exits, "
-                                         f"got {len(threshold)} thresholds")
+        raise TrainingError(
+            f"--threshold: {variant.name} has {variant.num_exits - 1} early exits, got {len(threshold)} thresholds"
+        )
     tau = args.tau * variant.num_exits if len(args.tau) == 1 else args.tau
     if len(tau) != variant.num_exits:
         raise TrainingError(f"--tau: {variant.name} has {variant.num_exits} exits, got {len(tau)} taus")
     # Logits come back on the CPU, where the adjustment is applied.
     shift = stage_adjustments(state["class_counts"], tau) if any(tau) else None
     _, metrics = evaluate_model(model, test, threshold, config.eval_batch_size, device, adjustment=shift)
-    print(f"{variant.name} (IF {config.imbalance}, seed {config.seed}) on {len(test)} test images"
-          + (f", logit adjustment tau {'/'.join(f'{t:g}' for t in tau)}" if any(tau) else ""))
+    print(
+        f"{variant.name} (IF {config.imbalance}, seed {config.seed}) on {len(test)} test images"
+        + (f", logit adjustment tau {'/'.join(f'{t:g}' for t in tau)}" if any(tau) else "")
+    )
     print(format_report(metrics))
     if args.json:
-        write_json({"variant": variant.name, "imbalance": config.imbalance, "tau": tau, **metrics.to_dict()},
-                   args.json)
+        write_json({"variant": variant.name, "imbalance": config.imbalance, "tau": tau, **metrics.to_dict()}, args.json)
     return 0

@@ -1,34 +1,48 @@
 """`export`: a checkpoint -> models/NAME (one ONNX graph per exit stage + manifest.json)."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..calibration import calibrate, heldout_split
 from ..data import load_cifar10
 from ..errors import TrainingError
 from ..evaluation import format_threshold
 from ..export import export_model
 from ..rundir import checkpoint_model
-from .common import DEFAULT_DATA_DIR, add_calibration_args, non_negative, positive_int, unit_interval
+from .common import add_calibration_args, add_data_dir, calibrate_from_flags, non_negative, positive_int, unit_interval
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of a run")
     parser.add_argument("--out", type=Path, required=True, help="model directory to create, e.g. models/NAME")
     parser.add_argument("--name", default=None, help="model name in the manifest (default: the --out folder name)")
-    parser.add_argument("--threshold", type=unit_interval, default=None,
-                        help="default inference threshold written to the manifest (default: the variant's)")
-    parser.add_argument("--parity-images", type=positive_int, default=1000,
-                        help="real test images on which ONNX Runtime must match PyTorch within 1e-4")
-    parser.add_argument("--calibrate-drop", type=non_negative, default=None,
-                        help="pick tau and the default threshold with `calibrate` (this many accuracy points "
-                             "of drop allowed, on held-out training images) instead of the variant's")
+    parser.add_argument(
+        "--threshold",
+        type=unit_interval,
+        default=None,
+        help="default inference threshold written to the manifest (default: the variant's)",
+    )
+    parser.add_argument(
+        "--parity-images",
+        type=positive_int,
+        default=1000,
+        help="real test images on which ONNX Runtime must match PyTorch within 1e-4",
+    )
+    parser.add_argument(
+        "--calibrate-drop",
+        type=non_negative,
+        default=None,
+        help="pick tau and the default threshold with `calibrate` (this many accuracy points "
+        "of drop allowed, on held-out training images) instead of the variant's",
+    )
     add_calibration_args(parser)
-    parser.add_argument("--trained-on", default=None,
-                        help="training machine for the manifest (default: from the checkpoint or its config.json)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="folder holding cifar-10-batches-py/ (test metrics and parity check)")
+    parser.add_argument(
+        "--trained-on",
+        default=None,
+        help="training machine for the manifest (default: from the checkpoint or its config.json)",
+    )
+    add_data_dir(parser, "test metrics and parity check")
 
 
 def run(args) -> int:
@@ -43,13 +57,23 @@ def run(args) -> int:
         raise TrainingError("give --threshold or --calibrate-drop, not both")
     calibration = None
     if args.calibrate_drop is not None:
-        calibration = calibrate(model, heldout_split(args.data_dir, config.imbalance), args.calibrate_drop,
-                                state["class_counts"], args.thresholds, not args.no_logit_adjustment,
-                                tau_mode="shared" if args.shared_tau else "per-exit", confidence=args.drop_confidence)
-    manifest = export_model(model, variant, config, state, test, args.out, args.name or args.out.name,
-                            args.parity_images, args.threshold, calibration)
+        calibration = calibrate_from_flags(model, config.imbalance, state["class_counts"], args.calibrate_drop, args)
+    manifest = export_model(
+        model,
+        variant,
+        config,
+        state,
+        test,
+        args.out,
+        args.name or args.out.name,
+        args.parity_images,
+        args.threshold,
+        calibration,
+    )
     m = manifest.metrics
-    print(f"exported {variant.name} to {args.out}: {manifest.num_exits} stages, parity "
-          f"{manifest.provenance.parity_max_abs_diff:.1e}; test accuracy {m.overall:.2f}% at threshold "
-          f"{format_threshold(m.threshold)}, exits " + "/".join(f"{100 * d:.1f}" for d in m.exit_distribution) + "%")
+    print(
+        f"exported {variant.name} to {args.out}: {manifest.num_exits} stages, parity "
+        f"{manifest.provenance.parity_max_abs_diff:.1e}; test accuracy {m.overall:.2f}% at threshold "
+        f"{format_threshold(m.threshold)}, exits " + "/".join(f"{100 * d:.1f}" for d in m.exit_distribution) + "%"
+    )
     return 0

@@ -1,5 +1,6 @@
 """`slim`: completed runs' checkpoints down to their weights (the optimizer's state resumes nothing
 once a run is finished), about half their size; for keeping or sharing a finished run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,9 @@ from ..errors import TrainingError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("runs", nargs="+", type=Path,
-                        help="run directories of train, fit-exits or rebalance, each completed")
+    parser.add_argument(
+        "runs", nargs="+", type=Path, help="run directories of train, fit-exits or rebalance, each completed"
+    )
 
 
 def run(args) -> int:

@@ -4,6 +4,7 @@ planned and, for a run not finished, the time left at the median pace of its lat
 and the machine that pace was measured on (a run cut on a GPU is paced by the GPU until it resumes
 here). One tab-separated line each, the status first, so a script reads it with `cut -f1`
 (study/scripts/cpu_study.sh, scripts/ship_default.sh)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,8 @@ from .. import rundir
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
-                        help="a directory of `train`, `fit-exits` or `rebalance` (need not exist yet)")
+    what = "a directory of `train`, `fit-exits` or `rebalance` (need not exist yet)"
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help=what)
 
 
 def run(args) -> int:
