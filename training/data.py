@@ -52,7 +52,10 @@ def resolve_batch_dir(data_dir: str | Path) -> Path:
     for candidate in (data_dir / BATCH_DIR, data_dir):
         if (candidate / TEST_FILE).is_file():
             return candidate
-    raise DatasetError(f"CIFAR-10 not found under {data_dir}: {EXPECTED_LAYOUT}")
+    raise DatasetError(
+        f"CIFAR-10 not found under {data_dir}: {EXPECTED_LAYOUT}; `python -m training download` fetches it "
+        "there (or add --download), --data-dir or $CIFAR10_DIR names another folder"
+    )
 
 
 def _read_batch(path: Path) -> Split:

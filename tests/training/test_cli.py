@@ -152,6 +152,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     result = cli("train", "--variant", "model8", "--data-dir", tmp_path, "--out", tmp_path / "r")
     assert result.returncode == 2
     assert "CIFAR-10 not found" in result.stderr and "cifar-10-batches-py" in result.stderr
+    assert "`python -m training download`" in result.stderr and "$CIFAR10_DIR" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "r").exists()  # no empty run directory left behind
 
