@@ -95,16 +95,9 @@ def add_second_stage_args(parser: argparse.ArgumentParser, what: str) -> None:
     add_data_args(parser)
 
 
-def run_limits(args) -> dict:
-    """A run config's seed, smoke-run caps and checkpoint interval, from the flags every training
-    command has."""
-    names = ("seed", "max_train_samples", "max_test_samples", "max_batches", "checkpoint_every")
-    return {name: getattr(args, name) for name in names}
-
-
 def from_flags(config_class, args, **given):
-    """A second stage's config: each field from the flag of its name where there is one, then
-    `given` (flags that need converting) over them."""
+    """A run's config (train's, a second stage's): each field from the flag of its name where there
+    is one, then `given` (what the flags do not give as they are) over them."""
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
     return config_class(**{**flags, **given})
 

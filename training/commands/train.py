@@ -18,7 +18,7 @@ from ..config import REFERENCE_EPOCHS, TrainConfig, default_path, scaled_milesto
 from ..engine import Run
 from ..errors import TrainingError
 from ..variants import Variant, get_variant
-from .common import add_data_args, positive_int, resolve_device, run_job, run_limits, unit_interval
+from .common import add_data_args, from_flags, positive_int, resolve_device, run_job, unit_interval
 
 
 def variant_arg(text: str) -> Variant:
@@ -151,19 +151,15 @@ def saved_config(out: Path) -> dict | None:
 
 def config_from_args(args, imbalance: int, device_type: str, saved: dict | None = None) -> TrainConfig:
     epochs = args.epochs
-    return TrainConfig(
+    return from_flags(
+        TrainConfig,
+        args,
         variant=args.variant.name,
         imbalance=imbalance,
-        epochs=epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
         weight_decay=args.variant.weight_decay,
         warmup_epochs=min(5, epochs),
         milestones=scaled_milestones(epochs),
-        **run_limits(args),
-        threshold=args.threshold,
         eval_every=args.eval_every or (saved or {}).get("eval_every", 1),
-        eval_split=args.eval_split,
         **path_from_args(args, device_type, saved),
     )
 
