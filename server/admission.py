@@ -5,11 +5,13 @@ A deep queue only turns overload into latency: every waiting client times out la
 being told early to retry elsewhere. Here a request is admitted only while the images admitted
 and not yet answered would be served within `max_wait_s`:
 
-    expected wait = ceil(k / batch_size) * a + k * b      (k images outstanding)
+    expected wait = (ceil(k / batch_size) * a + k * b) / parallel      (k images outstanding)
 
 where a batch of n images takes a + b*n seconds: a and b are fitted by exponentially weighted
 least squares over recent inference batches (the first ones those of the warm-up), so the
 estimate follows batch size (a backlog of 16 images is one batch, not 16) and the machine's load.
+`parallel` batches run at once (inference threads): each one's time is measured while the others
+run, so sharing cores shows as longer batches and the division stays right.
 
 The check runs at a request's headers, so a refused request costs neither parsing nor decoding;
 the request's work is reserved once its body is complete. Uploads in progress are bounded apart
@@ -33,8 +35,9 @@ class Overloaded(RuntimeError):
 class Admission:
     DECAY = 0.9  # weight left to the older batches at each new one (about the last 10 count)
 
-    def __init__(self, max_wait_s: float, batch_size: int, max_uploads: int = 1 << 30):
+    def __init__(self, max_wait_s: float, batch_size: int, max_uploads: int = 1 << 30, parallel: int = 1):
         self.max_wait_s, self.batch_size, self.max_uploads = max_wait_s, batch_size, max_uploads
+        self.parallel = parallel
         self.outstanding = 0  # images admitted, not yet answered
         self.uploads = 0  # requests past the headers whose body is still arriving
         self.per_batch = self.per_image = 0.0  # a, b: unknown until the first batch (admit)
@@ -43,7 +46,9 @@ class Admission:
 
     def expected_wait(self) -> float:
         k = self.outstanding
-        return math.ceil(k / self.batch_size) * self.per_batch + k * self.per_image if k > 0 else 0.0
+        if k <= 0:
+            return 0.0
+        return (math.ceil(k / self.batch_size) * self.per_batch + k * self.per_image) / self.parallel
 
     def check(self) -> None:
         """Refuse (Overloaded) when the work already admitted would take longer than the bound."""

@@ -151,7 +151,10 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     admission = Admission(
-        settings.max_wait_ms / 1000, settings.batch_size, max_uploads=settings.max_uploads_in_progress
+        settings.max_wait_ms / 1000,
+        settings.batch_size,
+        max_uploads=settings.max_uploads_in_progress,
+        parallel=settings.inference_threads,
     )
     m.ADMISSION_MAX_WAIT.set(admission.max_wait_s)
     services = {name: ModelService(model, settings, on_batch=admission.observe_batch) for name, model in models.items()}

@@ -2,8 +2,11 @@
 
 Requests put single images on the model's queue and await their future. The loop takes what is
 waiting, up to `batch_size` images or until `wait_s` has passed since the first, runs the staged
-model once in a worker thread (the event loop never blocks) and resolves each future. A failed
-batch fails each of its requests; the loop keeps running. A full queue refuses at once
+model once in a worker thread (the event loop never blocks) and resolves each future. With
+`threads` > 1, up to that many batches run at once, each in its own thread (ONNX Runtime releases
+the GIL): a worker whose connections bring more work than one inference thread can do (a gRPC
+client multiplexes all its calls over one connection, which one worker serves) uses the cores the
+others leave idle. A failed batch fails each of its requests; the loop keeps running. A full queue refuses at once
 (Overloaded -> 503) rather than growing without bound; admission by expected wait (admission.py)
 normally refuses long before that, using the batch timings reported through `on_batch`.
 
@@ -56,12 +59,22 @@ async def collect_batch(queue: asyncio.Queue, batch_size: int, wait_s: float, fi
 
 class Batcher:
     def __init__(
-        self, run_batch, batch_size: int, wait_s: float, max_queue: int, on_depth=None, idle_work=None, on_batch=None
+        self,
+        run_batch,
+        batch_size: int,
+        wait_s: float,
+        max_queue: int,
+        on_depth=None,
+        idle_work=None,
+        on_batch=None,
+        threads: int = 1,
     ):
         self.run_batch = run_batch  # (x: N stacked images, thresholds: N x exits-1) -> per-image results
         self.batch_size, self.wait_s = batch_size, wait_s
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inference")
+        self.free_threads = asyncio.Semaphore(threads)  # a batch (or idle chunk) holds one while it runs
+        self.running: set[asyncio.Task] = set()
         self.on_depth = on_depth or (lambda depth: None)
         self.on_batch = on_batch or (lambda images, seconds: None)  # each request batch's size and run time
         self.task: asyncio.Task | None = None
@@ -80,6 +93,8 @@ class Batcher:
                 await self.task
             except asyncio.CancelledError:
                 pass
+        if self.running:  # batches under way finish and answer
+            await asyncio.wait(self.running)
         self.executor.shutdown(wait=True)
 
     async def submit(self, xs: list[np.ndarray], threshold: tuple[float, ...]) -> list:
@@ -124,22 +139,34 @@ class Batcher:
         return await collect_batch(self.queue, self.batch_size, self.wait_s)
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
+            await self.free_threads.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self.free_threads.release()
+                raise
             self.on_depth(self.queue.qsize())
+            task = asyncio.create_task(self._run(batch))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def _run(self, batch: list) -> None:
+        """One batch on a free inference thread; its requests answered."""
+        try:
             x = np.stack([item.x for item in batch])
             thresholds = np.array([item.threshold for item in batch], dtype=np.float32)
             t0 = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(self.executor, self.run_batch, x, thresholds)
-                self.on_batch(len(batch), time.perf_counter() - t0)
-            except Exception as exc:
-                log.exception("inference batch of %d failed", len(batch))
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            for item, result in zip(batch, results):
-                if not item.future.done():  # the client may have gone away
-                    item.future.set_result(result)
+            results = await self.loop.run_in_executor(self.executor, self.run_batch, x, thresholds)
+            self.on_batch(len(batch), time.perf_counter() - t0)
+        except Exception as exc:
+            log.exception("inference batch of %d failed", len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        finally:
+            self.free_threads.release()
+        for item, result in zip(batch, results):
+            if not item.future.done():  # the client may have gone away
+                item.future.set_result(result)

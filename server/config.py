@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime threads per session (0: the CPUs divided among the workers)"
     )
+    inference_threads: int = Field(
+        1,
+        gt=0,
+        description="batches a worker runs at once, each on its own thread: more than 1 lets a "
+        "worker that gets more than its share of the load (one gRPC connection's calls all go to "
+        "one worker) use cores the others leave idle",
+    )
     ort_spinning: bool = Field(
         False,
         description="let ONNX Runtime's idle intra-op threads spin-wait (its own "

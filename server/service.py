@@ -54,6 +54,7 @@ class ModelService:
             on_depth=m.QUEUE_DEPTH.labels(self.name).set,
             idle_work=self._run_shadow_chunk,
             on_batch=on_batch,
+            threads=settings.inference_threads,
         )
         self.shadow_rate, self.shadow_capacity = settings.shadow_rate, settings.shadow_queue
         self._rng = np.random.default_rng()

@@ -63,3 +63,15 @@ def test_a_fresh_server_starts_from_its_warm_up_timings():
         with pytest.raises(Overloaded):
             adm.check()
         adm.release(100_000)
+
+
+def test_parallel_batches_divide_the_expected_wait():
+    """Two inference threads: batches measured while both run take twice as long each, and two
+    run at once, so the wait for k images is the one-thread fit's over two."""
+    one, two = Admission(max_wait_s=0.1, batch_size=8), Admission(max_wait_s=0.1, batch_size=8, parallel=2)
+    for n in (1, 8, 4, 8):
+        one.observe_batch(n, 0.002 + 0.001 * n)
+        two.observe_batch(n, 2 * (0.002 + 0.001 * n))
+    for adm in (one, two):
+        adm.reserve(32)
+    assert two.expected_wait() == pytest.approx(one.expected_wait()) == pytest.approx(4 * 0.002 + 32 * 0.001)

@@ -7,6 +7,7 @@ descriptor set is the .proto's."""
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -62,6 +63,35 @@ def test_tritonclient_gets_what_classify_answers(served, reference, client_modul
         got += pairs(client.infer("default", [tensor]))
     assert got == expected
     assert {e for _, e in got} == set(range(1, DEFAULT_EXITS + 1))  # the early exits are exercised
+
+
+def test_one_grpc_connection_on_two_inference_threads(reference):
+    """All calls of one gRPC channel reach one worker; with two inference threads it runs two
+    batches at once (tests/server/test_batcher.py shows they overlap), and every answer is still
+    the one `/classify` gives."""
+    images, _, expected = reference
+    server = RunningServer(
+        "--model-repository",
+        str(MODELS),
+        "--workers",
+        "1",
+        # admission off the way: 16 calls of 10 images at once are more than 100 ms of work here
+        env={"ELF_INFERENCE_THREADS": "2", "ELF_BATCH_SIZE": "8", "ELF_MAX_WAIT_MS": "5000"},
+    )
+    try:
+        client = triton_grpc.InferenceServerClient(server.grpc_url)
+        chunks = range(0, IMAGES, 10)
+
+        def infer(start):
+            tensor = triton_grpc.InferInput("pixels", [10, 32, 32, 3], "UINT8")
+            tensor.set_data_from_numpy(images[start : start + 10])
+            return pairs(client.infer("default", [tensor]))
+
+        with ThreadPoolExecutor(16) as pool:
+            got = [pair for answer in pool.map(infer, chunks) for pair in answer]
+    finally:
+        server.stop()
+    assert got == expected
 
 
 def test_metadata_and_the_model_configuration(served):
