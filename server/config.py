@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime threads per session (0: the CPUs divided among the workers)"
     )
+    cpu_affinity: bool = Field(
+        True,
+        description="give each worker its own share of the CPUs this server may run on (worker i "
+        "the i-th of equal parts) where they divide evenly, unless it runs more than one inference "
+        "thread: 2 workers on 2 cores served 1.12x the requests a second at the default thresholds "
+        "(results/BENCHMARKS.md)",
+    )
     inference_threads: int = Field(
         1,
         gt=0,

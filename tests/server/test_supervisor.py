@@ -2,6 +2,7 @@
 processes behind one socket with one coherent /metrics, the supervisor's health port, a killed
 worker replaced without losing the server, and readiness through the drain."""
 
+import os
 import signal
 import socket
 import time
@@ -12,6 +13,7 @@ import psutil
 import pytest
 
 from server.schemas import Readiness
+from server.supervisor import cpu_share
 
 from .conftest import MODELS, RunningServer, png
 
@@ -77,6 +79,30 @@ def test_workers_share_the_load_and_metrics_add_up(two_workers, cifar):
     assert "elf_ready 1.0" in metrics.splitlines()
 
 
+def test_cpu_shares_divide_the_allowed_cpus_evenly(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5, 6})
+    assert [cpu_share(slot, 3) for slot in range(3)] == [{0, 1}, {2, 3}, {5, 6}]
+    assert [cpu_share(slot, 2) for slot in range(2)] == [{0, 1, 2}, {3, 5, 6}]
+    assert cpu_share(0, 4) is None  # 6 CPUs do not divide among 4 workers: left to the scheduler
+    assert cpu_share(0, 1) is None  # one worker: all of them, as it is
+
+
+def test_each_worker_runs_on_its_own_cpus(two_workers):
+    shares = [cpu_share(0, 2), cpu_share(1, 2)]
+    allowed = sorted(os.sched_getaffinity(0))
+    got = sorted(sorted(w.cpu_affinity()) for w in workers_of(two_workers))
+    if shares[0] is None:  # an odd number of CPUs here
+        assert got == [allowed, allowed]
+    else:
+        assert got == sorted(sorted(share) for share in shares)
+        assert sorted(got[0] + got[1]) == allowed
+        # every thread of a worker, made after the pinning, inherited it
+        for worker in workers_of(two_workers):
+            assert {tuple(psutil.Process(t.id).cpu_affinity()) for t in worker.threads()} == {
+                tuple(worker.cpu_affinity())
+            }
+
+
 def test_connections_opened_together_spread_over_the_workers(two_workers):
     """SO_REUSEPORT: with one shared listening socket the worker that woke first took every waiting
     connection (16 / 0 in 3 of 5 trials); hashed over two listeners, 16 give each at least 2
@@ -114,6 +140,7 @@ def test_a_killed_worker_is_replaced_and_counts_survive(two_workers, cifar):
     for _ in range(10):
         assert httpx.post(server.url + "/classify", files={"file": ("x.png", data)}).status_code == 200
     victim = workers_of(server)[1]
+    victims_cpus = victim.cpu_affinity()
     victim.kill()
     victim.wait(10)
     # The health port says so, while the other worker keeps answering on the main port.
@@ -121,8 +148,11 @@ def test_a_killed_worker_is_replaced_and_counts_survive(two_workers, cifar):
     assert any("died (exit -9)" in p or "is starting" in p for p in problems), problems
     assert httpx.post(server.url + "/classify", files={"file": ("x.png", data)}).status_code == 200
     wait_for(lambda: health(server, "/readyz").status_code == 200, 30, "the replacement to be ready")
-    replacement = [w for w in workers_of(server) if w.pid != victim.pid]
-    assert len(replacement) == 2
+    workers = workers_of(server)
+    assert len(workers) == 2 and victim.pid not in [w.pid for w in workers]
+    if cpu_share(1, 2) is not None:  # the replacement runs where its slot's worker ran
+        assert sorted(p.cpu_affinity() for p in workers) == [sorted(cpu_share(0, 2)), sorted(cpu_share(1, 2))]
+        assert victims_cpus in [w.cpu_affinity() for w in workers]
     metrics = httpx.get(server.url + "/metrics").text
     assert classify_count(metrics) == 11  # the dead worker's counts are kept
     assert "elf_ready 1.0" in metrics.splitlines()
