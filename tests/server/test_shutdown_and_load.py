@@ -64,9 +64,11 @@ def test_sigterm_drains_without_losing_an_accepted_request(cifar):
 
 
 def test_overload_is_refused_early_and_health_stays_quick(cifar):
-    """64 clients on a server bounded to 20 ms of admitted work: refusals come, fast, with
-    Retry-After; answers stay correct; /healthz keeps answering; the batch endpoint too."""
-    server = RunningServer("--model-repository", str(MODELS), "--max-wait-ms", "20")
+    """64 clients on a server bounded to 5 ms of admitted work (one batch request's 8 images are
+    more): refusals come, fast, with Retry-After; answers stay correct; /healthz keeps answering;
+    the batch endpoint too. (At 20 ms the clients, Python on the same two cores, did not always
+    keep enough work in flight to pass the bound.)"""
+    server = RunningServer("--model-repository", str(MODELS), "--max-wait-ms", "5")
     single = png(cifar[1].images[0])
     batch = [("files", (f"{i}.png", png(im))) for i, im in enumerate(cifar[1].images[:8])]
     statuses, refusals, health = [], [], []
@@ -103,7 +105,7 @@ def test_overload_is_refused_early_and_health_stays_quick(cifar):
     finally:
         server.stop()
     assert set(statuses) <= {200, 503} and statuses.count(200) > 0, set(statuses)
-    assert refusals, "64 clients against a 20 ms bound were never refused"
+    assert refusals, "64 clients against a 5 ms bound were never refused"
     assert all(retry and int(retry) >= 1 and "server busy" in msg for retry, msg in refusals)
     # Both ports answer all along (at least 5 answers each in the 6 s); latency: benchmarks/load_test.py
     assert all(status == 200 for _, status in health), health
