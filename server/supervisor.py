@@ -118,8 +118,11 @@ def run_worker(
     # Not with more than one inference thread: those are there to use cores other workers leave idle.
     share = cpu_share(slot, workers) if settings.cpu_affinity and settings.inference_threads == 1 else None
     if share is not None:
-        os.sched_setaffinity(0, share)
-        log.info("worker %d runs on CPU %s", slot + 1, ",".join(map(str, sorted(share))))
+        try:
+            os.sched_setaffinity(0, share)
+            log.info("worker %d runs on CPU %s", slot + 1, ",".join(map(str, sorted(share))))
+        except OSError as exc:  # a sandbox that forbids it: the scheduler places the threads
+            log.warning("worker %d left unpinned: %s", slot + 1, exc)
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     metrics_lock = hold_metrics_directory(metrics_dir)
     try:
