@@ -3,12 +3,13 @@
 Requests put single images on the model's queue and await their future. The loop takes what is
 waiting, up to `batch_size` images or until `wait_s` has passed since the first, runs the staged
 model once in a worker thread (the event loop never blocks) and resolves each future. With
-`threads` > 1, up to that many batches run at once, each in its own thread (ONNX Runtime releases
+`threads` > 1, up to that many batches run at once, each on its own thread (ONNX Runtime releases
 the GIL): a worker whose connections bring more work than one inference thread can do (a gRPC
 client multiplexes all its calls over one connection, which one worker serves) uses the cores the
-others leave idle. A failed batch fails each of its requests; the loop keeps running. A full queue refuses at once
-(Overloaded -> 503) rather than growing without bound; admission by expected wait (admission.py)
-normally refuses long before that, using the batch timings reported through `on_batch`.
+others leave idle. A failed batch fails each of its requests; the loop keeps running. A full
+queue refuses at once (Overloaded -> 503) rather than growing without bound; admission by
+expected wait (admission.py) normally refuses long before that, using the batch timings reported
+through `on_batch`.
 
 Background work (`idle_work`, e.g. shadow runs) gets the worker thread only when no request is
 waiting, one small chunk at a time, so a request that arrives meanwhile waits at most one chunk.
