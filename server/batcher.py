@@ -141,12 +141,8 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
-            await self.free_threads.acquire()
-            try:
-                batch = await self._next_batch()
-            except BaseException:
-                self.free_threads.release()
-                raise
+            await self.free_threads.acquire()  # released by _run once its batch is done
+            batch = await self._next_batch()
             self.on_depth(self.queue.qsize())
             task = asyncio.create_task(self._run(batch))
             self.running.add(task)
