@@ -107,6 +107,8 @@ class Batcher:
         for item in items:
             self.queue.put_nowait(item)
         self.on_depth(self.queue.qsize())
+        if len(items) == 1:  # most requests: gathering one future costs ~4 us more than awaiting it
+            return [await items[0].future]
         return await asyncio.gather(*(item.future for item in items))
 
     @property
