@@ -24,6 +24,7 @@ Peers live in venvs of their own (their pins clash with this project's), under -
     $V/mlserver/bin/pip install mlserver==1.7.1 onnxruntime==1.32.0 pillow uvloop==0.21.0
     $V/pa/bin/pip install tritonclient[all]==2.51.0 nvidia-cuda-runtime-cu12; apt-get install libb64-0d wrk
     python benchmarks/peers.py --venvs $V [--max-batch 8 64] [--clients 16] [--seconds 10] [--rounds 1]
+        [--load wrk http grpc] [--grpc-channel-share N]
 
 (mlserver 1.7.1 fails to start its workers under uvloop 0.22+.) A peer whose venv is missing is
 skipped with a message, as are runs whose load generator is not installed.
@@ -373,9 +374,10 @@ def measure(server: Server, pngs, data_files, args) -> list[tuple[str, str, dict
             lambda path=path, requests=requests: run_wrk(server.url(path), requests, args.clients, args.seconds),
         )
         for label, path, requests in server.wrk_forms(pngs)
+        if "wrk" in args.load
     ]
     if server.pixels_shape is not None:
-        for protocol in server.perf_protocols:
+        for protocol in (p for p in server.perf_protocols if p in args.load):
             for name, label in (("image", "v2 BYTES PNG"), ("pixels", "v2 UINT8 pixels")):
                 runs.append(
                     (
@@ -389,6 +391,7 @@ def measure(server: Server, pngs, data_files, args) -> list[tuple[str, str, dict
                                 data_files[server.pixels_shape][name],
                                 args.clients,
                                 args.seconds,
+                                args.grpc_channel_share,
                             )
                             if args.perf_analyzer
                             else None
@@ -475,7 +478,19 @@ def main() -> None:
         choices=["default", "full"],
         help="the manifest's thresholds, and a copy of the model at threshold 1 (every stage)",
     )
+    p.add_argument(
+        "--load",
+        nargs="+",
+        default=["wrk", "http", "grpc"],
+        choices=["wrk", "http", "grpc"],
+        help="the runs: wrk's, perf_analyzer's over HTTP, over gRPC",
+    )
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument(
+        "--grpc-channel-share",
+        type=int,
+        help="perf_analyzer's gRPC clients per connection (tritonclient's default: up to 6 share one)",
+    )
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--perf-analyzer", default=os.environ.get("PERF_ANALYZER") or shutil.which("perf_analyzer"))
@@ -492,6 +507,7 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}); "
         f"{args.clients} connections, {args.seconds:g} s a run, {args.rounds} round(s)"
+        + (f"; gRPC: {args.grpc_channel_share} client(s) a connection" if args.grpc_channel_share else "")
     )
     print(
         f"{'depth':<8} {'max':>3} {'server':<16} {'client':<18} {'input':<20} {'req/s':>8} {'p50':>9} {'p99':>9} "

@@ -118,11 +118,15 @@ def run_wrk(server, payloads, clients, seconds) -> dict | None:
     }
 
 
-def run_perf_analyzer(binary, server, protocol, data, clients, seconds) -> dict:
+def run_perf_analyzer(binary, server, protocol, data, clients, seconds, channel_share: int | None = None) -> dict:
+    """channel_share: gRPC clients per channel (connection); tritonclient shares one among up to 6
+    unless told otherwise, so 16 clients make 3 connections."""
     url = f"127.0.0.1:{server.port if protocol == 'http' else server.grpc_port}"
     cuda = Path(binary).resolve().parents[1] / "lib"
     libs = [str(p.parent) for p in cuda.glob("python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.12")]
     env = {**os.environ, "LD_LIBRARY_PATH": ":".join([*libs, os.environ.get("LD_LIBRARY_PATH", "")])}
+    if channel_share is not None:
+        env["TRITON_CLIENT_GRPC_CHANNEL_MAX_SHARE_COUNT"] = str(channel_share)
     out = subprocess.run(
         [
             binary,
