@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-FORMAT_VERSION = "1.3"  # 1.1: logit adjustment, per-exit thresholds, report threshold, sweep; 1.2: tau per stage;
-# 1.3: calibration with a confidence margin on the drop
+FORMAT_VERSION = "1.4"  # 1.1: logit adjustment, per-exit thresholds, report threshold, sweep; 1.2: tau per stage;
+# 1.3: calibration with a confidence margin on the drop; 1.4: the recipe's other seeds
 MANIFEST = "manifest.json"
 
 
@@ -164,6 +164,16 @@ class Calibration(_Strict):
     mean_macs_share: float
 
 
+class SeedResult(_Strict):
+    """One training seed of a model's recipe, exported and calibrated as the model was: the test set
+    at that seed's own default thresholds, and its final exit alone."""
+
+    seed: int
+    accuracy: float
+    mean_macs_share: float
+    final_exit_accuracy: float
+
+
 class Manifest(_Strict):
     format_version: str = FORMAT_VERSION
     name: str
@@ -181,6 +191,8 @@ class Manifest(_Strict):
     metrics: TestMetrics
     provenance: Provenance
     calibration: Calibration | None = None
+    # 1.4: the same recipe at every seed measured, this model's included, in seed order (None: one seed)
+    seeds: list[SeedResult] | None = None
 
     @property
     def num_exits(self) -> int:

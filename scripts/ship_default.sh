@@ -13,6 +13,9 @@
 #   scripts/ship_default.sh results/runs/hybrid-la-if100-seed0
 #   EARLY_EXITS_AFTER="5 8 10" scripts/ship_default.sh results/runs/model8-if100-seed0  # fitted exits elsewhere
 #
+# SEED_MODELS="DIR ..." (exported models of the same recipe at other seeds, made by this script with
+# another MODEL_OUT): the model's manifest and card record every seed's test accuracy and their spread.
+#
 # Smoke run (plumbing only): FIT_FLAGS="--max-batches 2 --max-test-samples 200" MODEL_OUT=/tmp/m \
 #   FITS=/tmp/fits scripts/ship_default.sh RUN_DIR
 set -euo pipefail
@@ -22,6 +25,9 @@ fits=${FITS:-results/fits}
 model_out=${MODEL_OUT:-models/default}
 read -r -a extra <<< "${FIT_FLAGS:-}"
 read -r -a after <<< "${EARLY_EXITS_AFTER:-}"  # blocks (1-based, of 15) the fitted early heads follow
+read -r -a seed_models <<< "${SEED_MODELS:-}"
+seeds=()
+if [ ${#seed_models[@]} -gt 0 ]; then seeds=(--seed-models "${seed_models[@]}"); fi
 moved=() tag=""
 if [ ${#after[@]} -gt 0 ]; then moved=(--early-exits-after "${after[@]}"); tag=$(printf -- '-%s' "${after[@]}"); tag=-after${tag#-}; fi
 
@@ -52,7 +58,7 @@ step "$rebalanced" rebalance --checkpoint "$parent/checkpoint.pt"
 # Export beside the shipped model, then swap, so a failed export leaves the old one serving.
 rm -rf "$model_out.new"
 python -m training export --checkpoint "$rebalanced/checkpoint.pt" --out "$model_out.new" --calibrate-drop 1 \
-    --name "$(basename "$model_out")"
+    --name "$(basename "$model_out")" "${seeds[@]}"
 if [ -e "$model_out" ]; then mv "$model_out" "$model_out.old"; fi
 mv "$model_out.new" "$model_out"
 rm -rf "$model_out.old"

@@ -8,6 +8,7 @@ directory beside the target and renamed into place only once everything checked 
 from __future__ import annotations
 
 import datetime
+import json
 import shutil
 import tempfile
 import warnings
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from modelrepo import model_card
-from modelrepo.manifest import MANIFEST, Manifest, TestMetrics, sha256_file
+from modelrepo.manifest import MANIFEST, Manifest, SeedResult, TestMetrics, sha256_file
 
 from . import logit_adjust, runinfo
 from .augment import normalize_batch
@@ -125,10 +126,12 @@ def export_model(
     parity_images: int = 1000,
     threshold: float | None = None,
     calibration: dict | None = None,
+    seed_models: dict[Path, Manifest] | None = None,
 ) -> Manifest:
     """Write out/ (stage_k.onnx + manifest.json + MODEL_CARD.md) for a trained model; returns the
     manifest. The manifest's test metrics are those of the graphs written, run by ONNX Runtime,
-    once they agree with PyTorch on `parity_images` test images."""
+    once they agree with PyTorch on `parity_images` test images. `seed_models`: exported models of
+    the same recipe at other seeds (folder -> manifest), recorded beside this one in `seeds`."""
     model = model.cpu().eval()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -142,6 +145,15 @@ def export_model(
         logit_adjust.stage_adjustments(counts, taus) if any(taus) else torch.zeros(model.num_exits, len(CLASS_NAMES))
     )
     costs = exit_costs(model)
+    if seed_models:  # before the graphs are written and measured: another recipe is refused at once
+        record = {
+            "variant": variant.name,
+            "imbalance": config.imbalance,
+            "training_config": config.to_dict(),
+            "provenance": provenance(config, state, 0.0),
+            "calibration": calibration,
+        }
+        check_recipe(record, config.seed, seed_models)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -193,6 +205,8 @@ def export_model(
                 "calibration": None if calibration is None else {k: calibration[k] for k in CALIBRATION_RECORD},
             }
         )
+        if seed_models:
+            manifest = manifest.model_copy(update={"seeds": seed_results(manifest, seed_models)})
         write_json(manifest.model_dump(mode="json"), tmp / MANIFEST)
         model_card.write(tmp, manifest)
         tmp.chmod(0o755)  # mkdtemp makes it private
@@ -254,6 +268,56 @@ CALIBRATION_RECORD = (
     "final_exit_accuracy_unadjusted",
     "mean_macs_share",
 )
+# How the thresholds were chosen, as opposed to what the choice found
+CALIBRATION_RULE = {"max_drop", "drop_confidence", "threshold_mode", "tau_mode", "heldout_images", "heldout_classes"}
+
+
+def check_recipe(record: dict, seed: int, others: dict[Path, Manifest]) -> None:
+    """ExportError unless every other model is this export's recipe (`record`: its manifest's
+    variant, imbalance, training_config, provenance and calibration, in JSON form) at a seed of its own."""
+    seen = {seed}
+    ours = recipe(record)
+    for folder, other in others.items():
+        theirs = recipe(other.model_dump(mode="json"))
+        differences = [
+            f"{k} {ours.get(k)!r} / {theirs.get(k)!r}" for k in ours | theirs if ours.get(k) != theirs.get(k)
+        ]
+        if differences:
+            raise ExportError(f"{folder}: not this model's recipe at another seed ({'; '.join(differences)})")
+        if other.provenance.seed in seen:
+            raise ExportError(f"{folder}: seed {other.provenance.seed} is there twice")
+        seen.add(other.provenance.seed)
+
+
+def recipe(record: dict) -> dict:
+    """What two seeds of one recipe share, from a manifest in JSON form: all but the seed and what the
+    run and its calibration found."""
+    record = json.loads(json.dumps(record))  # tuples as lists, as a manifest read back has them
+    prov, calibration = record["provenance"], record.get("calibration")
+    return {
+        "variant": record["variant"],
+        "imbalance": record["imbalance"],
+        **{f"training {k}": v for k, v in record["training_config"].items() if k != "seed"},
+        **{
+            stage: None if prov.get(stage) is None else {k: v for k, v in prov[stage].items() if k != "parent_sha256"}
+            for stage in ("fit", "rebalance")
+        },
+        "calibration": None if calibration is None else {k: calibration.get(k) for k in sorted(CALIBRATION_RULE)},
+    }
+
+
+def seed_results(manifest: Manifest, others: dict[Path, Manifest]) -> list[SeedResult]:
+    """`manifest`'s recipe at each seed, its own included, in seed order (others: checked by check_recipe)."""
+    seeds = {m.provenance.seed: m for m in (manifest, *others.values())}
+    return [
+        SeedResult(
+            seed=seed,
+            accuracy=m.metrics.overall,
+            mean_macs_share=m.metrics.mean_macs_share,
+            final_exit_accuracy=m.metrics.per_exit[-1].overall,
+        )
+        for seed, m in sorted(seeds.items())
+    ]
 
 
 def provenance(config, state: dict, parity_diff: float) -> dict:

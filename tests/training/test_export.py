@@ -197,3 +197,54 @@ def test_a_four_exit_network_exports_and_serves_every_exit(data_dir, tmp_path, c
 
     header = table(manifest).splitlines()[0]  # `curve` names the exits the manifest has
     assert "exits (1/2/3/4 %)" in header and "(exits 1/2/3 %)" in header
+
+
+@pytest.fixture(scope="module")
+def exported_seed1(data_dir, tmp_path_factory):
+    """The `exported` model's recipe at seed 1, exported the same way."""
+    run = tmp_path_factory.mktemp("run") / "model14-seed1"
+    assert (
+        main(["train", "--variant", "model14", "--seed", "1", "--out", str(run), "--data-dir", str(data_dir), *SMOKE])
+        == 0
+    )
+    out = tmp_path_factory.mktemp("models") / "m14-seed1"
+    assert (
+        main(cli_args("export", checkpoint=run / "checkpoint.pt", out=out, data_dir=data_dir, parity_images="300")) == 0
+    )
+    return out
+
+
+def test_export_records_the_recipe_at_other_seeds(checkpoint, exported, exported_seed1, data_dir, tmp_path):
+    out = tmp_path / "m14"
+    argv = cli_args("export", checkpoint=checkpoint, out=out, data_dir=data_dir, parity_images="300")
+    assert main([*argv, "--seed-models", str(exported_seed1)]) == 0
+    manifest, other = load_manifest(out), load_manifest(exported_seed1)
+    assert [s.seed for s in manifest.seeds] == [0, 1]
+    assert [s.accuracy for s in manifest.seeds] == [manifest.metrics.overall, other.metrics.overall]
+    assert manifest.seeds[1].final_exit_accuracy == other.metrics.per_exit[-1].overall
+    assert manifest.metrics == load_manifest(exported).metrics  # the seeds change the record, not the model
+    card = (out / model_card.CARD).read_text()
+    mean = (manifest.metrics.overall + other.metrics.overall) / 2
+    assert "### The recipe across seeds" in card and f"**{mean:.2f} ± " in card and "(n = 2)" in card
+    assert "One training seed" not in card and "One training seed" in (exported / model_card.CARD).read_text()
+    jsonschema.validate(json.loads((out / MANIFEST).read_text()), json_schema())
+
+
+def test_export_refuses_a_seed_model_of_another_recipe_or_the_same_seed(
+    checkpoint, exported, exported_seed1, data_dir, tmp_path, capsys
+):
+    import shutil
+
+    other_if = tmp_path / "other-if"
+    shutil.copytree(exported_seed1, other_if)
+    doc = json.loads((other_if / MANIFEST).read_text())
+    doc["imbalance"] = 50
+    (other_if / MANIFEST).write_text(json.dumps(doc))
+    argv = cli_args("export", checkpoint=checkpoint, out=tmp_path / "m", data_dir=data_dir, parity_images="300")
+    assert main([*argv, "--seed-models", str(other_if)]) == 2
+    assert f"{other_if}: not this model's recipe at another seed (imbalance 100 / 50)" in capsys.readouterr().err
+    assert main([*argv, "--seed-models", str(exported)]) == 2  # seed 0, as this checkpoint
+    assert f"{exported}: seed 0 is there twice" in capsys.readouterr().err
+    assert main([*argv, "--seed-models", str(tmp_path / "nowhere")]) == 2
+    assert "manifest.json: missing" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

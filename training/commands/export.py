@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from modelrepo import load_manifest
+
 from ..data import load_cifar10
 from ..errors import TrainingError
 from ..evaluation import format_threshold
@@ -42,6 +44,15 @@ def add_arguments(parser) -> None:
         default=None,
         help="training machine for the manifest (default: from the checkpoint or its config.json)",
     )
+    parser.add_argument(
+        "--seed-models",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="exported models of the same recipe at other seeds: the manifest and model card record "
+        "each seed's test accuracy beside this one's, and their mean and spread",
+    )
     add_data_dir(parser, "test metrics and parity check")
 
 
@@ -55,6 +66,7 @@ def run(args) -> int:
         state.setdefault("provenance", {})["device"] = args.trained_on
     if args.calibrate_drop is not None and args.threshold is not None:
         raise TrainingError("give --threshold or --calibrate-drop, not both")
+    seed_models = {folder: load_manifest(folder) for folder in args.seed_models}  # a bad folder: refused at once
     calibration = None
     if args.calibrate_drop is not None:
         calibration = calibrate_from_flags(model, config.imbalance, state["class_counts"], args.calibrate_drop, args)
@@ -69,6 +81,7 @@ def run(args) -> int:
         args.parity_images,
         args.threshold,
         calibration,
+        seed_models,
     )
     m = manifest.metrics
     print(
