@@ -225,6 +225,10 @@ class Manifest(_Strict):
             raise ValueError("logit_adjustment.stage_taus needs one tau per stage, the last equal to tau")
         if self.full_macs != self.stages[-1].cumulative_macs:
             raise ValueError("full_macs must equal the last stage's cumulative_macs")
+        if self.seeds is not None:
+            numbers = [s.seed for s in self.seeds]
+            if len(set(numbers)) != len(numbers) or len(numbers) < 2 or self.provenance.seed not in numbers:
+                raise ValueError("seeds needs two or more different seeds, this model's among them")
         return self
 
 

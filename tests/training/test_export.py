@@ -248,3 +248,18 @@ def test_export_refuses_a_seed_model_of_another_recipe_or_the_same_seed(
     assert main([*argv, "--seed-models", str(tmp_path / "nowhere")]) == 2
     assert "manifest.json: missing" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_manifest_refuses_seeds_that_are_not_other_seeds_of_the_model(exported, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(exported, bad)
+    doc = json.loads((exported / MANIFEST).read_text())
+    own = {"seed": 0, "accuracy": 50.0, "mean_macs_share": 0.5, "final_exit_accuracy": 50.0}
+    for seeds in ([own], [own, own], [{**own, "seed": 1}, {**own, "seed": 2}]):
+        (bad / MANIFEST).write_text(json.dumps({**doc, "seeds": seeds}))
+        with pytest.raises(ManifestError, match="seeds needs two or more different seeds, this model's among them"):
+            load_manifest(bad)
+    (bad / MANIFEST).write_text(json.dumps({**doc, "seeds": [own, {**own, "seed": 1}]}))
+    assert [s.seed for s in load_manifest(bad).seeds] == [0, 1]
