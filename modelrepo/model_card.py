@@ -7,6 +7,7 @@ before, `python -m modelrepo.model_card models/NAME` (re)writes it.
 
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -100,9 +101,7 @@ def _calibration(manifest: Manifest) -> list[str]:
 
 
 def _mean_std(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.2f} ± {std:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"  # stdev: the sample's, n − 1
 
 
 def _seeds(manifest: Manifest) -> list[str]:
@@ -126,7 +125,7 @@ def _seeds(manifest: Manifest) -> list[str]:
         "|---|---|---|---|",
         rows,
         f"| **mean ± std (n = {len(seeds)})** | **{_mean_std([s.accuracy for s in seeds])}** | "
-        f"{100 * sum(s.mean_macs_share for s in seeds) / len(seeds):.1f}% | "
+        f"{100 * statistics.mean(s.mean_macs_share for s in seeds):.1f}% | "
         f"{_mean_std([s.final_exit_accuracy for s in seeds])} |",
         "",
     ]
